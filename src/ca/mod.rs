@@ -1,0 +1,471 @@
+//! The Step-CA readiness protocol: invalidate (new generation), publish
+//! (write the token once the CA answers `/health`), wait (bounded, for a
+//! fresh token and a healthy CA), status.
+//!
+//! Health is checked with `step ca health --ca-url URL --root FILE` through
+//! the runner rather than an in-process HTTPS client: `step` is already on
+//! every machine that needs this (the CA guest runs it, guests bootstrap
+//! with it, the host issues certificates with it), it pins the connection
+//! to the root exactly as every later `step` call will, and the toolkit's
+//! binaries stay free of a TLS stack (the hookscript starts in a couple of
+//! milliseconds).
+
+pub mod token;
+pub mod wait;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::{CaPaths, Config};
+use crate::exec::Cmd;
+use crate::exit::{err, Kind};
+use crate::fsutil::{self, FileOptions};
+use crate::signal;
+pub use token::{Generation, Token, Verdict};
+use wait::DirWatch;
+
+/// How the CA's health is checked.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// The CA's URL.
+    pub url: String,
+    /// Root certificate the connection is pinned to.
+    pub root: PathBuf,
+    /// Deadline of one check.
+    pub timeout: Duration,
+}
+
+impl Health {
+    /// Ask the CA once. `Err` says why it is not healthy.
+    pub fn check(&self) -> Result<(), String> {
+        let cmd = Cmd::new("step")
+            .args(["ca", "health", "--ca-url", &self.url, "--root"])
+            .arg(&self.root)
+            .timeout(self.timeout);
+        match cmd.run() {
+            Ok(out) if out.status.success() && out.stdout_str().trim() == "ok" => Ok(()),
+            Ok(out) => Err(cmd.failure_message(&out)),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+}
+
+/// The state directory `phoenix-ca` uses when none is given: the host's
+/// view on a Proxmox node (`/etc/pve` exists), the guests' view elsewhere.
+pub fn default_state_dir(config: &Config) -> PathBuf {
+    if Path::new("/etc/pve").is_dir() {
+        config.ca.state_dir.clone()
+    } else {
+        config.ca.guest_state_dir.clone()
+    }
+}
+
+/// SHA-256 fingerprint (hex) of the first certificate in a PEM file, as
+/// `step certificate fingerprint` prints it.
+pub fn fingerprint_of(root: &Path) -> Result<String> {
+    let bytes = fsutil::read_limited(root, 1 << 20)
+        .with_context(|| format!("reading root certificate '{}'", root.display()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&bytes)
+        .map_err(|e| anyhow::anyhow!("root certificate '{}' is not PEM: {e}", root.display()))?;
+    pem.parse_x509().map_err(|e| {
+        anyhow::anyhow!("root certificate '{}' does not parse: {e}", root.display())
+    })?;
+    Ok(hex(&Sha256::digest(&pem.contents)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Read a fingerprint file: `Ok(None)` when absent, an error when present
+/// but not a fingerprint.
+pub fn read_fingerprint_file(path: &Path) -> Result<Option<String>> {
+    match fsutil::read_limited(path, 4096) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes).trim().to_lowercase();
+            if token::is_fingerprint(&text) {
+                Ok(Some(text))
+            } else {
+                Err(err(
+                    Kind::Config,
+                    format!(
+                        "fingerprint file '{}' does not hold 64 hex digits",
+                        path.display()
+                    ),
+                ))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading '{}'", path.display())),
+    }
+}
+
+/// Start a new generation: write `ca.generation`, then remove `ca.ready`
+/// (old bash waiters that only test for the file keep waiting too). A
+/// token of the old generation is stale from the first step on.
+pub fn invalidate(paths: &CaPaths) -> Result<Generation> {
+    if !paths.dir.is_dir() {
+        return Err(err(
+            Kind::Failed,
+            format!(
+                "CA state directory '{}' does not exist",
+                paths.dir.display()
+            ),
+        ));
+    }
+    let generation = token::new_generation()?;
+    token::write_generation(&paths.generation, &generation)?;
+    let removed = fsutil::remove_durable(&paths.ready)?;
+    log::info!(
+        "new CA generation {} in '{}'{}",
+        token::short(&generation.generation),
+        paths.dir.display(),
+        if removed {
+            "; old readiness token removed"
+        } else {
+            ""
+        }
+    );
+    Ok(generation)
+}
+
+/// Options of [`publish`].
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// URL written into the token (and checked, with `health`).
+    pub ca_url: String,
+    /// Root certificate: fingerprint source and health-check pin.
+    pub root: PathBuf,
+    /// Fingerprint given explicitly.
+    pub fingerprint: Option<String>,
+    /// Wait for `/health` before publishing.
+    pub health: bool,
+    /// Bound of that wait.
+    pub timeout: Duration,
+    /// Deadline of one health check.
+    pub health_timeout: Duration,
+}
+
+/// Wait for the CA to answer `/health`, then write the token atomically
+/// (and the fingerprint file, if absent).
+pub fn publish(paths: &CaPaths, opts: &PublishOptions) -> Result<Token> {
+    let fingerprint = resolve_fingerprint(paths, opts)?;
+    if opts.health {
+        let health = Health {
+            url: opts.ca_url.clone(),
+            root: opts.root.clone(),
+            timeout: opts.health_timeout,
+        };
+        wait_healthy(&health, opts.timeout)?;
+    }
+    let generation = match token::read_generation(&paths.generation) {
+        Ok(Some(g)) => g,
+        Ok(None) => {
+            let g = token::new_generation()?;
+            token::write_generation(&paths.generation, &g)?;
+            log::info!("no generation yet: started {}", token::short(&g.generation));
+            g
+        }
+        Err(why) => {
+            return Err(err(
+                Kind::Failed,
+                format!("cannot read the CA generation: {why}"),
+            ))
+        }
+    };
+    let token = Token {
+        version: token::TOKEN_VERSION,
+        generation: generation.generation,
+        ca_url: opts.ca_url.clone(),
+        fingerprint: fingerprint.clone(),
+        written_at: token::now_rfc3339(),
+    };
+    signal::check()?;
+    token::write_token(&paths.ready, &token)?;
+    if read_fingerprint_file(&paths.fingerprint)?.is_none() {
+        fsutil::write_atomic(
+            &paths.fingerprint,
+            format!("{fingerprint}\n").as_bytes(),
+            FileOptions::mode(0o644),
+        )?;
+    }
+    log::info!(
+        "published readiness token for generation {} ({})",
+        token::short(&token.generation),
+        paths.ready.display()
+    );
+    Ok(token)
+}
+
+fn resolve_fingerprint(paths: &CaPaths, opts: &PublishOptions) -> Result<String> {
+    if let Some(fp) = &opts.fingerprint {
+        let fp = fp.trim().to_lowercase();
+        if !token::is_fingerprint(&fp) {
+            return Err(err(
+                Kind::Config,
+                format!("--fingerprint '{fp}' is not 64 hex digits"),
+            ));
+        }
+        return Ok(fp);
+    }
+    if let Some(fp) = read_fingerprint_file(&paths.fingerprint)? {
+        return Ok(fp);
+    }
+    if opts.root.exists() {
+        return fingerprint_of(&opts.root).map_err(|e| err(Kind::Config, format!("{e:#}")));
+    }
+    Err(err(
+        Kind::Config,
+        format!(
+            "no root fingerprint: give --fingerprint, or provide '{}' or the root certificate '{}'",
+            paths.fingerprint.display(),
+            opts.root.display()
+        ),
+    ))
+}
+
+/// Poll `health` until it passes or `timeout` runs out (exit 124).
+pub fn wait_healthy(health: &Health, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        signal::check()?;
+        match health.check() {
+            Ok(()) => return Ok(()),
+            Err(why) => {
+                if why != last {
+                    log::info!("CA at {} not healthy yet: {why}", health.url);
+                    last = why;
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(err(
+                Kind::Timeout,
+                format!(
+                    "CA at {} not healthy after {}: {last}",
+                    health.url,
+                    humantime::format_duration(timeout)
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200).min(deadline - Instant::now()));
+    }
+}
+
+/// Options of [`wait_ready`].
+#[derive(Debug, Clone)]
+pub struct WaitOptions {
+    /// Bound of the whole wait.
+    pub timeout: Duration,
+    /// Poll interval (inotify may wake earlier).
+    pub interval: Duration,
+    /// Health check to pass as well; `None` trusts the token alone.
+    pub health: Option<Health>,
+    /// Use inotify where available.
+    pub inotify: bool,
+}
+
+/// What a successful wait found.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The token, if it was one (a legacy empty file has none).
+    pub token: Option<Token>,
+    /// How long the wait took.
+    pub waited: Duration,
+}
+
+/// Wait until the token is fresh (and the CA healthy, if asked). Exit 124
+/// at the bound with a message saying what was missing.
+pub fn wait_ready(paths: &CaPaths, opts: &WaitOptions) -> Result<Ready> {
+    let started = Instant::now();
+    let deadline = started + opts.timeout;
+    let mut watch = DirWatch::new(&paths.dir, opts.inotify);
+    let mut last = String::new();
+    let mut next_progress = started + Duration::from_secs(10);
+    log::debug!(
+        "waiting for '{}' ({}, every {} ms)",
+        paths.ready.display(),
+        if watch.uses_inotify() {
+            "inotify and polling"
+        } else {
+            "polling"
+        },
+        opts.interval.as_millis()
+    );
+    loop {
+        signal::check()?;
+        let verdict = token::check(paths);
+        let why = match (&verdict, &opts.health) {
+            (Verdict::Fresh(t), None) => return Ok(ready(Some(t.clone()), started)),
+            (Verdict::Fresh(t), Some(h)) => match h.check() {
+                Ok(()) => return Ok(ready(Some(t.clone()), started)),
+                Err(e) => format!("token fresh, but the CA is unhealthy: {e}"),
+            },
+            (v, Some(h)) if v.needs_health() => match h.check() {
+                Ok(()) => {
+                    log::warn!("accepting {} because the CA answers /health", v.describe());
+                    let token = match v {
+                        Verdict::Unverified(t, _) => Some(t.clone()),
+                        _ => None,
+                    };
+                    return Ok(ready(token, started));
+                }
+                Err(e) => format!("{}; CA unhealthy: {e}", v.describe()),
+            },
+            (v, None) if v.needs_health() => {
+                format!("{} and health checks are off", v.describe())
+            }
+            (v, _) => v.describe(),
+        };
+        let now = Instant::now();
+        if why != last || now >= next_progress {
+            let left = deadline.saturating_duration_since(now);
+            log::info!("waiting for the CA: {why} ({}s left)", left.as_secs());
+            last = why;
+            next_progress = now + Duration::from_secs(10);
+        }
+        if now >= deadline {
+            return Err(err(
+                Kind::Timeout,
+                format!(
+                    "CA not ready after {}: {last} ('{}')",
+                    humantime::format_duration(opts.timeout),
+                    paths.ready.display()
+                ),
+            ));
+        }
+        watch.wait(opts.interval.min(deadline - now));
+    }
+}
+
+fn ready(token: Option<Token>, started: Instant) -> Ready {
+    let waited = started.elapsed();
+    log::info!("CA ready after {} ms", waited.as_millis());
+    Ready { token, waited }
+}
+
+/// Install the root with `step ca bootstrap ... --install --force`, so the
+/// guest trusts the CA (idempotent across boots thanks to `--force`).
+pub fn bootstrap(url: &str, fingerprint: &str, timeout: Duration) -> Result<()> {
+    Cmd::new("step")
+        .args([
+            "ca",
+            "bootstrap",
+            "--ca-url",
+            url,
+            "--fingerprint",
+            fingerprint,
+        ])
+        .args(["--install", "--force"])
+        .timeout(timeout)
+        .run_ok()
+        .context("bootstrapping trust in the CA")?;
+    log::info!(
+        "trust in the CA at {url} bootstrapped (root {})",
+        token::short(fingerprint)
+    );
+    Ok(())
+}
+
+/// What `phoenix-ca status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The state directory looked at.
+    pub state_dir: PathBuf,
+    /// Current generation, if readable.
+    pub generation: Option<Generation>,
+    /// Why the generation is not shown, if it is not.
+    pub generation_problem: Option<String>,
+    /// The token, if it parsed.
+    pub token: Option<Token>,
+    /// The verdict in words.
+    pub token_state: String,
+    /// Whether the token is of the current generation.
+    pub token_fresh: bool,
+    /// Content of the fingerprint file.
+    pub fingerprint: Option<String>,
+    /// `ok`, the failure, or `not checked`.
+    pub health: String,
+    /// Fresh token (or legacy plus health) and a healthy CA.
+    pub ready: bool,
+}
+
+/// Gather the status; `health` `None` skips the health check.
+pub fn status(paths: &CaPaths, health: Option<&Health>) -> Status {
+    let (generation, generation_problem) = match token::read_generation(&paths.generation) {
+        Ok(Some(g)) => (Some(g), None),
+        Ok(None) => (None, Some("no generation file".to_string())),
+        Err(why) => (None, Some(why)),
+    };
+    let verdict = token::check(paths);
+    let token = match &verdict {
+        Verdict::Fresh(t) | Verdict::Unverified(t, _) => Some(t.clone()),
+        _ => None,
+    };
+    let fingerprint = read_fingerprint_file(&paths.fingerprint).ok().flatten();
+    let health_result = health.map(Health::check);
+    let healthy = matches!(health_result, Some(Ok(())));
+    let ready = match &health_result {
+        None => verdict.is_fresh(),
+        Some(_) => healthy && (verdict.is_fresh() || verdict.needs_health()),
+    };
+    Status {
+        state_dir: paths.dir.clone(),
+        generation,
+        generation_problem,
+        token_fresh: verdict.is_fresh(),
+        token,
+        token_state: verdict.describe(),
+        fingerprint,
+        health: match health_result {
+            None => "not checked".into(),
+            Some(Ok(())) => "ok".into(),
+            Some(Err(e)) => e,
+        },
+        ready,
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dash = || "-".to_string();
+        let rows = [
+            ("state dir", self.state_dir.display().to_string()),
+            (
+                "generation",
+                match (&self.generation, &self.generation_problem) {
+                    (Some(g), _) => format!("{} (since {})", g.generation, g.created_at),
+                    (None, Some(p)) => p.clone(),
+                    _ => dash(),
+                },
+            ),
+            ("token", self.token_state.clone()),
+            (
+                "token written",
+                self.token
+                    .as_ref()
+                    .map(|t| t.written_at.clone())
+                    .unwrap_or_else(dash),
+            ),
+            (
+                "ca url",
+                self.token
+                    .as_ref()
+                    .map(|t| t.ca_url.clone())
+                    .unwrap_or_else(dash),
+            ),
+            ("fingerprint", self.fingerprint.clone().unwrap_or_else(dash)),
+            ("health", self.health.clone()),
+            ("ready", if self.ready { "yes" } else { "no" }.into()),
+        ];
+        for (k, v) in rows {
+            writeln!(f, "{k:<14} {v}")?;
+        }
+        Ok(())
+    }
+}

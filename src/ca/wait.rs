@@ -1,0 +1,154 @@
+//! Waiting, bounded, for something in the CA state directory to change.
+//!
+//! inotify wakes the waiter at once where the file system delivers events
+//! (local file systems, the CA guest's own writes). A timer wakes it every
+//! interval regardless, because inotify never sees a file written by
+//! another NFS client, and on NFS a `stat()` of a new file can keep
+//! answering ENOENT from the negative dentry cache: each wake-up reads the
+//! token again with `open()` + `read()`.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+/// Wakes a waiter when the watched directory changes, or when the
+/// interval has passed.
+pub struct DirWatch {
+    dir: PathBuf,
+    inotify: Option<Inotify>,
+    watching: bool,
+}
+
+impl DirWatch {
+    /// Watch `dir`; with `use_inotify` false, only the timer wakes.
+    pub fn new(dir: &Path, use_inotify: bool) -> Self {
+        let inotify = if use_inotify {
+            match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    log::debug!("inotify unavailable ({e}); polling only");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut watch = DirWatch {
+            dir: dir.to_path_buf(),
+            inotify,
+            watching: false,
+        };
+        watch.rewatch();
+        watch
+    }
+
+    /// Whether inotify events are coming (otherwise only the timer wakes).
+    pub fn uses_inotify(&self) -> bool {
+        self.watching
+    }
+
+    /// (Re)add the watch. The directory may not exist yet (the mount is
+    /// not up), or a file system may have been mounted over it since: adding
+    /// the watch again picks up the inode the path names now.
+    fn rewatch(&mut self) {
+        let Some(inotify) = &self.inotify else {
+            return;
+        };
+        let mask = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MODIFY
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_ATTRIB;
+        self.watching = inotify.add_watch(&self.dir, mask).is_ok();
+    }
+
+    /// Sleep until an event in the directory, `max` passing, or a signal.
+    pub fn wait(&mut self, max: Duration) {
+        let started = Instant::now();
+        match &self.inotify {
+            Some(inotify) if self.watching => {
+                let ms = max.as_millis().min(i32::MAX as u128) as i32;
+                let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+                let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, timeout) {
+                    Ok(n) if n > 0 => {
+                        // Drain; what changed does not matter, the caller re-reads.
+                        while let Ok(events) = inotify.read_events() {
+                            if events.is_empty() {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => {
+                        log::debug!("poll on inotify failed ({e}); sleeping instead");
+                        sleep_rest(started, max);
+                    }
+                }
+            }
+            _ => sleep_rest(started, max),
+        }
+        self.rewatch();
+    }
+}
+
+fn sleep_rest(started: Instant, max: Duration) {
+    // std's sleep restarts after EINTR; a plain nanosleep returns at once
+    // on a signal, so a stop request is seen promptly.
+    let rest = max.saturating_sub(started.elapsed());
+    let ts = nix::sys::time::TimeSpec::from_duration(rest);
+    let _ = nix::time::clock_nanosleep(
+        nix::time::ClockId::CLOCK_MONOTONIC,
+        nix::time::ClockNanosleepFlags::empty(),
+        &ts,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inotify_wakes_before_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = DirWatch::new(dir.path(), true);
+        assert!(w.uses_inotify());
+        let target = dir.path().join("ca.ready");
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::write(target, "x").unwrap();
+        });
+        let started = Instant::now();
+        w.wait(Duration::from_secs(20));
+        writer.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn without_inotify_the_interval_bounds_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = DirWatch::new(dir.path(), false);
+        assert!(!w.uses_inotify());
+        let started = Instant::now();
+        w.wait(Duration::from_millis(50));
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(50), "{took:?}");
+    }
+
+    #[test]
+    fn missing_directory_is_watched_once_it_appears() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("ssl");
+        let mut w = DirWatch::new(&dir, true);
+        assert!(!w.uses_inotify());
+        std::fs::create_dir(&dir).unwrap();
+        w.wait(Duration::from_millis(1));
+        assert!(w.uses_inotify());
+    }
+}

@@ -1,0 +1,229 @@
+//! File-system helpers: the one atomic write every file of the toolkit goes
+//! through, bounded reads of small documents, and directory creation.
+//!
+//! An atomic write never lets a reader see half a file and never leaves the
+//! target half-written after a crash: the data goes to a temp file in the
+//! target's directory (same file system, so `rename` is atomic), whose owner
+//! and mode are set *before* any byte of data is written (a key is never
+//! readable by others, not even for an instant), then `fsync`, `rename`,
+//! and `fsync` of the directory so that the rename itself is durable.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+
+/// Owner and mode of a file written by [`write_atomic`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOptions {
+    /// Permission bits, e.g. `0o644`.
+    pub mode: u32,
+    /// `(uid, gid)` to give the file; `None` keeps the writer's.
+    pub owner: Option<(u32, u32)>,
+}
+
+impl FileOptions {
+    /// A file with `mode`, owned by the writer.
+    pub fn mode(mode: u32) -> Self {
+        FileOptions { mode, owner: None }
+    }
+}
+
+/// The prefix of every temp file, so that readers and clean-ups can tell
+/// them apart from real files.
+pub const TEMP_PREFIX: &str = ".phoenix-tmp.";
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh temp path in the directory of `target`.
+pub fn temp_path_for(target: &Path) -> Result<PathBuf> {
+    let dir = parent_dir(target);
+    let name = target
+        .file_name()
+        .with_context(|| format!("'{}' has no file name", target.display()))?;
+    let mut tmp = OsString::from(TEMP_PREFIX);
+    tmp.push(name);
+    tmp.push(format!(
+        ".{}.{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    Ok(dir.join(tmp))
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Create a new temp file beside `target` with `opts` applied before any
+/// data is written. The caller writes, then calls [`commit`].
+pub fn create_temp(target: &Path, opts: FileOptions) -> Result<(File, PathBuf)> {
+    let tmp = temp_path_for(target)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open(&tmp)
+        .with_context(|| format!("creating temp file '{}'", tmp.display()))?;
+    let prepare = || -> Result<()> {
+        if let Some((uid, gid)) = opts.owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .with_context(|| format!("chown {uid}:{gid} '{}'", tmp.display()))?;
+        }
+        // After chown: chown may clear set-id bits, and the umask played on create.
+        file.set_permissions(fs::Permissions::from_mode(opts.mode))
+            .with_context(|| format!("chmod {:o} '{}'", opts.mode, tmp.display()))?;
+        Ok(())
+    };
+    if let Err(e) = prepare() {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok((file, tmp))
+}
+
+/// `fsync` the temp file, rename it over `target`, `fsync` the directory.
+/// On failure the temp file is removed and `target` is untouched.
+pub fn commit(file: File, tmp: &Path, target: &Path) -> Result<()> {
+    let result = file
+        .sync_all()
+        .with_context(|| format!("fsync '{}'", tmp.display()))
+        .and_then(|()| {
+            drop(file);
+            fs::rename(tmp, target)
+                .with_context(|| format!("renaming '{}' to '{}'", tmp.display(), target.display()))
+        });
+    if let Err(e) = result {
+        let _ = fs::remove_file(tmp);
+        return Err(e);
+    }
+    fsync_dir(parent_dir(target))
+}
+
+/// Write `data` to `path` atomically with the given owner and mode.
+pub fn write_atomic(path: &Path, data: &[u8], opts: FileOptions) -> Result<()> {
+    let (mut file, tmp) = create_temp(path, opts)?;
+    if let Err(e) = file.write_all(data) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing '{}'", tmp.display()));
+    }
+    commit(file, &tmp, path).with_context(|| format!("writing '{}'", path.display()))
+}
+
+/// `fsync` a directory, making renames and unlinks in it durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync directory '{}'", dir.display()))
+}
+
+/// Remove `path` if it exists and make the removal durable. Returns whether
+/// a file was there.
+pub fn remove_durable(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            fsync_dir(parent_dir(path))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("removing '{}'", path.display())),
+    }
+}
+
+/// Read a small regular file with `open()` + `read()` (on NFS, `open()`
+/// revalidates the file with the server: close-to-open consistency, which
+/// `stat()` alone does not give). At most `limit` bytes; a larger file, or
+/// something that is not a regular file, is an `InvalidData` error.
+pub fn read_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mut buf = Vec::with_capacity(meta.len().min(limit) as usize);
+    file.take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// Create `dir` and its missing parents; directories this creates get `mode`.
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .with_context(|| format!("creating directory '{}'", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn atomic_write_sets_mode_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("key.pem");
+        write_atomic(&target, b"secret", FileOptions::mode(0o600)).unwrap();
+        let meta = fs::metadata(&target).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&target).unwrap(), b"secret");
+        write_atomic(&target, b"second", FileOptions::mode(0o640)).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"second");
+        assert_eq!(fs::metadata(&target).unwrap().mode() & 0o777, 0o640);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![OsString::from("key.pem")]);
+    }
+
+    #[test]
+    fn failed_write_leaves_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("missing-dir").join("f");
+        assert!(write_atomic(&target, b"x", FileOptions::mode(0o644)).is_err());
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn read_limited_refuses_large_and_non_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("big");
+        fs::write(&f, vec![b'a'; 100]).unwrap();
+        assert_eq!(read_limited(&f, 100).unwrap().len(), 100);
+        assert_eq!(
+            read_limited(&f, 99).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        assert_eq!(
+            read_limited(dir.path(), 10).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
+    #[test]
+    fn remove_durable_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ca.ready");
+        fs::write(&f, "").unwrap();
+        assert!(remove_durable(&f).unwrap());
+        assert!(!remove_durable(&f).unwrap());
+    }
+}

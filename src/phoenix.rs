@@ -1,0 +1,255 @@
+//! Readers for the three Phoenix configuration files, read as they are:
+//! `phoenix_lxc_configs.json`, `phoenix_vm_configs.json` and
+//! `certificate-manifest.json`.
+//!
+//! Tolerant of every field the toolkit does not use (the files carry GPU,
+//! firewall, vLLM settings and more), strict on the ones it does: a wrong
+//! type or a missing required field is a configuration error (exit 2) that
+//! names the file, the key path (`vms[1].swarm_role`, `[3].sans[0]`) and
+//! line:column.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::Deserialize;
+
+use crate::config::read_json;
+
+/// `phoenix_lxc_configs.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LxcConfigs {
+    /// Containers by VMID.
+    pub lxc_configs: BTreeMap<u32, Lxc>,
+}
+
+/// One container of `lxc_configs`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Lxc {
+    /// Its name.
+    pub name: String,
+    /// Unprivileged (ids shifted on the host). Missing means privileged.
+    #[serde(default)]
+    pub unprivileged: Option<bool>,
+    /// Bind mounts from the host.
+    #[serde(default)]
+    pub mount_points: Vec<LxcMountPoint>,
+    /// Network settings.
+    #[serde(default)]
+    pub network_config: Option<NetworkConfig>,
+}
+
+/// A bind mount of a container.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LxcMountPoint {
+    /// Source on the host.
+    pub host_path: PathBuf,
+    /// Target in the container.
+    pub container_path: PathBuf,
+}
+
+/// A guest's network settings (only the address is used).
+#[derive(Debug, Clone, Deserialize)]
+pub struct NetworkConfig {
+    /// `10.0.0.111/24`, or `dhcp`.
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+impl NetworkConfig {
+    /// The static address without its prefix length; `None` for dhcp or
+    /// anything that is not an IP address.
+    pub fn address(&self) -> Option<IpAddr> {
+        let ip = self.ip.as_deref()?;
+        ip.split('/').next()?.trim().parse().ok()
+    }
+}
+
+/// `phoenix_vm_configs.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VmConfigs {
+    /// The VMs.
+    pub vms: Vec<Vm>,
+}
+
+/// Swarm role of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwarmRole {
+    /// Swarm manager.
+    Manager,
+    /// Swarm worker.
+    Worker,
+}
+
+/// One VM of `vms`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Vm {
+    /// VMID.
+    pub vmid: u32,
+    /// Name.
+    pub name: String,
+    /// A template, not a running guest.
+    #[serde(default)]
+    pub is_template: bool,
+    /// Role in the swarm, if any.
+    #[serde(default)]
+    pub swarm_role: Option<SwarmRole>,
+    /// Network settings.
+    #[serde(default)]
+    pub network_config: Option<NetworkConfig>,
+    /// `key=value` labels for its swarm node (`null` means none).
+    #[serde(default)]
+    pub node_labels: Option<Vec<String>>,
+    /// Volumes the VM mounts itself.
+    #[serde(default)]
+    pub volumes: Vec<VmVolume>,
+}
+
+/// A volume a VM mounts itself.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VmVolume {
+    /// `nfs`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// NFS server.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// Export path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Where it is mounted in the VM.
+    pub mount_point: PathBuf,
+}
+
+/// How a guest is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestType {
+    /// A container (`pct`).
+    Lxc,
+    /// A VM (`qm`).
+    Vm,
+}
+
+/// The structured post-renewal action.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostRenewal {
+    /// argv run inside the guest.
+    pub run: Vec<String>,
+}
+
+/// One entry of `certificate-manifest.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestEntry {
+    /// Subject, also the entry's name.
+    pub common_name: String,
+    /// Subject alternative names (DNS, wildcard, IP); missing means none.
+    #[serde(default)]
+    pub sans: Option<Vec<String>>,
+    /// Guest the certificate serves.
+    pub guest_id: u32,
+    /// lxc or vm.
+    pub guest_type: GuestType,
+    /// Certificate file on the host.
+    pub cert_path: PathBuf,
+    /// Key file on the host.
+    pub key_path: PathBuf,
+    /// `user:group` of the files (names or numbers).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Also place the CA chain.
+    #[serde(default)]
+    pub include_ca: bool,
+    /// `server` (default) or `client`.
+    #[serde(default)]
+    pub cert_type: Option<String>,
+    /// Legacy post-renewal shell command (deprecated).
+    #[serde(default)]
+    pub post_renewal_command: Option<String>,
+    /// Structured post-renewal action.
+    #[serde(default)]
+    pub post_renewal: Option<PostRenewal>,
+}
+
+/// Read `phoenix_lxc_configs.json`.
+pub fn read_lxc_configs(path: &Path) -> Result<LxcConfigs> {
+    read_json(path, "LXC configuration")
+}
+
+/// Read `phoenix_vm_configs.json`.
+pub fn read_vm_configs(path: &Path) -> Result<VmConfigs> {
+    read_json(path, "VM configuration")
+}
+
+/// Read `certificate-manifest.json`.
+pub fn read_manifest(path: &Path) -> Result<Vec<ManifestEntry>> {
+    read_json(path, "certificate manifest")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::{kind_of, Kind};
+
+    fn write(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn lxc_reader_ignores_unused_fields() {
+        let (_d, p) = write(
+            "lxc.json",
+            r#"{"nvidia_driver_version": "1", "lxc_configs": {"103": {"name": "Step-CA",
+               "unprivileged": true, "gpu_assignment": "none",
+               "mount_points": [{"host_path": "/mnt/pve/quickOS/x", "container_path": "/etc/step-ca/ssl"}]},
+               "101": {"name": "Nginx"}}}"#,
+        );
+        let c = read_lxc_configs(&p).unwrap();
+        assert_eq!(c.lxc_configs[&103].mount_points.len(), 1);
+        assert!(c.lxc_configs[&101].mount_points.is_empty());
+    }
+
+    #[test]
+    fn vm_reader_is_strict_on_used_fields() {
+        let (_d, p) = write(
+            "vm.json",
+            r#"{"vms": [{"vmid": 1001, "name": "Portainer", "swarm_role": "manager",
+                "network_config": {"ip": "10.0.0.111/24"}, "node_labels": null},
+               {"vmid": 1002, "name": "w", "swarm_role": "boss"}]}"#,
+        );
+        let e = read_vm_configs(&p).unwrap_err();
+        assert_eq!(kind_of(&e), Kind::Config);
+        let msg = e.to_string();
+        assert!(msg.contains("vms[1].swarm_role"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn address_strips_prefix_and_refuses_dhcp() {
+        let n = |ip: &str| NetworkConfig {
+            ip: Some(ip.into()),
+        };
+        assert_eq!(
+            n("10.0.0.111/24").address(),
+            Some("10.0.0.111".parse().unwrap())
+        );
+        assert_eq!(n("dhcp").address(), None);
+    }
+
+    #[test]
+    fn manifest_errors_name_entry_and_field() {
+        let (_d, p) = write(
+            "m.json",
+            r#"[{"common_name": "a", "guest_id": 1, "guest_type": "lxc", "cert_path": "/a", "key_path": "/b"},
+                {"common_name": "b", "guest_id": "x", "guest_type": "lxc", "cert_path": "/a", "key_path": "/b"}]"#,
+        );
+        let msg = read_manifest(&p).unwrap_err().to_string();
+        assert!(msg.contains("[1].guest_id"), "{msg}");
+    }
+}
