@@ -16,4 +16,5 @@ pub mod fsutil;
 pub mod lock;
 pub mod logging;
 pub mod phoenix;
+pub mod proxmox;
 pub mod signal;

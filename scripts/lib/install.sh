@@ -1,0 +1,50 @@
+# Installing what the demo and the tests need on a fresh Debian machine.
+# Sourced by scripts/test.sh and scripts/demo.sh.
+
+log() { printf '[phoenix] %s\n' "$*" >&2; }
+
+# Debian packages by the command they provide.
+ensure_packages() {
+  local missing=() cmd pkg
+  for pair in "$@"; do
+    cmd=${pair%%:*}; pkg=${pair#*:}
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  ((${#missing[@]})) || return 0
+  [ "$(id -u)" -eq 0 ] || { log "need root to apt-get install ${missing[*]}"; return 1; }
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The real smallstep step CLI and step-ca: from PATH, else built from
+# Debian's sources by ../shared/tools/install-step.sh.
+ensure_step() {
+  if command -v step >/dev/null 2>&1 && command -v step-ca >/dev/null 2>&1; then
+    return 0
+  fi
+  local installer
+  installer="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/../shared/tools/install-step.sh"
+  if [ -f "$installer" ]; then
+    log "step/step-ca not on PATH: building them with $installer (1-2 minutes, once)"
+    bash "$installer"
+  else
+    log "step and step-ca are needed: install smallstep's official packages"
+    log "(step-cli and step-ca .deb from https://smallstep.com/docs/step-cli/installation)"
+    return 1
+  fi
+}
+
+ensure_cargo() {
+  command -v cargo >/dev/null 2>&1 && return 0
+  log "cargo not found: install Rust (https://rustup.rs), then run this again"
+  return 1
+}
+
+install_test_deps() {
+  ensure_packages python3:python3 curl:curl jq:jq unshare:util-linux \
+    systemd-analyze:systemd bash:bash
+  ensure_step
+  ensure_cargo
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run every test of Phoenix hooks on a fresh Debian machine: installs what
+# the tests need (Debian packages; the real step CLI and step-ca), checks
+# formatting and lints, then runs unit and integration tests.
+#
+#   scripts/test.sh [cargo test args...]
+#
+# Needs root (apt-get, mount namespaces, a systemd user manager).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/install.sh
+
+install_test_deps
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --all-targets "$@"

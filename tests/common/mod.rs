@@ -1,0 +1,198 @@
+//! Support shared by the integration tests: the real step-ca on loopback,
+//! the fake Proxmox tools on PATH, paths of the project and of `../shared`.
+//! (Each test crate uses a part of it.)
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The project root.
+pub fn project() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared` beside the project (tools, reference configs).
+pub fn shared() -> PathBuf {
+    project().join("../shared")
+}
+
+/// `tests/fakes`: fake `qm`, `pct` (and later `docker`).
+pub fn fakes() -> PathBuf {
+    project().join("tests/fakes")
+}
+
+/// PATH with the fakes first.
+pub fn path_with_fakes() -> OsString {
+    let mut p = OsString::from(fakes());
+    p.push(":");
+    p.push(std::env::var_os("PATH").unwrap_or_default());
+    p
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real step-ca started with `../shared/tools/run-test-ca.sh`, stopped
+/// when dropped. Binds 127.0.0.1 only.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub vars: HashMap<String, String>,
+}
+
+impl TestCa {
+    /// Initialise and start a CA; `claims` as `STEP_CA_CLAIMS`.
+    pub fn start(claims: Option<&str>) -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut ca = TestCa {
+            dir,
+            port,
+            vars: HashMap::new(),
+        };
+        ca.launch(claims);
+        ca
+    }
+
+    /// Initialise the CA's files without starting it: returns the CA with
+    /// `url()` known, so a test can start it late with [`TestCa::launch`].
+    pub fn init_only() -> TestCa {
+        let ca = TestCa::start(None);
+        ca.stop();
+        ca
+    }
+
+    /// Start (again) on the same port and directory.
+    pub fn launch(&mut self, claims: Option<&str>) {
+        let mut cmd = Command::new("bash");
+        cmd.arg(shared().join("tools/run-test-ca.sh"))
+            .arg(self.dir.path())
+            .arg(self.port.to_string());
+        if let Some(c) = claims {
+            cmd.env("STEP_CA_CLAIMS", c);
+        }
+        let out = cmd.output().expect("running run-test-ca.sh");
+        assert!(
+            out.status.success(),
+            "run-test-ca.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.vars = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Stop the server (files stay).
+    pub fn stop(&self) {
+        let _ = Command::new("bash")
+            .arg(shared().join("tools/run-test-ca.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn root_cert(&self) -> PathBuf {
+        self.dir.path().join("steppath/certs/root_ca.crt")
+    }
+
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.path().join("password")
+    }
+
+    pub fn fingerprint(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("root_fingerprint"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn provisioner(&self) -> String {
+        self.vars
+            .get("PROVISIONER")
+            .cloned()
+            .unwrap_or_else(|| "admin".into())
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// State of the fake `qm`/`pct` (see tests/fakes/pve.py).
+pub struct FakePve {
+    pub dir: tempfile::TempDir,
+}
+
+impl FakePve {
+    pub fn new() -> FakePve {
+        FakePve {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn guest(&self, kind: &str, id: u32) -> PathBuf {
+        let d = self.dir.path().join(kind).join(id.to_string());
+        std::fs::create_dir_all(d.join("bin")).unwrap();
+        d
+    }
+
+    /// A running VM with a running agent.
+    pub fn add_vm(&self, id: u32) -> PathBuf {
+        self.guest("qemu", id)
+    }
+
+    /// A running container.
+    pub fn add_ct(&self, id: u32) -> PathBuf {
+        self.guest("lxc", id)
+    }
+
+    pub fn set_status(&self, dir: &Path, status: &str) {
+        std::fs::write(dir.join("status"), status).unwrap();
+    }
+
+    pub fn agent_absent(&self, vm_dir: &Path) {
+        std::fs::write(vm_dir.join("agent"), "absent").unwrap();
+    }
+
+    /// Put an executable script into the guest's `bin/`.
+    pub fn guest_command(&self, guest_dir: &Path, name: &str, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = guest_dir.join("bin").join(name);
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Every recorded call, in order.
+    pub fn calls(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("calls.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Environment for a child that should use the fakes.
+    pub fn env(&self) -> Vec<(OsString, OsString)> {
+        vec![
+            ("PATH".into(), path_with_fakes()),
+            ("PHOENIX_FAKE_PVE".into(), self.dir.path().into()),
+        ]
+    }
+}

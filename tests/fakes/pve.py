@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""Fake Proxmox `qm` and `pct` for tests (this file, called by either name).
+
+Behaves like the real tools where the toolkit depends on it:
+- `qm status ID` / `pct status ID` print `status: running|stopped` and exit 0
+  either way; an unknown guest: "Configuration file '...' does not exist", 255.
+- `qm guest cmd ID ping`: silent exit 0; "VM ID not running" or
+  "QEMU guest agent is not running", 255.
+- `qm guest exec ID [--timeout T] [--pass-stdin 0|1] [--synchronous 0|1] -- ARGV`:
+  exits 0 whatever the command did and prints the result as PVE does
+  (`to_json(pretty, canonical)`: 3-space indent, `"key" : value`, sorted),
+  with `exited` 1/0, `exitcode` (absent when killed by a signal, `signal`
+  then), `out-data`/`err-data` when non-empty. When the command outlives
+  --timeout (default 30 s) it prints "timeout reached, returning pid" on
+  stderr and `{"pid" : N}` on stdout; the command goes on running.
+  --pass-stdin over 1 MiB: "'input-data' (STDIN) is limited to 1 MiB, aborting".
+- `qm guest exec-status ID PID`: `{"exited" : 0}` while running, the result once done.
+- `pct exec ID -- ARGV`: the command's own exit status and output.
+- Unknown options: "Unknown option: X" + "400 unable to parse option", 255.
+
+State lives under $PHOENIX_FAKE_PVE:
+  qemu/ID/ or lxc/ID/      the guest exists
+    status                 "running" (default) or "stopped"
+    agent                  (VMs) present: the agent runs; "absent": it does not
+    bin/                   the guest's commands: first on PATH for ARGV
+  calls.jsonl              every call: {"tool", "argv", "stdin_bytes"}
+Guest commands run with FAKE_GUEST_ID, FAKE_GUEST_DIR and FAKE_PVE set.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+NODE = "pve"
+STDIN_LIMIT = 1024 * 1024
+
+
+def die(msg, code=255):
+    sys.stderr.write(msg.rstrip("\n") + "\n")
+    sys.exit(code)
+
+
+def state_root():
+    root = os.environ.get("PHOENIX_FAKE_PVE")
+    if not root:
+        die("fake pve: PHOENIX_FAKE_PVE is not set")
+    return root
+
+
+def record(tool, argv, stdin_bytes=0):
+    with open(os.path.join(state_root(), "calls.jsonl"), "a") as f:
+        f.write(json.dumps({"tool": tool, "argv": argv, "stdin_bytes": stdin_bytes}) + "\n")
+
+
+def pve_json(obj):
+    return json.dumps(obj, indent=3, sort_keys=True, separators=(",", " : ")) + "\n"
+
+
+def guest_dir(kind, vmid):
+    if not vmid.isdigit():
+        die(f"400 Parameter verification failed.\nvmid: invalid format - value does not look like a valid VM ID")
+    d = os.path.join(state_root(), "qemu" if kind == "qm" else "lxc", vmid)
+    if not os.path.isdir(d):
+        sub = "qemu-server" if kind == "qm" else "lxc"
+        die(f"Configuration file 'nodes/{NODE}/{sub}/{vmid}.conf' does not exist")
+    return d
+
+
+def read(path, default):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return default
+
+
+def is_running(d):
+    return read(os.path.join(d, "status"), "running") == "running"
+
+
+def parse_opts(args, known):
+    """Split `--opt value` options (PVE style, also --opt=value) from the rest."""
+    opts, rest = {}, []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest.extend(args[i + 1:])
+            break
+        if a.startswith("--"):
+            name, _, val = a[2:].partition("=")
+            if name not in known:
+                die(f"Unknown option: {name}\n400 unable to parse option")
+            if not val:
+                i += 1
+                if i >= len(args):
+                    die(f"400 unable to parse option\n{name}: missing value")
+                val = args[i]
+            opts[name] = val
+        else:
+            rest.append(a)
+        i += 1
+    return opts, rest
+
+
+def perl_bool(name, val):
+    if val in ("1", "true", "yes", "on"):
+        return True
+    if val in ("0", "false", "no", "off"):
+        return False
+    die(f"400 Parameter verification failed.\n{name}: type check ('boolean') failed - got '{val}'")
+
+
+def guest_env(d, vmid):
+    env = dict(os.environ)
+    env["PATH"] = os.path.join(d, "bin") + ":/usr/local/bin:/usr/bin:/bin"
+    env["FAKE_GUEST_ID"] = vmid
+    env["FAKE_GUEST_DIR"] = d
+    env["FAKE_PVE"] = state_root()
+    return env
+
+
+def result_of(proc_returncode, out, err):
+    res = {"exited": 1}
+    if proc_returncode < 0:
+        res["signal"] = -proc_returncode
+    else:
+        res["exitcode"] = proc_returncode
+    if out:
+        res["out-data"] = out.decode("utf-8", "replace")
+    if err:
+        res["err-data"] = err.decode("utf-8", "replace")
+    return res
+
+
+def qm_guest_exec(args):
+    opts, rest = parse_opts(args, {"timeout", "pass-stdin", "synchronous"})
+    if not rest:
+        die("400 not enough arguments\nqm guest exec <vmid> [<extra-args>] [OPTIONS]")
+    vmid, argv = rest[0], rest[1:]
+    sync = perl_bool("synchronous", opts.get("synchronous", "1"))
+    if "timeout" in opts and not sync:
+        die("400 Parameter verification failed.\nsynchronous: needs to be set for 'timeout'")
+    timeout = opts.get("timeout", "30")
+    if not timeout.isdigit():
+        die(f"400 Parameter verification failed.\ntimeout: type check ('integer') failed - got '{timeout}'")
+    timeout = int(timeout)
+    data = None
+    if perl_bool("pass-stdin", opts.get("pass-stdin", "0")):
+        data = sys.stdin.buffer.read(STDIN_LIMIT + 1)
+        if len(data) > STDIN_LIMIT:
+            die("'input-data' (STDIN) is limited to 1 MiB, aborting")
+    record("qm", ["guest", "exec"] + args, len(data or b""))
+    d = guest_dir("qm", vmid)
+    if not is_running(d):
+        die(f"VM {vmid} not running")
+    if read(os.path.join(d, "agent"), "running") == "absent":
+        die("QEMU guest agent is not running")
+    if not argv:
+        die("400 Parameter verification failed.\nextra-args: No command given")
+    # The command's output goes to files, as the agent buffers it, so a
+    # command that outlives the timeout can go on running after we return.
+    jobs = os.path.join(d, "jobs")
+    os.makedirs(jobs, exist_ok=True)
+    out_path = os.path.join(jobs, f"{os.getpid()}.out")
+    err_path = os.path.join(jobs, f"{os.getpid()}.err")
+    with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out_f, stderr=err_f,
+                                    env=guest_env(d, vmid), start_new_session=True)
+        except OSError as e:
+            # qemu-ga answers a failed spawn with an error, which qm dies with.
+            die(f"Agent error: Failed to execute child process \u201c{argv[0]}\u201d ({e.strerror})")
+    proc.stdin.write(data or b"")
+    proc.stdin.close()
+    pidfile = os.path.join(jobs, f"{proc.pid}.json")
+    with open(pidfile + ".paths", "w") as f:
+        json.dump({"out": out_path, "err": err_path}, f)
+    if not sync:
+        sys.stdout.write(pve_json({"pid": proc.pid}))
+        return 0
+    start = time.time()
+    while timeout == 0 or time.time() - start < timeout:
+        rc = proc.poll()
+        if rc is not None:
+            res = result_of(rc, open(out_path, "rb").read(), open(err_path, "rb").read())
+            sys.stdout.write(pve_json(res))
+            return 0
+        time.sleep(0.02)
+    sys.stderr.write("timeout reached, returning pid\n")
+    sys.stdout.write(pve_json({"pid": proc.pid}))
+    return 0
+
+
+def qm_exec_status(args):
+    if len(args) != 2:
+        die("400 wrong number of arguments\nqm guest exec-status <vmid> <pid>")
+    vmid, pid = args
+    record("qm", ["guest", "exec-status"] + args)
+    d = guest_dir("qm", vmid)
+    paths = os.path.join(d, "jobs", f"{pid}.json.paths")
+    if not os.path.exists(paths):
+        die(f"Agent error: Invalid parameter 'pid'")
+    try:
+        os.kill(int(pid), 0)
+        if read(f"/proc/{pid}/stat", "").split(" ")[2:3] != ["Z"]:
+            sys.stdout.write(pve_json({"exited": 0}))
+            return 0
+    except ProcessLookupError:
+        pass
+    p = json.load(open(paths))
+    os.unlink(paths)
+    # The exit status of a process we did not wait for is unknown here:
+    # report a plain exit 0 as the agent would for a clean end.
+    sys.stdout.write(pve_json(result_of(0, open(p["out"], "rb").read(), open(p["err"], "rb").read())))
+    return 0
+
+
+def qm_main(args):
+    if args[:1] == ["status"] and len(args) == 2:
+        record("qm", args)
+        d = guest_dir("qm", args[1])
+        sys.stdout.write(f"status: {read(os.path.join(d, 'status'), 'running')}\n")
+        return 0
+    if args[:2] == ["guest", "cmd"] and len(args) == 4:
+        record("qm", args)
+        vmid, cmd = args[2], args[3]
+        d = guest_dir("qm", vmid)
+        if not is_running(d):
+            die(f"VM {vmid} not running")
+        if read(os.path.join(d, "agent"), "running") == "absent":
+            die("QEMU guest agent is not running")
+        if cmd != "ping":
+            die(f"400 Parameter verification failed.\ncommand: value '{cmd}' does not have a value in the enumeration")
+        return 0
+    if args[:2] == ["guest", "exec"]:
+        return qm_guest_exec(args[2:])
+    if args[:2] == ["guest", "exec-status"]:
+        return qm_exec_status(args[2:])
+    record("qm", args)
+    die(f"unknown command 'qm {' '.join(args[:2])}'\nUSAGE: qm <COMMAND> [ARGS] [OPTIONS]")
+
+
+def pct_main(args):
+    if args[:1] == ["status"] and len(args) == 2:
+        record("pct", args)
+        d = guest_dir("pct", args[1])
+        sys.stdout.write(f"status: {read(os.path.join(d, 'status'), 'running')}\n")
+        return 0
+    if args[:1] == ["exec"]:
+        if len(args) < 2:
+            die("400 not enough arguments\npct exec <vmid> [<extra-args>]")
+        vmid, rest = args[1], args[2:]
+        if rest[:1] == ["--"]:
+            rest = rest[1:]
+        data = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+        record("pct", args, len(data))
+        d = guest_dir("pct", vmid)
+        if not is_running(d):
+            die(f"CT {vmid} not running")
+        if not rest:
+            die("400 Parameter verification failed.\nextra-args: No command given")
+        try:
+            proc = subprocess.run(rest, input=data, env=guest_env(d, vmid))
+        except OSError as e:
+            die(f"lxc-attach: {vmid}: attach.c: exec: {e.strerror} - Failed to exec \"{rest[0]}\"", 127)
+        return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+    record("pct", args)
+    die(f"unknown command 'pct {' '.join(args[:1])}'\nUSAGE: pct <COMMAND> [ARGS] [OPTIONS]")
+
+
+if __name__ == "__main__":
+    tool = os.path.basename(sys.argv[0])
+    if tool == "qm":
+        sys.exit(qm_main(sys.argv[1:]))
+    if tool == "pct":
+        sys.exit(pct_main(sys.argv[1:]))
+    die(f"fake pve: call me as qm or pct, not {tool}")
