@@ -325,7 +325,10 @@ pub fn wait_ready(paths: &CaPaths, opts: &WaitOptions) -> Result<Ready> {
         let now = Instant::now();
         if why != last || now >= next_progress {
             let left = deadline.saturating_duration_since(now);
-            log::info!("waiting for the CA: {why} ({}s left)", left.as_secs());
+            log::info!(
+                "waiting for the CA: {why} ({}s left)",
+                left.as_millis().div_ceil(1000)
+            );
             last = why;
             next_progress = now + Duration::from_secs(10);
         }
