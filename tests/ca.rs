@@ -493,3 +493,68 @@ fn status_shows_a_fresh_token() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ready          yes"), "{text}");
 }
+
+#[test]
+fn sigterm_during_publish_leaves_no_token_and_no_temp_file() {
+    let env = Env::new();
+    env.ok(&["invalidate"]);
+    // Nothing listens there: publish waits for /health.
+    let url = format!("https://127.0.0.1:{}", common::free_port());
+    let root = env.state().join("phoenix_root_ca.crt");
+    fs::write(&root, "not yet").unwrap();
+    let mut p = env.spawn(&[
+        "publish",
+        "--ca-url",
+        &url,
+        "--fingerprint",
+        FP,
+        "--timeout",
+        "300",
+    ]);
+    p.expect_line("not healthy yet");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(p.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(p.finish(Duration::from_secs(10)), 143, "{:#?}", p.seen);
+    let names: Vec<String> = fs::read_dir(env.state())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "ca.ready" || n.starts_with(".phoenix-tmp")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn under_systemd_lines_carry_journal_priorities() {
+    let env = Env::new();
+    let out = env
+        .cmd(&["wait", "--no-health", "--timeout", "1"])
+        .env("JOURNAL_STREAM", "8:12345")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(124));
+    let err = stderr(&out);
+    assert!(
+        err.lines().any(|l| l.starts_with("<6>waiting for the CA")),
+        "{err}"
+    );
+    assert!(
+        err.lines().any(|l| l.starts_with("<3>error: CA not ready")),
+        "{err}"
+    );
+    // Plain on a terminal or in a task log.
+    let out = env.run(&["wait", "--no-health", "--timeout", "1"]);
+    assert!(
+        stderr(&out)
+            .lines()
+            .any(|l| l.starts_with("error: CA not ready")),
+        "{}",
+        stderr(&out)
+    );
+}
