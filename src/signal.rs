@@ -1,10 +1,13 @@
 //! SIGINT/SIGTERM handling: a flag that long operations check, so that a
 //! stop request ends a wait promptly and never in the middle of a file write.
 //!
-//! The handler only records the signal number. It is installed without
-//! `SA_RESTART`, so a blocking `poll()` or `read()` returns `EINTR` and the
-//! caller gets to look at the flag at once.
+//! The handler records the signal number and writes a byte into a
+//! self-pipe. A waiter that blocks in `poll()` includes the pipe's read end
+//! ([`wake_fd`]), so a signal that arrives between its check of the flag and
+//! the start of `poll()` still wakes it at once (a flag alone would be seen
+//! only when the poll times out).
 
+use std::os::fd::{BorrowedFd, IntoRawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -12,13 +15,39 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use crate::exit::{err, Kind};
 
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
+static WAKE_READ: AtomicI32 = AtomicI32::new(-1);
+static WAKE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn record(sig: nix::libc::c_int) {
     RECEIVED.store(sig, Ordering::SeqCst);
+    let fd = WAKE_WRITE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: write(2) is async-signal-safe; the pipe is non-blocking,
+        // so a full pipe (already woken) just fails.
+        unsafe { nix::libc::write(fd, b"!".as_ptr().cast(), 1) };
+    }
+}
+
+/// The read end of the self-pipe: readable once a stop was requested.
+/// `None` before [`install`] (or if the pipe could not be made).
+pub fn wake_fd() -> Option<BorrowedFd<'static>> {
+    let fd = WAKE_READ.load(Ordering::SeqCst);
+    // SAFETY: the pipe is created once and never closed.
+    (fd >= 0).then(|| unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
 /// Install the handlers for SIGINT and SIGTERM. Call once, early in `main`.
 pub fn install() {
+    if WAKE_READ.load(Ordering::SeqCst) < 0 {
+        use nix::fcntl::OFlag;
+        match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
+            Ok((r, w)) => {
+                WAKE_WRITE.store(w.into_raw_fd(), Ordering::SeqCst);
+                WAKE_READ.store(r.into_raw_fd(), Ordering::SeqCst);
+            }
+            Err(e) => log::warn!("cannot create the signal pipe: {e}"),
+        }
+    }
     let action = SigAction::new(
         SigHandler::Handler(record),
         SaFlags::empty(),

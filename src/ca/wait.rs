@@ -15,6 +15,8 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
+use crate::signal;
+
 /// Wakes a waiter when the watched directory changes, or when the
 /// interval has passed.
 pub struct DirWatch {
@@ -68,46 +70,43 @@ impl DirWatch {
         self.watching = inotify.add_watch(&self.dir, mask).is_ok();
     }
 
-    /// Sleep until an event in the directory, `max` passing, or a signal.
+    /// Sleep until an event in the directory, `max` passing, or a stop
+    /// request (the signal self-pipe is polled too, so a signal that came
+    /// just before the poll still ends it at once).
     pub fn wait(&mut self, max: Duration) {
         let started = Instant::now();
-        match &self.inotify {
-            Some(inotify) if self.watching => {
-                let ms = max.as_millis().min(i32::MAX as u128) as i32;
-                let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-                let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
-                match poll(&mut fds, timeout) {
-                    Ok(n) if n > 0 => {
-                        // Drain; what changed does not matter, the caller re-reads.
-                        while let Ok(events) = inotify.read_events() {
-                            if events.is_empty() {
-                                break;
-                            }
-                        }
-                    }
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => {
-                        log::debug!("poll on inotify failed ({e}); sleeping instead");
-                        sleep_rest(started, max);
-                    }
+        let inotify = self.inotify.as_ref().filter(|_| self.watching);
+        let mut fds = Vec::with_capacity(2);
+        if let Some(i) = inotify {
+            fds.push(PollFd::new(i.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(fd) = signal::wake_fd() {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        loop {
+            let rest = max.saturating_sub(started.elapsed());
+            let ms = rest.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, timeout) {
+                Err(Errno::EINTR) if signal::received().is_none() => continue,
+                Err(e) if e != Errno::EINTR => {
+                    log::debug!("poll failed ({e}); sleeping instead");
+                    std::thread::sleep(rest);
+                }
+                _ => {}
+            }
+            break;
+        }
+        if let Some(i) = inotify {
+            // Drain; what changed does not matter, the caller re-reads.
+            while let Ok(events) = i.read_events() {
+                if events.is_empty() {
+                    break;
                 }
             }
-            _ => sleep_rest(started, max),
         }
         self.rewatch();
     }
-}
-
-fn sleep_rest(started: Instant, max: Duration) {
-    // std's sleep restarts after EINTR; a plain nanosleep returns at once
-    // on a signal, so a stop request is seen promptly.
-    let rest = max.saturating_sub(started.elapsed());
-    let ts = nix::sys::time::TimeSpec::from_duration(rest);
-    let _ = nix::time::clock_nanosleep(
-        nix::time::ClockId::CLOCK_MONOTONIC,
-        nix::time::ClockNanosleepFlags::empty(),
-        &ts,
-    );
 }
 
 #[cfg(test)]
