@@ -32,7 +32,10 @@ fn values(text: &str, key: &str) -> Vec<String> {
 
 fn stub_exec(root: &Path, unit_text: &str) {
     use std::os::unix::fs::PermissionsExt;
-    for cmd in values(unit_text, "ExecStart").into_iter().filter(|w| w.starts_with('/')) {
+    for cmd in values(unit_text, "ExecStart")
+        .into_iter()
+        .filter(|w| w.starts_with('/'))
+    {
         let p = root.join(cmd.trim_start_matches('/'));
         if p.exists() {
             continue;
@@ -94,7 +97,10 @@ fn units_verify_cleanly() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
 }
 
 #[test]
@@ -102,7 +108,10 @@ fn renewal_requires_the_swarm_only_within_the_sync() {
     let sync = read("phoenix-sync.target");
     let wants = values(&sync, "Wants");
     assert!(wants.contains(&"phoenix-swarm.service".into()), "{wants:?}");
-    assert!(wants.contains(&"phoenix-renew-sync.service".into()), "{wants:?}");
+    assert!(
+        wants.contains(&"phoenix-renew-sync.service".into()),
+        "{wants:?}"
+    );
 
     let step = read("phoenix-renew-sync.service");
     assert_eq!(values(&step, "Requires"), ["phoenix-swarm.service"]);
@@ -124,7 +133,9 @@ fn renewal_requires_the_swarm_only_within_the_sync() {
         let text = std::fs::read_to_string(renew).unwrap();
         for key in ["Requires", "Requisite", "BindsTo"] {
             assert!(
-                !values(&text, key).iter().any(|v| v == "phoenix-swarm.service"),
+                !values(&text, key)
+                    .iter()
+                    .any(|v| v == "phoenix-swarm.service"),
                 "phoenix-renew.service must not {key}= the swarm"
             );
         }

@@ -86,7 +86,11 @@ impl Lab {
             .env("FAKE_PVE", self.pve.dir.path())
             .output()
             .unwrap();
-        assert!(out.status.success(), "set-up docker {args:?} in {id}: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "set-up docker {args:?} in {id}: {}",
+            text(&out.stderr)
+        );
         out
     }
 
@@ -123,10 +127,26 @@ impl Lab {
         std::fs::write(self.state_path(), st.to_string()).unwrap();
     }
 
+    /// Merge `patch` into the cluster VM `id` is in.
+    pub fn set_cluster_of(&self, id: u32, patch: Value) {
+        let mut st = self.state();
+        let cid = st["nodes"][id.to_string()]["cluster"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for (k, v) in patch.as_object().unwrap() {
+            st["clusters"][&cid][k] = v.clone();
+        }
+        std::fs::write(self.state_path(), st.to_string()).unwrap();
+    }
+
     /// The cluster VM `id` is in.
     pub fn cluster_of(&self, id: u32) -> Value {
         let st = self.state();
-        let cid = st["nodes"][id.to_string()]["cluster"].as_str().unwrap_or("").to_string();
+        let cid = st["nodes"][id.to_string()]["cluster"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         st["clusters"][cid].clone()
     }
 
@@ -135,7 +155,12 @@ impl Lab {
         read_jsonl(&self.pve.dir.path().join("docker/calls.jsonl"))
             .into_iter()
             .map(|v| {
-                let argv = v["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+                let argv = v["argv"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_string())
+                    .collect();
                 (v["guest"].as_str().unwrap().to_string(), argv)
             })
             .collect()
