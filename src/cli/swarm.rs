@@ -31,7 +31,13 @@ state not ready, or another run holds the lock), 130/143 stopped.";
 
 /// Command line of `phoenix-swarm`.
 #[derive(Debug, Parser)]
-#[command(name = "phoenix-swarm", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(
+    name = "phoenix-swarm",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    max_term_width = 80
+)]
 pub struct Args {
     #[command(flatten)]
     common: Common,
