@@ -258,6 +258,9 @@ pub struct SwarmConfig {
     pub state_timeout_secs: u64,
     /// How long a second run waits for the lock before exit 75, seconds.
     pub lock_wait_secs: u64,
+    /// Deadline of one docker command in a VM (`qm guest exec --timeout`),
+    /// seconds. dockerd gives up a join after 20 s on its own.
+    pub command_timeout_secs: u64,
 }
 
 impl Default for SwarmConfig {
@@ -269,6 +272,7 @@ impl Default for SwarmConfig {
             agent_timeout_secs: 120,
             state_timeout_secs: 60,
             lock_wait_secs: 0,
+            command_timeout_secs: 60,
         }
     }
 }
@@ -366,6 +370,9 @@ impl Config {
         }
         if self.ca.wait_timeout_secs == 0 {
             return bad("ca.wait_timeout_secs", "must be at least 1");
+        }
+        if self.swarm.command_timeout_secs == 0 {
+            return bad("swarm.command_timeout_secs", "must be at least 1");
         }
         for (i, m) in self.mounts.iter().enumerate() {
             if !m.mount_point.is_absolute() {
@@ -514,5 +521,14 @@ mod tests {
         assert!(c.guests[&101].gate_on_ca);
         let e = load_str(r#"{"guests": {"web": {}}}"#).unwrap_err();
         assert_eq!(kind_of(&e), Kind::Config);
+    }
+
+    #[test]
+    fn swarm_command_timeout_has_a_default_and_a_floor() {
+        assert_eq!(load_str("{}").unwrap().swarm.command_timeout_secs, 60);
+        let c = load_str(r#"{"swarm": {"command_timeout_secs": 5}}"#).unwrap();
+        assert_eq!(c.swarm.command_timeout_secs, 5);
+        let e = load_str(r#"{"swarm": {"command_timeout_secs": 0}}"#).unwrap_err();
+        assert!(e.to_string().contains("swarm.command_timeout_secs"), "{e}");
     }
 }

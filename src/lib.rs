@@ -18,3 +18,4 @@ pub mod logging;
 pub mod phoenix;
 pub mod proxmox;
 pub mod signal;
+pub mod swarm;

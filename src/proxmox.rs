@@ -226,13 +226,17 @@ impl Proxmox {
             match self.ensure_reachable(guest) {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() + delay >= deadline => {
-                    return Err(e.context(err(
+                    // The kind must sit at the root of the chain for
+                    // kind_of to find it (anyhow cannot downcast a
+                    // context layer to its context type), so the cause is
+                    // folded into the message.
+                    return Err(err(
                         Kind::TempFail,
                         format!(
-                            "{guest} not reachable after {}",
+                            "{guest} not reachable after {}: {e:#}",
                             humantime::format_duration(bound)
                         ),
-                    )));
+                    ));
                 }
                 Err(e) => log::info!(
                     "{guest} not reachable yet ({e:#}); retrying in {}s",
@@ -370,5 +374,21 @@ mod tests {
         )
         .unwrap();
         assert!(out.out_truncated);
+    }
+
+    #[test]
+    fn unreachable_guest_is_a_temporary_failure() {
+        let px = Proxmox {
+            qm: "false".into(),
+            ..Proxmox::default()
+        };
+        let vm = Guest {
+            kind: GuestType::Vm,
+            id: 7,
+        };
+        let e = px.wait_reachable(vm, Duration::ZERO).unwrap_err();
+        assert_eq!(kind_of(&e), Kind::TempFail, "{e:#}");
+        assert!(e.to_string().contains("VM 7 not reachable"), "{e}");
+        assert!(e.to_string().contains("exited with status 1"), "{e}");
     }
 }

@@ -1,0 +1,127 @@
+//! `phoenix-swarm`: make the Docker Swarm manager active and every member
+//! VM a Ready node, from the Proxmox host; show where each VM stands.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use super::Common;
+use crate::exit::{err, Kind};
+use crate::swarm::{self, EnsureOptions};
+
+const ABOUT: &str = "Bring the Docker Swarm up on the Phoenix VMs, idempotently";
+
+const LONG_ABOUT: &str = "\
+Bring the Docker Swarm up on the Phoenix VMs, idempotently.
+
+Roles, addresses and labels come from phoenix_vm_configs.json (swarm_role,
+network_config.ip, node_labels); toolkit.json's swarm section may set the
+manager (manager_id), its address (advertise_addr) and the port (2377).
+Every docker command runs in its VM through `qm guest exec`, once the VM
+runs and its guest agent answers.
+
+ensure: an inactive manager is initialised; a pending, erroring or locked
+one, or one whose state cannot be read, is waited for and reported (exit
+75), never re-created. Members join with a token passed on stdin; a member
+of another swarm is left alone unless --repair. Stale Down twins of Ready
+nodes are removed and missing labels added. A second run changes nothing.
+
+Exit status: 0 ok (status: no problem), 1 failed (status: a problem),
+2 usage or configuration error, 75 temporary failure (a VM or its swarm
+state not ready, or another run holds the lock), 130/143 stopped.";
+
+/// Command line of `phoenix-swarm`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "phoenix-swarm",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    max_term_width = 80
+)]
+pub struct Args {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make the manager active and every member a Ready node, add labels
+    Ensure(Ensure),
+    /// Show each VM's role, state, node and cluster ids, labels, problems
+    Status(Status),
+}
+
+#[derive(Debug, clap::Args)]
+struct Ensure {
+    /// Read the states, print the commands that would change them
+    #[arg(long)]
+    dry_run: bool,
+    /// Allow `docker swarm init --force-new-cluster` on a manager in state
+    /// error or without a leader (lost quorum)
+    #[arg(long)]
+    force_new_cluster: bool,
+    /// Make a member of another swarm (or in state error) leave it and join
+    #[arg(long)]
+    repair: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct Status {
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+impl Args {
+    /// Set up logging and signals, then run the subcommand.
+    pub fn run(self) -> Result<()> {
+        self.common.init("phoenix-swarm");
+        let config = self.common.load_config()?;
+        match self.command {
+            Command::Ensure(e) => {
+                let opts = EnsureOptions {
+                    dry_run: e.dry_run,
+                    force_new_cluster: e.force_new_cluster,
+                    repair: e.repair,
+                };
+                swarm::ensure(&config, opts, &mut std::io::stdout().lock())
+            }
+            Command::Status(s) => {
+                let st = swarm::status(&config)?;
+                if s.json {
+                    println!("{}", serde_json::to_string_pretty(&st)?);
+                } else {
+                    print!("{st}");
+                }
+                if st.has_problems() {
+                    return Err(err(Kind::Failed, "the swarm has problems (see above)"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn help_fits_80_columns() {
+        let help = Args::command()
+            .term_width(80)
+            .render_long_help()
+            .to_string();
+        for line in help.lines() {
+            assert!(line.chars().count() <= 80, "too wide: {line}");
+        }
+    }
+}

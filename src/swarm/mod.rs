@@ -1,0 +1,68 @@
+//! Docker Swarm from the Proxmox host: `phoenix-swarm ensure` makes the
+//! manager VM active and every other member a Ready node, idempotently;
+//! `phoenix-swarm status` shows where each VM stands.
+//!
+//! Every docker command runs inside its VM through the one `qm guest
+//! exec` transport ([`crate::proxmox`]), after the VM runs and its guest
+//! agent answers (bounded, with backoff: a cold VM's agent takes ~100 s).
+
+pub mod docker;
+pub mod ensure;
+pub mod status;
+pub mod topology;
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::config::Config;
+use crate::lock;
+use crate::phoenix::read_vm_configs;
+use crate::proxmox::Proxmox;
+
+pub use ensure::{Bounds, EnsureOptions};
+pub use status::SwarmStatus;
+pub use topology::Topology;
+
+/// The configured swarm: `phoenix_vm_configs.json` + `toolkit.json`.
+pub fn topology(config: &Config) -> Result<Topology> {
+    let path = config.vm_configs_path();
+    let vms = read_vm_configs(&path)?;
+    Topology::build(&vms, &config.swarm, &path)
+}
+
+/// The `qm` transport with the swarm's deadlines.
+pub fn proxmox(config: &Config) -> Proxmox {
+    Proxmox {
+        guest_timeout: config.swarm.command_timeout_secs,
+        ..Proxmox::default()
+    }
+}
+
+/// `phoenix-swarm ensure`: one run at a time (the `swarm` lock; a dry run
+/// changes nothing and takes no lock). Progress and changes go to `out`.
+pub fn ensure(config: &Config, opts: EnsureOptions, out: &mut dyn Write) -> Result<()> {
+    let topo = topology(config)?;
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock::lock_at(
+            &config.lock_dir,
+            "swarm",
+            Duration::from_secs(config.swarm.lock_wait_secs),
+        )?)
+    };
+    let px = proxmox(config);
+    let bounds = Bounds {
+        agent: Duration::from_secs(config.swarm.agent_timeout_secs),
+        state: Duration::from_secs(config.swarm.state_timeout_secs),
+    };
+    ensure::Run::new(&px, &topo, opts, bounds, out).ensure()
+}
+
+/// `phoenix-swarm status`: read once, change nothing.
+pub fn status(config: &Config) -> Result<SwarmStatus> {
+    let topo = topology(config)?;
+    Ok(status::status(&proxmox(config), &topo))
+}

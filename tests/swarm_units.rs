@@ -1,0 +1,148 @@
+//! The swarm's systemd units: `systemd-analyze verify` finds nothing to
+//! say (any output fails), and the dependency design holds: within
+//! phoenix-sync.target the renewal requires the swarm, the hourly
+//! renewal (phoenix-renew.service) never does.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const OURS: &[&str] = &[
+    "phoenix-swarm.service",
+    "phoenix-renew-sync.service",
+    "phoenix-sync.target",
+];
+
+fn units() -> PathBuf {
+    common::project().join("units")
+}
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(units().join(name)).unwrap()
+}
+
+/// `Key=` values of a unit file (all occurrences, split on spaces).
+fn values(text: &str, key: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix(&format!("{key}=")))
+        .flat_map(|v| v.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .collect()
+}
+
+fn stub_exec(root: &Path, unit_text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    for cmd in values(unit_text, "ExecStart")
+        .into_iter()
+        .filter(|w| w.starts_with('/'))
+    {
+        let p = root.join(cmd.trim_start_matches('/'));
+        if p.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[test]
+fn units_verify_cleanly() {
+    // An alternate root: the distribution's units (sysinit.target...),
+    // ours in /etc/systemd/system, and stand-ins for the programs they
+    // run, which are not installed on a build machine.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("usr/lib/systemd")).unwrap();
+    let st = Command::new("cp")
+        .args(["-a", "/usr/lib/systemd/system"])
+        .arg(r.join("usr/lib/systemd/"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let etc = r.join("etc/systemd/system");
+    std::fs::create_dir_all(etc.join("phoenix-renew.service.d")).unwrap();
+    let mut names: Vec<String> = OURS.iter().map(|s| s.to_string()).collect();
+    for name in OURS {
+        let text = read(name);
+        stub_exec(r, &text);
+        std::fs::write(etc.join(name), text).unwrap();
+    }
+    std::fs::copy(
+        units().join("phoenix-renew.service.d/phoenix-sync.conf"),
+        etc.join("phoenix-renew.service.d/phoenix-sync.conf"),
+    )
+    .unwrap();
+    // phoenix-renew.service comes from the renewal work; a stand-in when
+    // this tree does not have it yet.
+    let renew = units().join("phoenix-renew.service");
+    let renew_text = if renew.exists() {
+        std::fs::read_to_string(&renew).unwrap()
+    } else {
+        "[Unit]\nDescription=stand-in\n[Service]\nType=oneshot\nExecStart=/usr/local/bin/phoenix-renew run\n".into()
+    };
+    stub_exec(r, &renew_text);
+    std::fs::write(etc.join("phoenix-renew.service"), renew_text).unwrap();
+    names.push("phoenix-renew.service".into());
+
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", r.display()))
+        .args(&names)
+        .current_dir(&etc)
+        .output()
+        .expect("systemd-analyze (package systemd) is needed");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
+}
+
+#[test]
+fn renewal_requires_the_swarm_only_within_the_sync() {
+    let sync = read("phoenix-sync.target");
+    let wants = values(&sync, "Wants");
+    assert!(wants.contains(&"phoenix-swarm.service".into()), "{wants:?}");
+    assert!(
+        wants.contains(&"phoenix-renew-sync.service".into()),
+        "{wants:?}"
+    );
+
+    let step = read("phoenix-renew-sync.service");
+    assert_eq!(values(&step, "Requires"), ["phoenix-swarm.service"]);
+    assert_eq!(values(&step, "After"), ["phoenix-swarm.service"]);
+    assert!(
+        values(&step, "ExecStart").contains(&"phoenix-renew.service".into()),
+        "the sync's renewal is phoenix-renew.service itself"
+    );
+
+    // What the timer starts may be ordered after the swarm, never bound
+    // to it.
+    let dropin = read("phoenix-renew.service.d/phoenix-sync.conf");
+    assert_eq!(values(&dropin, "After"), ["phoenix-swarm.service"]);
+    for key in ["Requires", "Requisite", "BindsTo", "Wants", "PartOf"] {
+        assert!(values(&dropin, key).is_empty(), "{key}= in the drop-in");
+    }
+    let renew = units().join("phoenix-renew.service");
+    if renew.exists() {
+        let text = std::fs::read_to_string(renew).unwrap();
+        for key in ["Requires", "Requisite", "BindsTo"] {
+            assert!(
+                !values(&text, key)
+                    .iter()
+                    .any(|v| v == "phoenix-swarm.service"),
+                "phoenix-renew.service must not {key}= the swarm"
+            );
+        }
+    }
+
+    let swarm = read("phoenix-swarm.service");
+    assert_eq!(values(&swarm, "Type"), ["oneshot"]);
+    assert_eq!(values(&swarm, "RestartPreventExitStatus"), ["1", "2"]);
+    assert!(values(&swarm, "ExecStart").contains(&"ensure".into()));
+}
