@@ -79,7 +79,7 @@ fn units_verify_cleanly() {
     let renew_text = if renew.exists() {
         std::fs::read_to_string(&renew).unwrap()
     } else {
-        "[Unit]\nDescription=stand-in\n[Service]\nType=oneshot\nExecStart=/usr/local/bin/phoenix-renew run\n".into()
+        "[Unit]\nDescription=stand-in\n[Service]\nType=oneshot\nExecStart=/usr/bin/phoenix-renew run\n".into()
     };
     stub_exec(r, &renew_text);
     std::fs::write(etc.join("phoenix-renew.service"), renew_text).unwrap();
