@@ -8,6 +8,7 @@
 //! Every binary in `src/bin/` is a thin wrapper around one function here.
 
 pub mod ca;
+pub mod cert;
 pub mod cli;
 pub mod config;
 pub mod exec;
