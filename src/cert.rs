@@ -157,11 +157,14 @@ fn link_of(x: &x509_parser::certificate::X509Certificate<'_>) -> Link {
     l
 }
 
-/// `child` names `parent` as its issuer (and by key id when both say one).
+/// `child` names `parent` as its issuer, and by key identifier when the
+/// parent has one (step-ca always writes both; a look-alike with the same
+/// names but another key fails here).
 fn issued_by(child: &Link, parent_subject: &[u8], parent_ski: &Option<Vec<u8>>) -> bool {
     child.issuer == parent_subject
         && match (&child.aki, parent_ski) {
             (Some(a), Some(s)) => a == s,
+            (None, Some(_)) => false,
             _ => true,
         }
 }
@@ -203,7 +206,9 @@ pub fn parse_bundle(bytes: &[u8], root: &Root) -> Result<CertInfo> {
     let mut chain_pem = String::new();
     let mut info = None;
     for (i, pem) in blocks.iter().enumerate() {
-        let x = pem.parse_x509().map_err(|e| anyhow!("certificate {i}: {e}"))?;
+        let x = pem
+            .parse_x509()
+            .map_err(|e| anyhow!("certificate {i}: {e}"))?;
         links.push(link_of(&x));
         if i > 0 {
             chain_pem.push_str(&pem_block("CERTIFICATE", &pem.contents));
@@ -404,22 +409,37 @@ pub fn assess(
 }
 
 fn join(sans: &BTreeSet<San>) -> String {
-    sans.iter().map(San::to_string).collect::<Vec<_>>().join(", ")
+    sans.iter()
+        .map(San::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use std::time::Duration;
 
     #[test]
     fn san_validation_refuses_what_step_would_misread() {
-        assert_eq!(parse_san("Web.Example").unwrap(), San::Dns("web.example".into()));
-        assert_eq!(parse_san("*.internal.example").unwrap(), San::Dns("*.internal.example".into()));
-        assert_eq!(parse_san("10.0.0.1").unwrap(), San::Ip("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            parse_san("Web.Example").unwrap(),
+            San::Dns("web.example".into())
+        );
+        assert_eq!(
+            parse_san("*.internal.example").unwrap(),
+            San::Dns("*.internal.example".into())
+        );
+        assert_eq!(
+            parse_san("10.0.0.1").unwrap(),
+            San::Ip("10.0.0.1".parse().unwrap())
+        );
         assert_eq!(parse_san("::1").unwrap(), San::Ip("::1".parse().unwrap()));
         assert!(parse_san("nginx-gateway-client").is_ok());
-        for bad in ["", "-f", "a,b", "a b", "*.com", "a..b", "-a.b", "a-.b", "x*.y.z", "é.x"] {
+        for bad in [
+            "", "-f", "a,b", "a b", "*.com", "a..b", "-a.b", "a-.b", "x*.y.z", "é.x",
+        ] {
             assert!(parse_san(bad).is_err(), "{bad} accepted");
         }
     }
@@ -438,7 +458,10 @@ mod tests {
     fn pem_block_round_trips() {
         let der: Vec<u8> = (0..=255u8).chain(0..7).collect();
         let text = pem_block("CERTIFICATE", &der);
-        let pem = Pem::iter_from_buffer(text.as_bytes()).next().unwrap().unwrap();
+        let pem = Pem::iter_from_buffer(text.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
         assert_eq!(pem.contents, der);
     }
 
@@ -459,32 +482,73 @@ mod tests {
     fn thresholds() {
         let i = info(1000, 2000);
         assert_eq!(due_at(&i, Threshold::Percent(66)), 1660);
-        assert_eq!(due_at(&i, Threshold::Remaining(Duration::from_secs(100))), 1900);
+        assert_eq!(
+            due_at(&i, Threshold::Remaining(Duration::from_secs(100))),
+            1900
+        );
     }
 
     // A real self-signed certificate and key made by step: parse, SANs,
     // key match, linkage, and every decision.
-    fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-        let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    fn step(dir: &Path, args: &[&str]) {
         let st = std::process::Command::new("step")
-            .args(["certificate", "create", "web.x"])
-            .arg(&crt)
-            .arg(&key)
-            .args(["--profile", "self-signed", "--subtle", "--no-password", "--insecure"])
-            .args(["--san", "web.x", "--san", "*.web.x", "--san", "10.0.0.1", "--not-after", "1h"])
+            .args(args)
+            .args(["--no-password", "--insecure"])
+            .current_dir(dir)
             .env("STEPPATH", dir)
+            .stderr(std::process::Stdio::null())
             .status()
             .expect("step CLI");
-        assert!(st.success());
-        (crt, key)
+        assert!(st.success(), "step {args:?}");
+    }
+
+    /// A root and a leaf for web.x it signed, made by step.
+    fn make_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let (root, root_key) = (format!("{name}-root.crt"), format!("{name}-root.key"));
+        step(
+            dir,
+            &[
+                "certificate",
+                "create",
+                "Root",
+                &root,
+                &root_key,
+                "--profile",
+                "root-ca",
+            ],
+        );
+        let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
+        step(
+            dir,
+            &[
+                "certificate",
+                "create",
+                "web.x",
+                &crt,
+                &key,
+                "--ca",
+                &root,
+                "--ca-key",
+                &root_key,
+                "--san",
+                "web.x",
+                "--san",
+                "*.web.x",
+                "--san",
+                "10.0.0.1",
+                "--not-after",
+                "1h",
+            ],
+        );
+        (dir.join(root), dir.join(crt), dir.join(key))
     }
 
     #[test]
     fn real_certificate_decisions() {
         let dir = tempfile::tempdir().unwrap();
-        let (crt, key) = self_signed(dir.path(), "c");
-        let (other_crt, other_key) = self_signed(dir.path(), "o");
-        let root = read_root(&crt).unwrap();
+        let (root, crt, key) = make_pki(dir.path(), "c");
+        let (_, other_crt, other_key) = make_pki(dir.path(), "o");
+        let root = read_root(&root).unwrap();
         let (c, k) = (std::fs::read(&crt).unwrap(), std::fs::read(&key).unwrap());
         let want = wanted_sans("web.x", &["10.0.0.1".into(), "*.web.x".into()]).unwrap();
         let now = parse_bundle(&c, &root).unwrap().not_before + 60;
@@ -492,10 +556,29 @@ mod tests {
         let a = assess(Ok(c.clone()), Ok(k.clone()), "web.x", &want, &root, now, t);
         assert_eq!(a.action, Action::Nothing, "{}", a.reason);
         assert!(a.current.unwrap().chains_to_root);
-        let late = assess(Ok(c.clone()), Ok(k.clone()), "web.x", &want, &root, now + 2400, t);
+        let late = assess(
+            Ok(c.clone()),
+            Ok(k.clone()),
+            "web.x",
+            &want,
+            &root,
+            now + 2400,
+            t,
+        );
         assert_eq!(late.action, Action::Renew);
-        let dead = assess(Ok(c.clone()), Ok(k.clone()), "web.x", &want, &root, now + 3600, t);
-        assert_eq!((dead.action, dead.reason.as_str()), (Action::Issue, "expired"));
+        let dead = assess(
+            Ok(c.clone()),
+            Ok(k.clone()),
+            "web.x",
+            &want,
+            &root,
+            now + 3600,
+            t,
+        );
+        assert_eq!(
+            (dead.action, dead.reason.as_str()),
+            (Action::Issue, "expired")
+        );
         let fewer = wanted_sans("web.x", &["10.0.0.1".into()]).unwrap();
         let drift = assess(Ok(c.clone()), Ok(k.clone()), "web.x", &fewer, &root, now, t);
         assert!(drift.reason.contains("SANs differ"), "{}", drift.reason);
@@ -504,7 +587,10 @@ mod tests {
         assert!(wrong.reason.contains("does not match"), "{}", wrong.reason);
         let foreign = std::fs::read(&other_crt).unwrap();
         let foreign = parse_bundle(&foreign, &root).unwrap();
-        assert!(!foreign.chains_to_root, "another self-signed cert taken as ours");
+        assert!(
+            !foreign.chains_to_root,
+            "another self-signed cert taken as ours"
+        );
         let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
         let gone = assess(Err(missing), Ok(k.clone()), "web.x", &want, &root, now, t);
         assert_eq!(gone.reason, "certificate missing");

@@ -18,4 +18,6 @@ pub mod lock;
 pub mod logging;
 pub mod phoenix;
 pub mod proxmox;
+pub mod renew;
 pub mod signal;
+pub mod step;
