@@ -103,7 +103,7 @@ pub fn wanted_sans(subject: &str, sans: &[String]) -> std::result::Result<BTreeS
 /// What the renewal decision needs from a certificate bundle.
 #[derive(Debug, Clone)]
 pub struct CertInfo {
-    /// Serial number, hex.
+    /// Serial number, decimal (as `step certificate inspect` shows it).
     pub serial: String,
     /// Subject common name.
     pub subject_cn: Option<String>,
@@ -230,7 +230,7 @@ pub fn parse_bundle(bytes: &[u8], root: &Root) -> Result<CertInfo> {
         }
         let validity = x.validity();
         info = Some(CertInfo {
-            serial: x.raw_serial_as_string().replace(':', ""),
+            serial: x.serial.to_string(),
             subject_cn: x
                 .subject()
                 .iter_common_name()
