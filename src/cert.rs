@@ -343,10 +343,13 @@ pub fn due_at(info: &CertInfo, threshold: Threshold) -> i64 {
 
 /// Decide for one certificate from the bytes of its files (an I/O error
 /// means missing or unreadable), what the manifest asks, our root, the
-/// time now (Unix seconds) and the threshold.
+/// time now (Unix seconds) and the threshold. `derive` turns the key into
+/// its public point ([`key_public_point`], or a memo of it).
+#[allow(clippy::too_many_arguments)]
 pub fn assess(
     cert: std::io::Result<Vec<u8>>,
     key: std::io::Result<Vec<u8>>,
+    derive: &dyn Fn(&[u8]) -> Result<Vec<u8>>,
     subject: &str,
     wanted: &BTreeSet<San>,
     root: &Root,
@@ -370,7 +373,7 @@ pub fn assess(
         Err(e) => return issue(format!("certificate unreadable: {e:#}"), None),
     };
     let key_point = match key {
-        Ok(k) => key_public_point(&k),
+        Ok(k) => derive(&k),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(anyhow!("missing")),
         Err(e) => Err(anyhow!(e)),
     };
@@ -553,12 +556,22 @@ mod tests {
         let want = wanted_sans("web.x", &["10.0.0.1".into(), "*.web.x".into()]).unwrap();
         let now = parse_bundle(&c, &root).unwrap().not_before + 60;
         let t = Threshold::Percent(66);
-        let a = assess(Ok(c.clone()), Ok(k.clone()), "web.x", &want, &root, now, t);
+        let a = assess(
+            Ok(c.clone()),
+            Ok(k.clone()),
+            &key_public_point,
+            "web.x",
+            &want,
+            &root,
+            now,
+            t,
+        );
         assert_eq!(a.action, Action::Nothing, "{}", a.reason);
         assert!(a.current.unwrap().chains_to_root);
         let late = assess(
             Ok(c.clone()),
             Ok(k.clone()),
+            &key_public_point,
             "web.x",
             &want,
             &root,
@@ -569,6 +582,7 @@ mod tests {
         let dead = assess(
             Ok(c.clone()),
             Ok(k.clone()),
+            &key_public_point,
             "web.x",
             &want,
             &root,
@@ -580,10 +594,28 @@ mod tests {
             (Action::Issue, "expired")
         );
         let fewer = wanted_sans("web.x", &["10.0.0.1".into()]).unwrap();
-        let drift = assess(Ok(c.clone()), Ok(k.clone()), "web.x", &fewer, &root, now, t);
+        let drift = assess(
+            Ok(c.clone()),
+            Ok(k.clone()),
+            &key_public_point,
+            "web.x",
+            &fewer,
+            &root,
+            now,
+            t,
+        );
         assert!(drift.reason.contains("SANs differ"), "{}", drift.reason);
         let other = std::fs::read(&other_key).unwrap();
-        let wrong = assess(Ok(c.clone()), Ok(other), "web.x", &want, &root, now, t);
+        let wrong = assess(
+            Ok(c.clone()),
+            Ok(other),
+            &key_public_point,
+            "web.x",
+            &want,
+            &root,
+            now,
+            t,
+        );
         assert!(wrong.reason.contains("does not match"), "{}", wrong.reason);
         let foreign = std::fs::read(&other_crt).unwrap();
         let foreign = parse_bundle(&foreign, &root).unwrap();
@@ -592,9 +624,27 @@ mod tests {
             "another self-signed cert taken as ours"
         );
         let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
-        let gone = assess(Err(missing), Ok(k.clone()), "web.x", &want, &root, now, t);
+        let gone = assess(
+            Err(missing),
+            Ok(k.clone()),
+            &key_public_point,
+            "web.x",
+            &want,
+            &root,
+            now,
+            t,
+        );
         assert_eq!(gone.reason, "certificate missing");
-        let garbage = assess(Ok(b"junk".to_vec()), Ok(k), "web.x", &want, &root, now, t);
+        let garbage = assess(
+            Ok(b"junk".to_vec()),
+            Ok(k),
+            &key_public_point,
+            "web.x",
+            &want,
+            &root,
+            now,
+            t,
+        );
         assert!(garbage.reason.contains("unreadable"), "{}", garbage.reason);
     }
 }

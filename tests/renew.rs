@@ -142,6 +142,19 @@ fn issues_exact_sans_then_a_second_run_changes_nothing() {
         metrics.contains("phoenix_cert_not_after_seconds{name=\"docker.test.internal\""),
         "{metrics}"
     );
+    // Another key put in place (the key match is remembered per key file
+    // digest, never per path): seen, and repaired.
+    std::fs::copy(d.join("1001/key.pem"), d.join("101/web.key")).unwrap();
+    let out = b.run(&["run"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("web.test.internal: issuing (key does not match"),
+        "{}",
+        stderr(&out)
+    );
+    assert_ne!(b.inspect(&d.join("101/web.crt")).serial, web.serial);
+    assert_eq!(b.inspect(&d.join("1001/cert.pem")).serial, docker.serial);
+
     let table = stdout(&b.run(&["status"]));
     assert!(
         table

@@ -122,9 +122,9 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         opts.force,
     );
     log::debug!(
-        "planned {} certificates in {:?}",
+        "planned {} certificates in {:.1}ms",
         planned.len(),
-        started.elapsed()
+        started.elapsed().as_secs_f64() * 1000.0
     );
     if opts.dry_run {
         print_plan(&manifest, &planned);
@@ -167,6 +167,10 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
             cmd_timeout,
         );
         let st = state.entry(&entry.name);
+        // The memo describes the key planned from; a new key is derived
+        // afresh next time (its digest differs).
+        st.key_memo = p.key_memo.clone();
+        let did_work = action != Action::Nothing || mine.post_pending;
         match result {
             Ok((outcome, changed_but_post_failed)) => {
                 if let Some(e) = changed_but_post_failed {
@@ -188,8 +192,11 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
                 failed.push(entry.name.clone());
             }
         }
-        state.save().context("saving the renewal state")?;
+        if did_work {
+            state.save().context("saving the renewal state")?;
+        }
     }
+    state.save().context("saving the renewal state")?;
     if let Some(e) = ca_down {
         return Err(e.context(err(
             Kind::TempFail,

@@ -56,6 +56,21 @@ pub struct EntryState {
     /// the next run runs it even though the certificate is up to date.
     #[serde(default)]
     pub post_pending: bool,
+    /// Memo of the key match: SHA-256 of the key file and the public
+    /// point derived from it (hex). Deriving the point is a scalar
+    /// multiplication, by far the costliest step of planning; the memo
+    /// is keyed by the whole file, so any change to the key derives anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_memo: Option<KeyMemo>,
+}
+
+/// See [`EntryState::key_memo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMemo {
+    /// SHA-256 of the key file, hex.
+    pub key_sha256: String,
+    /// Its public point (uncompressed SEC1), hex.
+    pub public_point: String,
 }
 
 /// Backoff after `failures` consecutive failures, seconds.
