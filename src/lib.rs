@@ -8,6 +8,7 @@
 //! Every binary in `src/bin/` is a thin wrapper around one function here.
 
 pub mod ca;
+pub mod cert;
 pub mod cli;
 pub mod config;
 pub mod exec;
@@ -17,5 +18,7 @@ pub mod lock;
 pub mod logging;
 pub mod phoenix;
 pub mod proxmox;
+pub mod renew;
 pub mod signal;
+pub mod step;
 pub mod swarm;

@@ -1,0 +1,320 @@
+//! Certificate renewal (`phoenix-renew`): for each certificate of the
+//! manifest, issue, renew or leave it, install the new pair atomically with
+//! the right owner and modes, and run its post-renewal action in the guest.
+//!
+//! One run at a time (the `renew` lock). One certificate failing does not
+//! stop the others. Exit status: 0 all good; 1 a certificate failed; 2 a
+//! bad manifest or configuration (nothing touched); 75 the CA (or its
+//! state) is unreachable, or another run holds the lock: retry later.
+
+pub mod install;
+pub mod manifest;
+pub mod plan;
+pub mod post;
+pub mod state;
+pub mod status;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+
+use crate::cert::{self, Action, Root};
+use crate::config::Config;
+use crate::exit::{err, kind_of, Kind};
+use crate::proxmox::Proxmox;
+use crate::step::Step;
+use crate::{lock, signal};
+
+use manifest::{Entry, Manifest};
+use state::{Outcome, State};
+
+/// Options of `phoenix-renew run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Issue every selected certificate, ignoring the backoff.
+    pub force: bool,
+    /// Print the plan; change nothing.
+    pub dry_run: bool,
+    /// Only these certificates (by common name); empty: all.
+    pub only: Vec<String>,
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The entries `only` selects (all when empty); an unknown name is a
+/// usage error.
+pub fn select<'a>(m: &'a Manifest, only: &[String]) -> Result<Vec<&'a Entry>> {
+    for name in only {
+        if !m.entries.iter().any(|e| &e.name == name) {
+            return Err(err(
+                Kind::Config,
+                format!(
+                    "--only {name}: no such certificate in '{}'",
+                    m.path.display()
+                ),
+            ));
+        }
+    }
+    Ok(m.entries
+        .iter()
+        .filter(|e| only.is_empty() || only.contains(&e.name))
+        .collect())
+}
+
+/// Read our root: without it nothing can be judged. Missing means the CA
+/// state is not there (storage not mounted yet): retry later.
+pub fn load_root(config: &Config) -> Result<Root> {
+    let path = config.ca.host_paths().root_cert;
+    cert::read_root(&path).map_err(|e| {
+        let kind = if path.exists() {
+            Kind::Failed
+        } else {
+            Kind::TempFail
+        };
+        err(kind, format!("{e:#}"))
+    })
+}
+
+fn step_for(config: &Config) -> Step {
+    let paths = config.ca.host_paths();
+    Step {
+        program: "step".into(),
+        ca_url: config.ca.url.clone(),
+        root: paths.root_cert,
+        provisioner: config.ca.provisioner.clone(),
+        password_file: paths.provisioner_password,
+        timeout: Duration::from_secs(config.renewal.command_timeout_secs),
+    }
+}
+
+fn proxmox_for(config: &Config) -> Proxmox {
+    Proxmox {
+        guest_timeout: config.renewal.command_timeout_secs,
+        ..Proxmox::default()
+    }
+}
+
+/// `phoenix-renew run`.
+pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
+    let manifest = manifest::load(config)?;
+    let entries = select(&manifest, &opts.only)?;
+    let root = load_root(config)?;
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        let wait = Duration::from_secs(config.renewal.lock_wait_secs);
+        Some(lock::lock_at(&config.lock_dir, "renew", wait)?)
+    };
+    let mut state = State::load(&config.state_dir);
+    let started = std::time::Instant::now();
+    let planned = plan::plan(
+        &entries,
+        &root,
+        &state,
+        now(),
+        config.renewal.threshold,
+        opts.force,
+    );
+    log::debug!(
+        "planned {} certificates in {:.1}ms",
+        planned.len(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    if opts.dry_run {
+        print_plan(&manifest, &planned);
+        return Ok(());
+    }
+
+    let step = step_for(config);
+    let px = proxmox_for(config);
+    let cmd_timeout = Duration::from_secs(config.renewal.command_timeout_secs);
+    let mut failed = Vec::new();
+    let mut ca_down: Option<anyhow::Error> = None;
+    for p in &planned {
+        signal::check()?;
+        let entry = &manifest.entries[p.index];
+        let mine = state.entry(&entry.name).clone();
+        if let Some(until) = p.deferred_until {
+            log::warn!(
+                "{}: {} ({} failure(s) in a row; next attempt after {}, or --force)",
+                entry.name,
+                p.assessment.reason,
+                mine.failures,
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(until as u64))
+            );
+            continue;
+        }
+        let action = p.action();
+        if action != Action::Nothing && ca_down.is_some() {
+            log::warn!("{}: {} skipped: the CA is unreachable", entry.name, action);
+            continue;
+        }
+        let result = handle(
+            entry,
+            p,
+            &step,
+            &root,
+            &px,
+            config,
+            &manifest,
+            mine.post_pending,
+            cmd_timeout,
+        );
+        let st = state.entry(&entry.name);
+        // The memo describes the key planned from; a new key is derived
+        // afresh next time (its digest differs).
+        st.key_memo = p.key_memo.clone();
+        let did_work = action != Action::Nothing || mine.post_pending;
+        match result {
+            Ok((outcome, changed_but_post_failed)) => {
+                if let Some(e) = changed_but_post_failed {
+                    log::error!("{}: {e:#}", entry.name);
+                    st.failed(&format!("{e:#}"), now());
+                    st.post_pending = true;
+                    failed.push(entry.name.clone());
+                } else {
+                    st.succeeded(outcome, now());
+                }
+            }
+            Err(e) if kind_of(&e) == Kind::TempFail => {
+                log::error!("{}: {e:#}", entry.name);
+                ca_down = Some(e);
+            }
+            Err(e) => {
+                log::error!("{}: {e:#}", entry.name);
+                st.failed(&format!("{e:#}"), now());
+                failed.push(entry.name.clone());
+            }
+        }
+        if did_work {
+            state.save().context("saving the renewal state")?;
+        }
+    }
+    state.save().context("saving the renewal state")?;
+    if let Some(e) = ca_down {
+        return Err(e.context(err(
+            Kind::TempFail,
+            "certificates left as they are: the CA is unreachable; retry later",
+        )));
+    }
+    if !failed.is_empty() {
+        return Err(err(
+            Kind::Failed,
+            format!(
+                "{} of {} certificate(s) failed: {}",
+                failed.len(),
+                planned.len(),
+                failed.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Do what the plan says for one entry. Returns what happened, and the
+/// error of a post-renewal action that failed after the pair changed.
+#[allow(clippy::too_many_arguments)]
+fn handle(
+    entry: &Entry,
+    p: &plan::Planned,
+    step: &Step,
+    root: &Root,
+    px: &Proxmox,
+    config: &Config,
+    manifest: &Manifest,
+    post_pending: bool,
+    cmd_timeout: Duration,
+) -> Result<(Outcome, Option<anyhow::Error>)> {
+    let lifetime = config.renewal.lifetime.0;
+    let (outcome, info) = match p.action() {
+        Action::Nothing => {
+            for fix in install::ensure_modes(entry)? {
+                log::warn!("{}: fixed owner/mode: {fix}", entry.name);
+            }
+            if let Some(info) = &p.assessment.current {
+                if install::ca_missing(entry) {
+                    install::repair_ca(entry, root, info)?;
+                }
+            }
+            if !post_pending {
+                log::info!("{}: up to date", entry.name);
+                return Ok((Outcome::Unchanged, None));
+            }
+            log::info!(
+                "{}: up to date; running the post-renewal action left pending",
+                entry.name
+            );
+            (Outcome::Unchanged, None)
+        }
+        Action::Renew => match install::renew(entry, step, root) {
+            Ok(info) => (Outcome::Renewed, Some(info)),
+            Err(e) if kind_of(&e) == Kind::TempFail => return Err(e),
+            Err(e) => {
+                log::warn!(
+                    "{}: renewal failed ({e:#}); issuing a new certificate",
+                    entry.name
+                );
+                (
+                    Outcome::Issued,
+                    Some(install::issue(entry, step, root, lifetime)?),
+                )
+            }
+        },
+        Action::Issue => {
+            log::info!("{}: issuing ({})", entry.name, p.assessment.reason);
+            (
+                Outcome::Issued,
+                Some(install::issue(entry, step, root, lifetime)?),
+            )
+        }
+    };
+    if let Some(info) = &info {
+        log::info!(
+            "{}: {} serial {}, valid until {}",
+            entry.name,
+            if outcome == Outcome::Issued {
+                "issued"
+            } else {
+                "renewed"
+            },
+            info.serial,
+            humantime::format_rfc3339_seconds(
+                UNIX_EPOCH + Duration::from_secs(info.not_after.max(0) as u64)
+            )
+        );
+    }
+    let post = post::run(entry, px, &manifest.path, cmd_timeout)
+        .with_context(|| format!("post-renewal action for {} in {}", entry.name, entry.guest));
+    Ok((outcome, post.err()))
+}
+
+fn print_plan(manifest: &Manifest, planned: &[plan::Planned]) {
+    println!("{:<40} {:<8} {:<8} REASON", "NAME", "GUEST", "ACTION");
+    for p in planned {
+        let e = &manifest.entries[p.index];
+        let (action, reason) = match p.deferred_until {
+            Some(t) => (
+                "deferred".to_string(),
+                format!(
+                    "{} (backoff until {})",
+                    p.assessment.reason,
+                    status::time(t)
+                ),
+            ),
+            None => (p.action().to_string(), p.assessment.reason.clone()),
+        };
+        println!(
+            "{:<40} {:<8} {:<8} {}",
+            e.name,
+            e.guest.to_string(),
+            action,
+            reason
+        );
+    }
+}

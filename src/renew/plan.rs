@@ -1,0 +1,146 @@
+//! The plan: for each certificate, read its files natively and decide
+//! issue, renew or nothing; `--force` makes it issue; the failure backoff
+//! defers an entry that failed recently.
+
+use std::cell::RefCell;
+
+use sha2::{Digest, Sha256};
+
+use crate::cert::{self, Action, Assessment, Root};
+use crate::config::Threshold;
+use crate::fsutil;
+
+use super::manifest::Entry;
+use super::state::{KeyMemo, State};
+
+/// Largest certificate bundle or key read while planning.
+const FILE_LIMIT: u64 = 1 << 20;
+
+/// The decision for one entry.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The entry's index in the manifest.
+    pub index: usize,
+    /// What the files say.
+    pub assessment: Assessment,
+    /// Deferred by the backoff until then (Unix seconds).
+    pub deferred_until: Option<i64>,
+    /// The key match memo for the key on disk now.
+    pub key_memo: Option<KeyMemo>,
+}
+
+impl Planned {
+    /// What this run will do.
+    pub fn action(&self) -> Action {
+        if self.deferred_until.is_some() {
+            Action::Nothing
+        } else {
+            self.assessment.action
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Assess one entry from its files, deriving the key's public point
+/// unless `memo` holds it for exactly this key file. Returns the memo for
+/// the key on disk.
+pub fn assess(
+    entry: &Entry,
+    root: &Root,
+    now: i64,
+    threshold: Threshold,
+    memo: Option<&KeyMemo>,
+) -> (Assessment, Option<KeyMemo>) {
+    let fresh = RefCell::new(None);
+    let derive = |key: &[u8]| -> anyhow::Result<Vec<u8>> {
+        let digest = hex(&Sha256::digest(key));
+        if let Some(m) = memo.filter(|m| m.key_sha256 == digest) {
+            if let Some(point) = unhex(&m.public_point) {
+                *fresh.borrow_mut() = Some(m.clone());
+                return Ok(point);
+            }
+        }
+        let point = cert::key_public_point(key)?;
+        *fresh.borrow_mut() = Some(KeyMemo {
+            key_sha256: digest,
+            public_point: hex(&point),
+        });
+        Ok(point)
+    };
+    let a = cert::assess(
+        fsutil::read_limited(&entry.cert_path, FILE_LIMIT),
+        fsutil::read_limited(&entry.key_path, FILE_LIMIT),
+        &derive,
+        &entry.name,
+        &entry.wanted,
+        root,
+        now,
+        threshold,
+    );
+    (a, fresh.into_inner())
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Plan every entry.
+pub fn plan(
+    entries: &[&Entry],
+    root: &Root,
+    state: &State,
+    now: i64,
+    threshold: Threshold,
+    force: bool,
+) -> Vec<Planned> {
+    entries
+        .iter()
+        .map(|e| {
+            let memo = state
+                .certificates
+                .get(&e.name)
+                .and_then(|s| s.key_memo.as_ref());
+            let (mut assessment, key_memo) = assess(e, root, now, threshold, memo);
+            if force {
+                assessment.action = Action::Issue;
+                assessment.reason = format!("forced ({})", assessment.reason);
+            }
+            let deferred_until = match assessment.action {
+                Action::Nothing => None,
+                _ if force => None,
+                _ => state
+                    .certificates
+                    .get(&e.name)
+                    .and_then(|s| s.held_back(now)),
+            };
+            Planned {
+                index: e.index,
+                assessment,
+                deferred_until,
+                key_memo,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        let b = [0u8, 1, 0xab, 0xff];
+        assert_eq!(hex(&b), "0001abff");
+        assert_eq!(unhex("0001abff").unwrap(), b);
+        assert!(unhex("0g").is_none() && unhex("abc").is_none());
+    }
+}

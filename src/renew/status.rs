@@ -1,0 +1,262 @@
+//! `phoenix-renew status`: every certificate's expiry, the share of its
+//! lifetime used, what the next run will do and how the last one went; as
+//! a table, as JSON, and as node_exporter textfile metrics (written
+//! atomically, so the exporter never scrapes half a file).
+
+use std::fmt::Write;
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::fsutil::{self, FileOptions};
+
+use super::state::{Outcome, State};
+use super::{load_root, manifest, now, plan};
+
+/// One certificate's line of the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Common name.
+    pub name: String,
+    /// `CT 101`, `VM 1001`.
+    pub guest: String,
+    /// Certificate file.
+    pub cert_path: String,
+    /// Serial of the current certificate.
+    pub serial: Option<String>,
+    /// Expiry, Unix seconds.
+    pub not_after: Option<i64>,
+    /// Seconds left (negative: expired).
+    pub seconds_left: Option<i64>,
+    /// Share of the lifetime used, percent.
+    pub lifetime_used_percent: Option<f64>,
+    /// What the next run will do: nothing, renew, issue, deferred.
+    pub next_action: String,
+    /// Why.
+    pub reason: String,
+    /// How the last run went.
+    pub last_result: Option<Outcome>,
+    /// Last time a run left it good, Unix seconds.
+    pub last_success: Option<i64>,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// RFC 3339 time of Unix seconds.
+pub fn time(t: i64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)).to_string()
+}
+
+/// Compute the rows.
+pub fn rows(config: &Config) -> Result<Vec<Row>> {
+    let m = manifest::load(config)?;
+    let root = load_root(config)?;
+    let state = State::load(&config.state_dir);
+    let now = now();
+    let entries: Vec<_> = m.entries.iter().collect();
+    let planned = plan::plan(
+        &entries,
+        &root,
+        &state,
+        now,
+        config.renewal.threshold,
+        false,
+    );
+    Ok(planned
+        .iter()
+        .map(|p| {
+            let e = &m.entries[p.index];
+            let st = state.certificates.get(&e.name).cloned().unwrap_or_default();
+            let cur = p.assessment.current.as_ref();
+            Row {
+                name: e.name.clone(),
+                guest: e.guest.to_string(),
+                cert_path: e.cert_path.display().to_string(),
+                serial: cur.map(|c| c.serial.clone()),
+                not_after: cur.map(|c| c.not_after),
+                seconds_left: cur.map(|c| c.not_after - now),
+                lifetime_used_percent: cur.map(|c| {
+                    let life = (c.not_after - c.not_before).max(1) as f64;
+                    (((now - c.not_before) as f64 / life) * 1000.0).round() / 10.0
+                }),
+                next_action: match p.deferred_until {
+                    Some(_) => "deferred".into(),
+                    None => p.action().to_string(),
+                },
+                reason: match p.deferred_until {
+                    Some(t) => format!("{} (backoff until {})", p.assessment.reason, time(t)),
+                    None => p.assessment.reason.clone(),
+                },
+                last_result: st.last_result,
+                last_success: st.last_success,
+                failures: st.failures,
+                last_error: st.last_error,
+            }
+        })
+        .collect())
+}
+
+fn left(secs: i64) -> String {
+    if secs < 0 {
+        return "expired".into();
+    }
+    let (d, h, m) = (secs / 86400, secs % 86400 / 3600, secs % 3600 / 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else {
+        format!("{m}m")
+    }
+}
+
+/// The table.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<38} {:<8} {:<20} {:>7} {:>6} {:<8} {}\n",
+        "NAME", "GUEST", "NOT AFTER", "LEFT", "USED", "NEXT", "LAST"
+    );
+    for r in rows {
+        let last = match (&r.last_result, r.failures) {
+            (Some(Outcome::Failed), n) => format!("failed x{n}"),
+            (Some(o), _) => serde_json::to_value(o)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            (None, _) => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<38} {:<8} {:<20} {:>7} {:>6} {:<8} {}",
+            r.name,
+            r.guest,
+            r.not_after.map(time).unwrap_or_else(|| "-".into()),
+            r.seconds_left.map(left).unwrap_or_else(|| "-".into()),
+            r.lifetime_used_percent
+                .map(|p| format!("{p:.0}%"))
+                .unwrap_or_else(|| "-".into()),
+            r.next_action,
+            last
+        );
+    }
+    out
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// node_exporter textfile metrics.
+pub fn prometheus(rows: &[Row]) -> String {
+    let mut out = String::new();
+    type Value = dyn Fn(&Row) -> Option<f64>;
+    let metrics: [(&str, &str, &Value); 4] = [
+        (
+            "phoenix_cert_not_after_seconds",
+            "Expiry of the certificate, Unix time.",
+            &|r| r.not_after.map(|t| t as f64),
+        ),
+        (
+            "phoenix_cert_last_success_seconds",
+            "Last time a renewal run left the certificate good, Unix time.",
+            &|r| r.last_success.map(|t| t as f64),
+        ),
+        (
+            "phoenix_cert_renewal_failures",
+            "Consecutive failed renewal attempts.",
+            &|r| Some(r.failures as f64),
+        ),
+        (
+            "phoenix_cert_renewal_due",
+            "1 when the next run will issue or renew the certificate.",
+            &|r| Some(if r.next_action == "nothing" { 0.0 } else { 1.0 }),
+        ),
+    ];
+    for (name, help, value) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for r in rows {
+            if let Some(v) = value(r) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{name=\"{}\",guest=\"{}\"}} {v}",
+                    label(&r.name),
+                    label(&r.guest)
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Write the metrics to `path` atomically (0644: the exporter reads it).
+pub fn write_prometheus(path: &Path, rows: &[Row]) -> Result<()> {
+    fsutil::write_atomic(path, prometheus(rows).as_bytes(), FileOptions::mode(0o644))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_labelled_and_escaped() {
+        let r = Row {
+            name: "a\"b".into(),
+            guest: "CT 101".into(),
+            cert_path: "/x".into(),
+            serial: None,
+            not_after: Some(100),
+            seconds_left: Some(10),
+            lifetime_used_percent: Some(50.0),
+            next_action: "nothing".into(),
+            reason: "valid".into(),
+            last_result: None,
+            last_success: None,
+            failures: 2,
+            last_error: None,
+        };
+        let text = prometheus(std::slice::from_ref(&r));
+        assert!(
+            text.contains("phoenix_cert_not_after_seconds{name=\"a\\\"b\",guest=\"CT 101\"} 100\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("phoenix_cert_renewal_failures{name=\"a\\\"b\",guest=\"CT 101\"} 2\n"),
+            "{text}"
+        );
+        assert!(!text.contains("last_success_seconds{"), "{text}");
+        let t = table(&[
+            Row {
+                seconds_left: Some(600),
+                ..r
+            },
+            row(),
+        ]);
+        assert!(t.lines().nth(1).unwrap().contains(" 10m "), "{t}");
+        assert!(t.lines().nth(2).unwrap().contains(" issue "), "{t}");
+    }
+
+    fn row() -> Row {
+        Row {
+            name: "n".into(),
+            guest: "VM 1".into(),
+            cert_path: "/x".into(),
+            serial: None,
+            not_after: None,
+            seconds_left: None,
+            lifetime_used_percent: None,
+            next_action: "issue".into(),
+            reason: "certificate missing".into(),
+            last_result: None,
+            last_success: None,
+            failures: 0,
+            last_error: None,
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The smallstep `step` CLI, as renewal uses it: issue a certificate with
+//! a provisioner password read from a file, renew one with its own key.
+//!
+//! Every call names the CA URL and root explicitly (nothing is taken from
+//! `$STEPPATH` defaults), takes flags before positional arguments (step's
+//! parser stops at the first positional one), runs with stdin from
+//! `/dev/null` (step prompts on a terminal) and a deadline. A CA that
+//! cannot be reached is a [`Kind::TempFail`]: the run exits 75, retry later.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::cert::San;
+use crate::exec::{Cmd, Output};
+use crate::exit::{err, Kind};
+
+/// How to reach the CA with `step`.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The `step` program.
+    pub program: String,
+    /// CA URL.
+    pub ca_url: String,
+    /// Root certificate (host path).
+    pub root: PathBuf,
+    /// Provisioner name.
+    pub provisioner: String,
+    /// Provisioner password file (never the password itself).
+    pub password_file: PathBuf,
+    /// Deadline of one call.
+    pub timeout: Duration,
+}
+
+/// Words in step's errors that mean the CA was not reached at all.
+const UNREACHABLE: &[&str] = &[
+    "connection refused",
+    "no route to host",
+    "no such host",
+    "network is unreachable",
+    "i/o timeout",
+    "connection reset",
+    "Client.Timeout exceeded",
+];
+
+/// Turn a failed step call into an error, temporary when the CA was not
+/// reached.
+fn failure(cmd: &Cmd, out: &Output) -> anyhow::Error {
+    let msg = cmd.failure_message(out);
+    let text = out.stderr_str();
+    if UNREACHABLE.iter().any(|w| text.contains(w)) {
+        err(Kind::TempFail, format!("the CA is unreachable: {msg}"))
+    } else {
+        anyhow::anyhow!("{msg}")
+    }
+}
+
+/// `--not-after` as step reads it (a Go duration).
+fn go_duration(d: Duration) -> String {
+    format!("{}s", d.as_secs().max(1))
+}
+
+impl Step {
+    fn cmd(&self) -> Cmd {
+        Cmd::new(&self.program).timeout(self.timeout)
+    }
+
+    fn run(&self, cmd: Cmd) -> Result<()> {
+        let out = cmd.run()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(failure(&cmd, &out))
+        }
+    }
+
+    /// The argv of [`Self::issue`] (for tests and `--dry-run`).
+    pub fn issue_cmd(
+        &self,
+        subject: &str,
+        sans: &[San],
+        crt: &Path,
+        key: &Path,
+        lifetime: Duration,
+    ) -> Cmd {
+        let mut cmd = self.cmd().args(["ca", "certificate"]);
+        // Every SAN its own flag, the subject among them: with any --san,
+        // step no longer adds the subject by itself.
+        for san in sans {
+            cmd = cmd.arg("--san").arg(san.to_string());
+        }
+        cmd.arg("--provisioner")
+            .arg(&self.provisioner)
+            .arg("--provisioner-password-file")
+            .arg(&self.password_file)
+            .args(["--not-after", &go_duration(lifetime)])
+            .args(["--ca-url", &self.ca_url])
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--force")
+            .arg(subject)
+            .arg(crt)
+            .arg(key)
+    }
+
+    /// `step ca certificate`: a new key and certificate into `crt`/`key`
+    /// (temp files; step creates them 0600).
+    pub fn issue(
+        &self,
+        subject: &str,
+        sans: &[San],
+        crt: &Path,
+        key: &Path,
+        lifetime: Duration,
+    ) -> Result<()> {
+        self.run(self.issue_cmd(subject, sans, crt, key, lifetime))
+    }
+
+    /// `step ca renew --force --out OUT CRT KEY`: a new certificate for
+    /// the same key, authenticated by the current (valid) certificate.
+    pub fn renew(&self, crt: &Path, key: &Path, out: &Path) -> Result<()> {
+        let cmd = self
+            .cmd()
+            .args(["ca", "renew", "--force", "--out"])
+            .arg(out)
+            .args(["--ca-url", &self.ca_url])
+            .arg("--root")
+            .arg(&self.root)
+            .arg(crt)
+            .arg(key);
+        self.run(cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step() -> Step {
+        Step {
+            program: "step".into(),
+            ca_url: "https://ca:9000".into(),
+            root: "/ca/root.crt".into(),
+            provisioner: "admin".into(),
+            password_file: "/ca/pw".into(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn issue_lists_every_san_and_no_secret() {
+        let sans = [
+            San::Dns("web.x".into()),
+            San::Ip("10.0.0.1".parse().unwrap()),
+        ];
+        let cmd = step().issue_cmd(
+            "web.x",
+            &sans,
+            "/t/c".as_ref(),
+            "/t/k".as_ref(),
+            Duration::from_secs(3600),
+        );
+        assert_eq!(
+            cmd.to_string(),
+            "`step ca certificate --san web.x --san 10.0.0.1 --provisioner admin \
+             --provisioner-password-file /ca/pw --not-after 3600s --ca-url https://ca:9000 \
+             --root /ca/root.crt --force web.x /t/c /t/k`"
+        );
+    }
+
+    #[test]
+    fn unreachable_ca_is_temporary() {
+        let cmd = Cmd::new("sh").args([
+            "-c",
+            "echo 'dial tcp 127.0.0.1:1: connect: connection refused' >&2; exit 1",
+        ]);
+        let out = cmd.run().unwrap();
+        assert_eq!(crate::exit::kind_of(&failure(&cmd, &out)), Kind::TempFail);
+        let cmd = Cmd::new("sh").args(["-c", "echo 'token is expired' >&2; exit 1"]);
+        let out = cmd.run().unwrap();
+        assert_eq!(crate::exit::kind_of(&failure(&cmd, &out)), Kind::Failed);
+    }
+}

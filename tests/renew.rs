@@ -1,0 +1,539 @@
+//! `phoenix-renew run` against a real step-ca and the fake `qm`/`pct`:
+//! issue, idempotence, SAN drift, renewal, expiry, CA down, guest command
+//! failures, the lock, a bad manifest, the reference manifest.
+
+mod common;
+mod renew_support;
+
+use std::path::PathBuf;
+
+use renew_support::{listing, mode_owner, stderr, stdout, Bench};
+use serde_json::{json, Value};
+
+/// A recording `systemctl` in the guest: appends "ID ARGS" to a log.
+const SYSTEMCTL: &str = "#!/bin/sh\necho \"$FAKE_GUEST_ID $*\" >> \"$FAKE_PVE/systemctl.log\"\n";
+
+fn systemctl_log(b: &Bench) -> Vec<String> {
+    std::fs::read_to_string(b.pve.dir.path().join("systemctl.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn certs(b: &Bench) -> PathBuf {
+    b.path("pve/ssl")
+}
+
+/// Two certificates: a container's (DNS + wildcard + IPv4, group-readable
+/// key, reload in the guest) and a VM's (IPv4 + IPv6, CA chain).
+fn two_entries(b: &Bench) -> Value {
+    let d = certs(b);
+    json!([
+        {"common_name": "web.test.internal", "sans": ["*.test.internal", "10.0.0.101", "web.test.internal"],
+         "guest_id": 101, "guest_type": "lxc",
+         "cert_path": d.join("101/web.crt"), "key_path": d.join("101/web.key"),
+         "owner": "0:33", "post_renewal": {"run": ["systemctl", "reload", "nginx"]}},
+        {"common_name": "docker.test.internal", "sans": ["10.0.0.111", "::1"],
+         "guest_id": 1001, "guest_type": "vm",
+         "cert_path": d.join("1001/cert.pem"), "key_path": d.join("1001/key.pem"),
+         "owner": "root:root", "include_ca": true,
+         "post_renewal": {"run": ["systemctl", "restart", "docker"]}}
+    ])
+}
+
+fn setup_two() -> Bench {
+    let b = Bench::new();
+    let ct = b.pve.add_ct(101);
+    let vm = b.pve.add_vm(1001);
+    b.pve.guest_command(&ct, "systemctl", SYSTEMCTL);
+    b.pve.guest_command(&vm, "systemctl", SYSTEMCTL);
+    b.write_manifest(&two_entries(&b));
+    b
+}
+
+fn ok(o: &std::process::Output) {
+    assert_eq!(o.status.code(), Some(0), "stderr:\n{}", stderr(o));
+}
+
+#[test]
+fn issues_exact_sans_then_a_second_run_changes_nothing() {
+    let b = setup_two();
+    let out = b.run(&["run"]);
+    ok(&out);
+    let d = certs(&b);
+
+    // The exact SAN sets, subject included, as step itself reads them.
+    let web = b.inspect(&d.join("101/web.crt"));
+    assert_eq!(
+        web.sans,
+        ["*.test.internal", "10.0.0.101", "web.test.internal"]
+    );
+    let docker = b.inspect(&d.join("1001/cert.pem"));
+    assert_eq!(docker.sans, ["10.0.0.111", "::1", "docker.test.internal"]);
+
+    // Owner and modes: a group-readable key for 0:33, never world-readable.
+    assert_eq!(mode_owner(&d.join("101/web.key")), (0o640, 0, 33));
+    assert_eq!(mode_owner(&d.join("101/web.crt")), (0o644, 0, 33));
+    assert_eq!(mode_owner(&d.join("1001/key.pem")), (0o600, 0, 0));
+    assert_eq!(mode_owner(&d.join("1001/ca.pem")), (0o644, 0, 0));
+    let ca = std::fs::read_to_string(d.join("1001/ca.pem")).unwrap();
+    let root = std::fs::read_to_string(b.ca.root_cert()).unwrap();
+    assert!(ca.contains(root.trim()), "ca.pem lacks the root");
+    assert_eq!(
+        listing(&d.join("101")),
+        ["web.crt", "web.key"],
+        "temp files left behind"
+    );
+
+    // Post-renewal ran in each guest, the VM's after status and ping.
+    assert_eq!(
+        systemctl_log(&b),
+        ["101 reload nginx", "1001 restart docker"]
+    );
+    let calls = b.pve_calls();
+    let vm_calls: Vec<&String> = calls.iter().filter(|c| c.starts_with("qm")).collect();
+    assert_eq!(vm_calls.len(), 3, "{calls:?}");
+    assert_eq!(vm_calls[0], "qm status 1001");
+    assert_eq!(vm_calls[1], "qm guest cmd 1001 ping");
+    assert!(
+        vm_calls[2].starts_with("qm guest exec 1001 --timeout 20 -- systemctl restart docker"),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"pct exec 101 -- systemctl reload nginx".to_string()),
+        "{calls:?}"
+    );
+
+    // Second run: same serials, no post-renewal, no guest call at all.
+    let key_before = std::fs::read(d.join("101/web.key")).unwrap();
+    let out = b.run(&["run"]);
+    ok(&out);
+    assert_eq!(b.inspect(&d.join("101/web.crt")).serial, web.serial);
+    assert_eq!(b.inspect(&d.join("1001/cert.pem")).serial, docker.serial);
+    assert_eq!(std::fs::read(d.join("101/web.key")).unwrap(), key_before);
+    assert_eq!(systemctl_log(&b).len(), 2);
+    assert_eq!(
+        b.pve_calls().len(),
+        calls.len(),
+        "second run called a guest"
+    );
+
+    // Status shows both as up to date, and metrics are written.
+    let prom = b.path("metrics/renew.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    let out = b.run(&["status", "--json", "--prometheus", prom.to_str().unwrap()]);
+    ok(&out);
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert_eq!(rows[0]["serial"].as_str(), Some(web.serial.as_str()));
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r["next_action"], "nothing", "{r}");
+        assert_eq!(r["last_result"], "unchanged", "{r}");
+    }
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains(
+            "phoenix_cert_renewal_failures{name=\"web.test.internal\",guest=\"CT 101\"} 0"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("phoenix_cert_not_after_seconds{name=\"docker.test.internal\""),
+        "{metrics}"
+    );
+    // Another key put in place (the key match is remembered per key file
+    // digest, never per path): seen, and repaired.
+    std::fs::copy(d.join("1001/key.pem"), d.join("101/web.key")).unwrap();
+    let out = b.run(&["run"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("web.test.internal: issuing (key does not match"),
+        "{}",
+        stderr(&out)
+    );
+    assert_ne!(b.inspect(&d.join("101/web.crt")).serial, web.serial);
+    assert_eq!(b.inspect(&d.join("1001/cert.pem")).serial, docker.serial);
+
+    let table = stdout(&b.run(&["status"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("web.test.internal") && l.contains("CT 101")),
+        "{table}"
+    );
+}
+
+#[test]
+fn san_drift_reissues_only_that_entry() {
+    let b = setup_two();
+    ok(&b.run(&["run"]));
+    let d = certs(&b);
+    let docker = b.inspect(&d.join("1001/cert.pem"));
+    let web = b.inspect(&d.join("101/web.crt"));
+
+    // Reordering SANs is no drift; adding one is.
+    let mut m = two_entries(&b);
+    m[0]["sans"] = json!(["web.test.internal", "10.0.0.101", "*.test.internal"]);
+    b.write_manifest(&m);
+    ok(&b.run(&["run"]));
+    assert_eq!(b.inspect(&d.join("101/web.crt")).serial, web.serial);
+
+    m[1]["sans"] = json!(["10.0.0.111", "::1", "10.0.0.112"]);
+    b.write_manifest(&m);
+    let out = b.run(&["run"]);
+    ok(&out);
+    assert!(stderr(&out).contains("SANs differ"), "{}", stderr(&out));
+    let after = b.inspect(&d.join("1001/cert.pem"));
+    assert_ne!(after.serial, docker.serial);
+    assert_eq!(
+        after.sans,
+        ["10.0.0.111", "10.0.0.112", "::1", "docker.test.internal"]
+    );
+    assert_eq!(
+        b.inspect(&d.join("101/web.crt")).serial,
+        web.serial,
+        "the other entry was touched"
+    );
+    assert_eq!(
+        systemctl_log(&b),
+        [
+            "101 reload nginx",
+            "1001 restart docker",
+            "1001 restart docker"
+        ]
+    );
+}
+
+#[test]
+fn past_the_threshold_renews_with_the_same_key_and_sans() {
+    let mut b = setup_two();
+    ok(&b.run(&["run", "--only", "web.test.internal"]));
+    let d = certs(&b);
+    let before = b.inspect(&d.join("101/web.crt"));
+    let key = std::fs::read(d.join("101/web.key")).unwrap();
+
+    // Renew when less than 2 h are left of a 1 h certificate: due at once.
+    b.set_renewal("threshold", json!("2h"));
+    let dry = b.run(&["run", "--dry-run", "--only", "web.test.internal"]);
+    ok(&dry);
+    assert!(stdout(&dry).contains("renew"), "{}", stdout(&dry));
+    assert_eq!(
+        b.inspect(&d.join("101/web.crt")).serial,
+        before.serial,
+        "--dry-run changed the certificate"
+    );
+
+    let out = b.run(&["run", "--only", "web.test.internal"]);
+    ok(&out);
+    let after = b.inspect(&d.join("101/web.crt"));
+    assert_ne!(after.serial, before.serial);
+    assert_eq!(after.sans, before.sans);
+    assert_eq!(
+        std::fs::read(d.join("101/web.key")).unwrap(),
+        key,
+        "renewal must keep the key"
+    );
+    assert_eq!(mode_owner(&d.join("101/web.key")), (0o640, 0, 33));
+    assert!(stderr(&out).contains("renewed"), "{}", stderr(&out));
+    assert_eq!(systemctl_log(&b), ["101 reload nginx", "101 reload nginx"]);
+    assert!(!d.join("1001").exists(), "--only touched another entry");
+}
+
+#[test]
+fn an_expired_certificate_is_issued_anew() {
+    let b = setup_two();
+    let d = certs(&b);
+    std::fs::create_dir_all(d.join("101")).unwrap();
+    // Signed by our intermediate, so only its expiry is wrong.
+    let (crt, key) = (d.join("101/web.crt"), d.join("101/web.key"));
+    let st = std::process::Command::new("step")
+        .args(["certificate", "create", "web.test.internal"])
+        .arg(&crt)
+        .arg(&key)
+        .arg("--ca")
+        .arg(b.ca.dir.path().join("steppath/certs/intermediate_ca.crt"))
+        .arg("--ca-key")
+        .arg(b.ca.dir.path().join("steppath/secrets/intermediate_ca_key"))
+        .arg("--ca-password-file")
+        .arg(b.ca.password_file())
+        .args([
+            "--san",
+            "web.test.internal",
+            "--san",
+            "*.test.internal",
+            "--san",
+            "10.0.0.101",
+        ])
+        .args([
+            "--not-before",
+            "-2h",
+            "--not-after",
+            "-1h",
+            "--bundle",
+            "--no-password",
+            "--insecure",
+        ])
+        .env("STEPPATH", b.path("steppath"))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let old = b.inspect(&crt);
+
+    let out = b.run(&["run", "--only", "web.test.internal"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("issuing (expired)"),
+        "{}",
+        stderr(&out)
+    );
+    let new = b.inspect(&crt);
+    assert_ne!(new.serial, old.serial);
+    assert_eq!(new.sans, old.sans);
+}
+
+#[test]
+fn ca_down_exits_75_and_leaves_files_untouched() {
+    let mut b = setup_two();
+    ok(&b.run(&["run"]));
+    let d = certs(&b);
+    let before = snapshot(&b);
+    b.set_renewal("threshold", json!("2h")); // everything due
+    b.ca.stop();
+    std::fs::remove_file(d.join("1001/cert.pem")).unwrap(); // and one to issue
+    let before_vm_key = std::fs::read(d.join("1001/key.pem")).unwrap();
+
+    let out = b.run(&["run"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unreachable"), "{}", stderr(&out));
+    assert_eq!(snapshot(&b), before);
+    assert_eq!(
+        std::fs::read(d.join("1001/key.pem")).unwrap(),
+        before_vm_key
+    );
+    assert!(!d.join("1001/cert.pem").exists());
+    assert_eq!(listing(&d.join("101")), ["web.crt", "web.key"]);
+    assert_eq!(listing(&d.join("1001")), ["ca.pem", "key.pem"]);
+    assert_eq!(
+        systemctl_log(&b).len(),
+        2,
+        "post-renewal ran with the CA down"
+    );
+
+    // The CA being down is no fault of the entries: no backoff.
+    b.ca.launch(None);
+    let out = b.run(&["run"]);
+    ok(&out);
+    assert!(d.join("1001/cert.pem").exists());
+    assert_ne!(snapshot(&b), before, "nothing renewed once the CA was back");
+}
+
+/// The container's pair, byte for byte.
+fn snapshot(b: &Bench) -> Vec<Vec<u8>> {
+    ["101/web.crt", "101/web.key"]
+        .iter()
+        .map(|f| std::fs::read(certs(b).join(f)).unwrap())
+        .collect()
+}
+
+#[test]
+fn guest_command_failures_fail_the_run_naming_the_entry() {
+    let mut b = Bench::new();
+    b.set_renewal("command_timeout_secs", json!(1));
+    let ct = b.pve.add_ct(101);
+    b.pve.add_vm(1001);
+    b.pve.guest_command(&ct, "systemctl", SYSTEMCTL);
+    let d = certs(&b);
+    let entry = |name: &str, kind: &str, id: u32, post: Value| {
+        let mut e = json!({"common_name": name, "guest_id": id, "guest_type": kind,
+            "cert_path": d.join(format!("{name}.crt")), "key_path": d.join(format!("{name}.key"))});
+        for (k, v) in post.as_object().unwrap() {
+            e[k] = v.clone();
+        }
+        e
+    };
+    b.write_manifest(&json!([
+        entry(
+            "exit1.test",
+            "vm",
+            1001,
+            json!({"post_renewal": {"run": ["sh", "-c", "echo nope >&2; exit 1"]}})
+        ),
+        entry(
+            "signal.test",
+            "vm",
+            1001,
+            json!({"post_renewal": {"run": ["sh", "-c", "kill -9 $$"]}})
+        ),
+        entry(
+            "timeout.test",
+            "vm",
+            1001,
+            json!({"post_renewal": {"run": ["sleep", "5"]}})
+        ),
+        entry(
+            "legacy.test",
+            "vm",
+            1001,
+            json!({"post_renewal_command": "qm guest exec 1001 -- sh -c 'exit 3'"})
+        ),
+        entry(
+            "good.test",
+            "lxc",
+            101,
+            json!({"post_renewal": {"run": ["systemctl", "reload", "nginx"]}})
+        ),
+    ]));
+    let out = b.run(&["run"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for (name, why) in [
+        ("exit1.test", "exited with status 1: nope"),
+        ("signal.test", "signal 9"),
+        ("timeout.test", "pid"),
+        ("legacy.test", "exited with status 3"),
+    ] {
+        assert!(
+            err.lines().any(|l| l.contains(name) && l.contains(why)),
+            "no line naming {name} with '{why}':\n{err}"
+        );
+    }
+    assert!(err.contains("4 of 5 certificate(s) failed"), "{err}");
+    assert!(err.contains("post_renewal_command is deprecated"), "{err}");
+    // The good entry went through in spite of the others.
+    assert_eq!(systemctl_log(&b), ["101 reload nginx"]);
+
+    // The pairs were installed; their post-renewal actions stay pending
+    // and are retried by the next run without reissuing.
+    let serial = b.inspect(&d.join("exit1.test.crt")).serial;
+    let out = b.run(&["run", "--only", "exit1.test"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("post-renewal action left pending"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(b.inspect(&d.join("exit1.test.crt")).serial, serial);
+    let status: Value = serde_json::from_slice(&b.run(&["status", "--json"]).stdout).unwrap();
+    let row = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "exit1.test")
+        .unwrap();
+    assert_eq!(
+        (row["last_result"].as_str(), row["failures"].as_u64()),
+        (Some("failed"), Some(2))
+    );
+}
+
+#[test]
+fn a_second_run_reports_the_holder_or_waits() {
+    let mut b = Bench::new();
+    let ct = b.pve.add_ct(101);
+    // The first run's post-renewal blocks until the test opens the gate.
+    let gate = b.path("gate");
+    b.pve.guest_command(
+        &ct,
+        "systemctl",
+        &format!(
+            "#!/bin/sh\ntouch \"$FAKE_PVE/entered\"\nwhile [ ! -e {} ]; do sleep 0.02; done\n",
+            gate.display()
+        ),
+    );
+    let d = certs(&b);
+    b.write_manifest(
+        &json!([{"common_name": "web.test", "guest_id": 101, "guest_type": "lxc",
+        "cert_path": d.join("web.crt"), "key_path": d.join("web.key"),
+        "post_renewal": {"run": ["systemctl", "reload", "nginx"]}}]),
+    );
+    let mut first = b.spawn(&["run"]);
+    let entered = b.pve.dir.path().join("entered");
+    let t0 = std::time::Instant::now();
+    while !entered.exists() {
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "first run never reached its post-renewal"
+        );
+        assert!(first.try_wait().unwrap().is_none(), "first run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // No wait: exit 75 naming the holder.
+    let out = b.run(&["run"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("already running (pid {}", first.id())),
+        "{}",
+        stderr(&out)
+    );
+
+    // With a wait: it runs after the first, and finds nothing to do.
+    b.set_renewal("lock_wait_secs", json!(60));
+    let second = b.spawn(&["run"]);
+    std::fs::write(&gate, "").unwrap();
+    assert!(first.wait().unwrap().success());
+    let out = second.wait_with_output().unwrap();
+    ok(&out);
+    assert!(
+        stderr(&out).contains("web.test: up to date"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_bad_manifest_is_exit_2_naming_entry_and_value() {
+    let b = setup_two();
+    let mut m = two_entries(&b);
+    m[1]["sans"] = json!(["10.0.0.111", "a.test,b.test"]);
+    b.write_manifest(&m);
+    let out = b.run(&["run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("[1].sans[1]") && err.contains("'a.test,b.test'"),
+        "{err}"
+    );
+    m[1]["sans"] = json!(["-bad.test"]);
+    b.write_manifest(&m);
+    let out = b.run(&["run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!certs(&b).exists(), "a bad manifest touched files");
+    let out = b.run(&["run", "--only", "nope.test"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_reference_manifest_loads_and_plans() {
+    let b = Bench::new();
+    let reference = common::shared().join("reference/phoenix-etc");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(b.path("toolkit.json")).unwrap()).unwrap();
+    let mut config = config;
+    config["phoenix_etc"] = json!(reference);
+    std::fs::write(b.path("toolkit.json"), config.to_string()).unwrap();
+    let out = b.run(&["run", "--dry-run"]);
+    ok(&out);
+    let plan = stdout(&out);
+    let rows: Vec<&str> = plan.lines().skip(1).collect();
+    assert_eq!(rows.len(), 8, "{plan}");
+    for name in [
+        "nginx.internal.thinkheads.ai",
+        "portainer-client.internal.thinkheads.ai",
+        "nginx-gateway-client",
+    ] {
+        assert!(
+            rows.iter().any(|r| r.starts_with(name)
+                && r.contains("issue")
+                && r.contains("certificate missing")),
+            "{plan}"
+        );
+    }
+    assert!(rows.iter().any(|r| r.contains("VM 1001")), "{plan}");
+    assert!(b.pve.calls().is_empty(), "--dry-run called a guest");
+}
