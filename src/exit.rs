@@ -78,8 +78,14 @@ pub fn err(kind: Kind, msg: impl Into<String>) -> anyhow::Error {
 }
 
 /// The kind of an error chain: the outermost typed [`Error`] wins; a chain
-/// with none is [`Kind::Failed`].
+/// with none is [`Kind::Failed`]. To re-tag an error with a new kind, add an
+/// [`Error`] itself as context (`e.context(Error::new(kind, msg))`), not an
+/// `anyhow::Error` made by [`err`]: anyhow can find a context of a concrete
+/// type, not one hidden inside another `anyhow::Error`.
 pub fn kind_of(e: &anyhow::Error) -> Kind {
+    if let Some(outer) = e.downcast_ref::<Error>() {
+        return outer.kind();
+    }
     e.chain()
         .find_map(|c| c.downcast_ref::<Error>().map(Error::kind))
         .unwrap_or(Kind::Failed)
@@ -118,6 +124,15 @@ mod tests {
             .unwrap_err();
         assert_eq!(kind_of(&e), Kind::Timeout);
         assert_eq!(kind_of(&e).code(), 124);
+    }
+
+    #[test]
+    fn a_typed_context_retags_the_chain() {
+        let e = anyhow::anyhow!("connection refused")
+            .context(Error::new(Kind::TempFail, "CA unreachable"));
+        assert_eq!(kind_of(&e), Kind::TempFail);
+        let e = err(Kind::Failed, "inner").context(Error::new(Kind::Timeout, "outer"));
+        assert_eq!(kind_of(&e), Kind::Timeout);
     }
 
     #[test]

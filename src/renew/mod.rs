@@ -198,7 +198,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
     }
     state.save().context("saving the renewal state")?;
     if let Some(e) = ca_down {
-        return Err(e.context(err(
+        return Err(e.context(crate::exit::Error::new(
             Kind::TempFail,
             "certificates left as they are: the CA is unreachable; retry later",
         )));
