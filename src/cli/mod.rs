@@ -2,6 +2,8 @@
 //! man pages and completions can be generated from the same clap types.
 
 pub mod ca;
+pub mod hook;
+pub mod mount;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
