@@ -132,7 +132,9 @@ pub fn parse_qm_exec(stdout: &str, what: &str) -> Result<GuestOutput> {
         });
     }
     if let Some(sig) = res.signal {
-        return Err(anyhow::anyhow!("{what}: killed by signal {sig} in the guest"));
+        return Err(anyhow::anyhow!(
+            "{what}: killed by signal {sig} in the guest"
+        ));
     }
     let Some(code) = res.exitcode else {
         return Err(anyhow::anyhow!(
@@ -232,7 +234,10 @@ impl Proxmox {
                         ),
                     )));
                 }
-                Err(e) => log::info!("{guest} not reachable yet ({e:#}); retrying in {}s", delay.as_secs()),
+                Err(e) => log::info!(
+                    "{guest} not reachable yet ({e:#}); retrying in {}s",
+                    delay.as_secs()
+                ),
             }
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(15));
@@ -259,7 +264,12 @@ impl Proxmox {
                 let out = cmd.run().with_context(|| what.clone())?;
                 let exitcode = match out.status.code() {
                     Some(c) => c,
-                    None => return Err(anyhow::anyhow!("{what}: {}", crate::exec::describe_status(out.status))),
+                    None => {
+                        return Err(anyhow::anyhow!(
+                            "{what}: {}",
+                            crate::exec::describe_status(out.status)
+                        ))
+                    }
                 };
                 Ok(GuestOutput {
                     exitcode,
@@ -274,7 +284,9 @@ impl Proxmox {
                     .args(["--timeout", &self.guest_timeout.to_string()]);
                 if let Some(data) = stdin {
                     if data.len() > QM_STDIN_LIMIT {
-                        return Err(anyhow::anyhow!("{what}: stdin larger than qm's 1 MiB limit"));
+                        return Err(anyhow::anyhow!(
+                            "{what}: stdin larger than qm's 1 MiB limit"
+                        ));
                     }
                     cmd = cmd.args(["--pass-stdin", "1"]).stdin(data);
                 }
@@ -292,10 +304,19 @@ impl Proxmox {
     }
 
     /// [`Self::exec`], requiring exit code 0.
-    pub fn exec_ok(&self, guest: Guest, argv: &[String], stdin: Option<&[u8]>) -> Result<GuestOutput> {
+    pub fn exec_ok(
+        &self,
+        guest: Guest,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+    ) -> Result<GuestOutput> {
         let out = self.exec(guest, argv, stdin)?;
         if out.exitcode != 0 {
-            let detail = if out.stderr.trim().is_empty() { out.stdout.trim() } else { out.stderr.trim() };
+            let detail = if out.stderr.trim().is_empty() {
+                out.stdout.trim()
+            } else {
+                out.stderr.trim()
+            };
             return Err(anyhow::anyhow!(
                 "{guest}: `{}` exited with status {}{}{}",
                 argv.join(" "),

@@ -2,9 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use phoenix_hooks::cli::hook::Args;
+use phoenix_hooks::cli::hook;
 
 fn main() -> ExitCode {
-    Args::parse().run()
+    match hook::parse_args(std::env::args_os()) {
+        Ok(args) => args.run(),
+        Err(code) => code,
+    }
 }

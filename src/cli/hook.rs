@@ -37,7 +37,7 @@ configuration error, 124 timed out.";
 
 /// Command line of `phoenix-hook`.
 #[derive(Debug, Parser)]
-#[command(name = "phoenix-hook", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "phoenix-hook", version, about = ABOUT, long_about = LONG_ABOUT, term_width = 80)]
 pub struct Args {
     #[command(flatten)]
     common: Common,
@@ -46,6 +46,32 @@ pub struct Args {
     vmid: u32,
     /// pre-start, post-start, pre-stop or post-stop
     phase: String,
+}
+
+/// Parse the command line; any usage error (a missing argument, a VMID
+/// that is not a number) prints the error and the usage line and exits 2.
+pub fn parse_args<I, T>(argv: I) -> Result<Args, ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+    match Args::try_parse_from(argv) {
+        Ok(a) => Ok(a),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            eprint!("{text}");
+            if !text.contains("Usage:") {
+                eprintln!("\n{}", Args::command().render_usage());
+            }
+            Err(ExitCode::from(Kind::Config.code()))
+        }
+    }
 }
 
 impl Args {
@@ -112,5 +138,6 @@ mod tests {
         assert!(Args::try_parse_from(["phoenix-hook", "ct103", "pre-start"]).is_err());
         assert!(Args::try_parse_from(["phoenix-hook", "0", "pre-start"]).is_err());
         assert!(Args::try_parse_from(["phoenix-hook", "103"]).is_err());
+        assert!(parse_args(["phoenix-hook", "x", "pre-start"]).is_err());
     }
 }

@@ -32,7 +32,7 @@ Exit status: 0 ok, 1 failed (check: something not mounted as configured),
 
 /// Command line of `phoenix-mount`.
 #[derive(Debug, Parser)]
-#[command(name = "phoenix-mount", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "phoenix-mount", version, about = ABOUT, long_about = LONG_ABOUT, term_width = 80)]
 pub struct Args {
     #[command(flatten)]
     common: Common,
