@@ -93,9 +93,9 @@ impl Args {
     pub fn run(self) -> Result<()> {
         self.common.init("phoenix-mount");
         let config: Config = self.common.load_config()?;
-        let mut source = config_source(&self.common);
+        let mut source = std::path::absolute(config_source(&self.common))?;
         if let Some(id) = self.vmid {
-            source = config.vm_configs_path();
+            source = std::path::absolute(config.vm_configs_path())?;
             log::debug!("volumes of VM {id} from '{}'", source.display());
         }
         let volumes = mount::volumes(&config, self.vmid)?;

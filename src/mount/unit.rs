@@ -95,7 +95,7 @@ pub fn render(volume: &Volume, source: &Path) -> String {
     let description = if volume.ca_state {
         format!("Phoenix CA state directory from {what}")
     } else {
-        format!("Phoenix volume {what}")
+        format!("Phoenix volume {what} on {where_}")
     };
     unit.push_str(&format!("Description={description}\n"));
     unit.push_str("Documentation=man:systemd.mount(5)\n");
