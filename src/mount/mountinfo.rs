@@ -6,6 +6,7 @@
 //! `mountpoint` process per path.
 
 use std::ffi::OsString;
+use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
@@ -55,7 +56,11 @@ impl MountTable {
 
     /// Read a table from `path` (tests use a file).
     pub fn read_from(path: &Path) -> Result<MountTable> {
-        let text = std::fs::read(path)
+        // /proc files report size 0, and every read() of one formats the
+        // table anew: read it in one large gulp, not in growing probes.
+        let mut text = Vec::with_capacity(256 << 10);
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut text))
             .with_context(|| format!("reading mount table '{}'", path.display()))?;
         Ok(Self::parse(&text))
     }
