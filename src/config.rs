@@ -49,6 +49,9 @@ pub struct Config {
     /// Free text for the operator; ignored.
     #[serde(rename = "$comment")]
     pub comment: Option<serde_json::Value>,
+    /// Where Proxmox mounts shared storages (`<storage_root>/<storage>`):
+    /// a host path under it needs its storage mounted.
+    pub storage_root: PathBuf,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             renewal: RenewalConfig::default(),
             swarm: SwarmConfig::default(),
             comment: None,
+            storage_root: "/mnt/pve".into(),
         }
     }
 }
@@ -513,6 +517,16 @@ mod tests {
         assert!(e.to_string().contains("ca.url"), "{e}");
         let e = load_str(r#"{"mounts": [{"type": "nfs", "mount_point": "/x"}]}"#).unwrap_err();
         assert!(e.to_string().contains("mounts[0]"), "{e}");
+    }
+
+    #[test]
+    fn storage_root_defaults_to_mnt_pve() {
+        assert_eq!(
+            load_str("{}").unwrap().storage_root,
+            PathBuf::from("/mnt/pve")
+        );
+        let c = load_str(r#"{"storage_root": "/srv/pve"}"#).unwrap();
+        assert_eq!(c.storage_root, PathBuf::from("/srv/pve"));
     }
 
     #[test]

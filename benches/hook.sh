@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Benchmark of phoenix-hook against the bash + jq it replaces.
+#
+#   bash benches/hook.sh [RUNS]        (root: needs a private mount namespace)
+#
+# Two cases, each run RUNS times (default 300) by phoenix-hook and by a bash
+# + jq script doing the same checks on the same JSON:
+#   unknown    pre-start of a guest the Phoenix configs do not know
+#   dependent  pre-start of container 101 (three bind mounts on storage
+#              "quickOS"): storage mounted? every source present?
+# The JSON is the reference Phoenix configuration (../shared/reference),
+# with /mnt/pve rewritten to a temporary storage root, which is made a mount
+# point in a private mount namespace (nothing is mounted on the host).
+# Prints the median wall time and the peak RSS (the largest process of the
+# run's tree, from wait4) of each, and the ratios. Targets: 3 ms, 8 MiB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-300}
+REF=../shared/reference/phoenix-etc
+[ -f "$REF/phoenix_lxc_configs.json" ] || { echo "need $REF" >&2; exit 2; }
+command -v jq >/dev/null || { echo "need jq" >&2; exit 2; }
+
+cargo build --release --quiet --bin phoenix-hook
+HOOK=$PWD/target/release/phoenix-hook
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+ROOT=$TMP/pve
+mkdir -p "$TMP/etc" "$ROOT/quickOS/lxc-persistent-data/101/logs" \
+  "$ROOT/quickOS/lxc-persistent-data/101/ssl" "$ROOT/quickOS/lxc-persistent-data/103/ssl"
+for f in phoenix_lxc_configs.json phoenix_vm_configs.json; do
+  sed "s#/mnt/pve/#$ROOT/#g" "$REF/$f" >"$TMP/etc/$f"
+done
+cat >"$TMP/toolkit.json" <<JSON
+{"phoenix_etc": "$TMP/etc", "storage_root": "$ROOT"}
+JSON
+
+# The baseline: what a careful bash hookscript does for these two cases.
+cat >"$TMP/hook.sh" <<'BASH'
+#!/usr/bin/env bash
+set -euo pipefail
+vmid=$1 phase=$2
+conf=$PHOENIX_CONFIG
+etc=$(jq -r '.phoenix_etc' "$conf")
+root=$(jq -r '.storage_root // "/mnt/pve"' "$conf")
+[ "$phase" = pre-start ] || exit 0
+mapfile -t paths < <(jq -r --arg id "$vmid" \
+  '.lxc_configs[$id].mount_points[]?.host_path' "$etc/phoenix_lxc_configs.json")
+if [ "${#paths[@]}" -eq 0 ]; then
+  name=$(jq -r --argjson id "$vmid" '.vms[] | select(.vmid == $id) | .name' \
+    "$etc/phoenix_vm_configs.json")
+  [ -n "$name" ] || { echo "$vmid $phase: guest not in the Phoenix configs" >&2; exit 0; }
+  exit 0
+fi
+rc=0
+for p in "${paths[@]}"; do
+  case $p in
+    "$root"/*)
+      s=${p#"$root"/}; s=${s%%/*}
+      mountpoint -q "$root/$s" || { echo "$vmid $phase: $p: storage $s not mounted" >&2; rc=1; continue; }
+      ;;
+  esac
+  [ -e "$p" ] || { echo "$vmid $phase: $p does not exist" >&2; rc=1; }
+done
+[ $rc -eq 0 ] && echo "$vmid $phase: may start" >&2
+exit $rc
+BASH
+chmod +x "$TMP/hook.sh"
+
+# The measurer is a tiny C program: a child's peak RSS (wait4's ru_maxrss)
+# includes what it inherited at fork, so the launcher must be smaller than
+# what it measures (a Python launcher would report its own ~14 MiB).
+cat >"$TMP/measure.c" <<'C'
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+static int cmp(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+int main(int argc, char **argv) {
+  int runs = atoi(argv[1]);
+  double *t = malloc(sizeof(double) * runs);
+  long peak = 0;
+  for (int i = 0; i < runs; i++) {
+    struct timespec a, b;
+    struct rusage ru;
+    int status;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    pid_t pid = fork();
+    if (pid == 0) {
+      int null = open("/dev/null", O_WRONLY);
+      dup2(null, 1); dup2(null, 2);
+      execv(argv[2], argv + 2);
+      _exit(127);
+    }
+    wait4(pid, &status, 0, &ru);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      fprintf(stderr, "%s exited %d\n", argv[2], WEXITSTATUS(status));
+      return 1;
+    }
+    t[i] = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
+    if (ru.ru_maxrss > peak) peak = ru.ru_maxrss;
+  }
+  qsort(t, runs, sizeof(double), cmp);
+  printf("%.2f %.1f\n", t[runs / 2], peak / 1024.0);
+  return 0;
+}
+C
+cc -O2 -o "$TMP/measure" "$TMP/measure.c"
+
+export PHOENIX_CONFIG=$TMP/toolkit.json
+# Both implementations must agree on the outcome before they are timed.
+unshare --mount --propagation private -- bash -c '
+  set -e
+  mount --bind "$1/quickOS" "$1/quickOS"
+  for id in 101 4242; do "$2" $id pre-start 2>/dev/null; "$3" $id pre-start 2>/dev/null; done
+  printf "runs per case: %s\n" "$5"
+  printf "%-10s %20s %20s %9s %9s\n" case phoenix-hook "bash + jq" speed-up "RSS ratio"
+  met=yes
+  for c in unknown:4242 dependent:101; do
+    read -r ht hr < <("$4" "$5" "$2" "${c#*:}" pre-start)
+    read -r bt br < <("$4" "$5" "$3" "${c#*:}" pre-start)
+    awk -v c="${c%%:*}" -v ht="$ht" -v hr="$hr" -v bt="$bt" -v br="$br" "BEGIN {
+      printf \"%-10s %8.2f ms %5.1f MiB %8.2f ms %5.1f MiB %8.1fx %8.1fx\\n\",
+        c, ht, hr, bt, br, bt / ht, br / hr }"
+    awk -v ht="$ht" -v hr="$hr" "BEGIN { exit !(ht <= 3.0 && hr <= 8.0) }" || met=no
+  done
+  echo "target (<= 3 ms median, <= 8 MiB peak RSS): $met"
+' sh "$ROOT" "$HOOK" "$TMP/hook.sh" "$TMP/measure" "$RUNS"

@@ -1,0 +1,143 @@
+//! `phoenix-hook VMID PHASE`: the Proxmox hookscript's command line.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use super::Common;
+use crate::exit::{self, Kind};
+use crate::hook::{self, Phase, Watchdog};
+use crate::{logging, signal};
+
+const ABOUT: &str = "Proxmox hookscript: storage, CA secrets and CA readiness per guest";
+
+const LONG_ABOUT: &str = "\
+Proxmox hookscript: storage, CA secrets and CA readiness per guest.
+
+Proxmox runs it as `phoenix-hook VMID PHASE` (set it with
+`qm set VMID --hookscript local:snippets/phoenix-hook`, or `pct set`).
+
+pre-start   CA guest: state dir on mounted storage, secrets not open to
+            group or others (tightened to 0600 unless ca.fix_permissions
+            is off), then a new generation: the old ca.ready goes stale.
+            Container with bind mounts: every source on mounted storage,
+            else the start is refused. guests.<id>.gate_on_ca: also wait,
+            bounded, for the CA.
+post-start  CA guest: wait, bounded by ca.post_start_timeout_secs, for the
+            fresh ca.ready and a healthy CA.
+pre-stop,   CA guest: withdraw ca.ready. Always exit 0.
+post-stop
+
+A guest the Phoenix configs do not know: nothing, exit 0. An unknown
+phase: a warning, exit 0. Every phase has a hard deadline. Lines go to
+stderr (the task log) and to syslog (ident phoenix-hook).
+
+Exit status: 0 ok, 1 failed (pre-start: start refused), 2 usage or
+configuration error, 124 timed out.";
+
+/// Command line of `phoenix-hook`.
+#[derive(Debug, Parser)]
+#[command(name = "phoenix-hook", version, about = ABOUT, long_about = LONG_ABOUT, term_width = 80)]
+pub struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// Guest ID, as Proxmox passes it
+    #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+    vmid: u32,
+    /// pre-start, post-start, pre-stop or post-stop
+    phase: String,
+}
+
+/// Parse the command line; any usage error (a missing argument, a VMID
+/// that is not a number) prints the error and the usage line and exits 2.
+pub fn parse_args<I, T>(argv: I) -> Result<Args, ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+    match Args::try_parse_from(argv) {
+        Ok(a) => Ok(a),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            eprint!("{text}");
+            if !text.contains("Usage:") {
+                eprintln!("\n{}", Args::command().render_usage());
+            }
+            Err(ExitCode::from(Kind::Config.code()))
+        }
+    }
+}
+
+impl Args {
+    /// Log with `VMID PHASE: ` on every line (stderr and syslog), load the
+    /// configuration, run the phase under its hard deadline.
+    pub fn run(self) -> ExitCode {
+        let mut opts = logging::Options::new("phoenix-hook");
+        opts.verbosity = if self.common.quiet {
+            -1
+        } else {
+            self.common.verbose as i8
+        };
+        opts.syslog = true;
+        opts.prefix = format!("{} {}: ", self.vmid, self.phase);
+        logging::init(&opts);
+        signal::install();
+
+        let Some(phase) = Phase::parse(&self.phase) else {
+            log::warn!("unknown phase '{}': nothing to do", self.phase);
+            return ExitCode::SUCCESS;
+        };
+        let config = match self.common.load_config() {
+            Ok(c) => c,
+            Err(e) if phase.is_stop() => {
+                log::warn!("{e:#} (ignored: a stop phase never fails)");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => return exit::report(&e),
+        };
+        let after = hook::deadline(&config, self.vmid, phase);
+        let _watchdog = Watchdog::arm(after, move || {
+            log::error!(
+                "hard deadline of {}s passed: giving up rather than hang the task",
+                after.as_secs()
+            );
+            let code = if phase.is_stop() {
+                0
+            } else {
+                Kind::Timeout.code()
+            };
+            std::process::exit(code.into());
+        });
+        let result = hook::run(&config, self.vmid, phase);
+        if phase.is_stop() {
+            return ExitCode::SUCCESS;
+        }
+        exit::finish(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn vmid_must_be_a_positive_number() {
+        assert!(Args::try_parse_from(["phoenix-hook", "103", "pre-start"]).is_ok());
+        assert!(Args::try_parse_from(["phoenix-hook", "ct103", "pre-start"]).is_err());
+        assert!(Args::try_parse_from(["phoenix-hook", "0", "pre-start"]).is_err());
+        assert!(Args::try_parse_from(["phoenix-hook", "103"]).is_err());
+        assert!(parse_args(["phoenix-hook", "x", "pre-start"]).is_err());
+    }
+}

@@ -1,0 +1,374 @@
+//! `phoenix-hook VMID PHASE`: the Proxmox hookscript.
+//!
+//! Proxmox runs it at `pre-start` (a non-zero exit aborts the start),
+//! `post-start`, `pre-stop` and `post-stop` (non-zero only warns), with no
+//! timeout of its own, while the start task holds the guest's config lock
+//! (so nothing here calls `qm set`/`pct set`). One hookscript may serve
+//! every guest:
+//!
+//! - the CA guest (`ca.guest_id`), pre-start: its bind mounts and state
+//!   directory sit on mounted storage, its secrets are not open to group or
+//!   others, then a new generation (the old readiness token goes stale);
+//! - the CA guest, post-start: wait, bounded, for the fresh token and a
+//!   healthy CA, so Proxmox's onboot order starts dependents only then;
+//! - a container with bind mounts, pre-start: every source sits on mounted
+//!   storage, else the start is refused; with `guests.<id>.gate_on_ca`,
+//!   also wait, bounded, for the CA;
+//! - pre-stop/post-stop: idempotent clean-up, always exit 0 (the CA guest's
+//!   readiness token is withdrawn: a stopped CA is not ready);
+//! - any other guest: nothing, at once, reading only what that takes.
+//!
+//! Every phase runs under a hard deadline ([`Watchdog`]): a hook never
+//! hangs a start task, even on a file system that stopped answering.
+
+pub mod secrets;
+pub mod storage;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::ca::{self, Health, WaitOptions};
+use crate::config::Config;
+use crate::exit::{err, kind_of, Kind};
+use crate::fsutil;
+use crate::mount::mountinfo::MountTable;
+use crate::phoenix::{self, Lxc};
+
+/// Time a phase gets beyond its configured waits before the watchdog
+/// ends it (file checks, one last health check).
+pub const MARGIN: Duration = Duration::from_secs(20);
+
+/// Poll interval of the hook's waits (inotify wakes earlier where the CA's
+/// writes reach this host's VFS, as they do through a container's bind
+/// mount).
+const WAIT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A phase Proxmox runs the hookscript in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Before the guest starts; a failure aborts the start.
+    PreStart,
+    /// After the guest started.
+    PostStart,
+    /// Before the guest stops.
+    PreStop,
+    /// After the guest stopped.
+    PostStop,
+}
+
+impl Phase {
+    /// The phase Proxmox names `name`, if it is one.
+    pub fn parse(name: &str) -> Option<Phase> {
+        match name {
+            "pre-start" => Some(Phase::PreStart),
+            "post-start" => Some(Phase::PostStart),
+            "pre-stop" => Some(Phase::PreStop),
+            "post-stop" => Some(Phase::PostStop),
+            _ => None,
+        }
+    }
+
+    /// Whether a failure here must never become a non-zero exit.
+    pub fn is_stop(self) -> bool {
+        matches!(self, Phase::PreStop | Phase::PostStop)
+    }
+}
+
+/// Ends the process if the phase is still running after its deadline.
+/// Dropping it disarms it.
+pub struct Watchdog {
+    _disarm: mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    /// Run `on_expiry` (on another thread) once `after` has passed, unless
+    /// the watchdog is dropped first.
+    pub fn arm(after: Duration, on_expiry: impl FnOnce() + Send + 'static) -> Watchdog {
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(after) {
+                on_expiry();
+            }
+        });
+        Watchdog { _disarm: tx }
+    }
+}
+
+/// The bound of everything `phase` may wait for, for `vmid`.
+pub fn wait_bound(config: &Config, vmid: u32, phase: Phase) -> Duration {
+    let secs = match phase {
+        Phase::PostStart if vmid == config.ca.guest_id => config.ca.post_start_timeout_secs,
+        Phase::PreStart => gate_timeout(config, vmid).map_or(0, |d| d.as_secs()),
+        _ => 0,
+    };
+    Duration::from_secs(secs)
+}
+
+/// The hard deadline of `phase`: its waits, a health check, and [`MARGIN`].
+pub fn deadline(config: &Config, vmid: u32, phase: Phase) -> Duration {
+    wait_bound(config, vmid, phase) + Duration::from_secs(config.ca.health_timeout_secs) + MARGIN
+}
+
+/// The CA gate of a dependent guest, if it has one.
+fn gate_timeout(config: &Config, vmid: u32) -> Option<Duration> {
+    if vmid == config.ca.guest_id {
+        return None;
+    }
+    let g = config.guests.get(&vmid).filter(|g| g.gate_on_ca)?;
+    Some(Duration::from_secs(
+        g.gate_timeout_secs
+            .unwrap_or(config.ca.post_start_timeout_secs),
+    ))
+}
+
+/// Run `phase` for `vmid`. Stop phases never fail (their errors are
+/// logged); the caller maps an `Err` to the exit code contract.
+pub fn run(config: &Config, vmid: u32, phase: Phase) -> Result<()> {
+    let result = match phase {
+        Phase::PreStart => pre_start(config, vmid),
+        Phase::PostStart if vmid == config.ca.guest_id => ca_post_start(config),
+        Phase::PostStart => {
+            log::debug!("not the CA guest: nothing to do after start");
+            Ok(())
+        }
+        Phase::PreStop | Phase::PostStop => stop(config, vmid),
+    };
+    match result {
+        Err(e) if phase.is_stop() => {
+            log::warn!("{e:#} (ignored: a stop phase never fails)");
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+fn health(config: &Config) -> Health {
+    Health {
+        url: config.ca.url.clone(),
+        root: config.ca.host_paths().root_cert,
+        timeout: Duration::from_secs(config.ca.health_timeout_secs),
+    }
+}
+
+fn wait_for_ca(config: &Config, timeout: Duration) -> Result<()> {
+    let opts = WaitOptions {
+        timeout,
+        interval: WAIT_INTERVAL,
+        health: Some(health(config)),
+        inotify: true,
+    };
+    ca::wait_ready(&config.ca.host_paths(), &opts).map(|_| ())
+}
+
+fn pre_start(config: &Config, vmid: u32) -> Result<()> {
+    let is_ca = vmid == config.ca.guest_id;
+    let gate = gate_timeout(config, vmid);
+    let lxc_path = config.lxc_configs_path();
+    let mut lxc = phoenix::read_lxc_configs(&lxc_path)?;
+    let ct: Option<Lxc> = lxc.lxc_configs.remove(&vmid);
+    drop(lxc);
+    let name = match (&ct, is_ca) {
+        (Some(ct), true) => format!("CA container {vmid} ({})", ct.name),
+        (None, true) => format!("CA guest {vmid}"),
+        (Some(ct), false) => format!("container {vmid} ({})", ct.name),
+        (None, false) => {
+            // Only for the message: a VM has no bind mounts to check.
+            let vms = phoenix::read_vm_configs(&config.vm_configs_path())?;
+            match vms.vms.iter().find(|v| v.vmid == vmid) {
+                Some(vm) => format!("VM {vmid} ({})", vm.name),
+                None if gate.is_some() => format!("guest {vmid}"),
+                None => {
+                    log::info!("guest not in the Phoenix configs: nothing to do");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let sources: Vec<_> = ct
+        .iter()
+        .flat_map(|c| c.mount_points.iter().map(|m| m.host_path.clone()))
+        .collect();
+    if sources.is_empty() && !is_ca && gate.is_none() {
+        log::info!("{name}: no bind mounts, no CA gate: nothing to check");
+        return Ok(());
+    }
+    let table = MountTable::read()?;
+    let mut problems = Vec::new();
+    for src in &sources {
+        match storage::check(&table, &config.storage_root, "bind mount source", src) {
+            Ok(what) => log::info!("{what}"),
+            Err(why) => {
+                log::error!("{name}: {why}");
+                problems.push(why);
+            }
+        }
+    }
+    if is_ca {
+        ca_checks(config, &table, &mut problems)?;
+    }
+    if !problems.is_empty() {
+        return Err(err(
+            Kind::Failed,
+            format!(
+                "refusing to start {name}: {} problem{} (see above)",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    if is_ca {
+        ca::invalidate(&config.ca.host_paths())?;
+    }
+    if let Some(timeout) = gate {
+        log::info!(
+            "{name}: waiting up to {} for the CA (guests.{vmid}.gate_on_ca)",
+            humantime::format_duration(timeout)
+        );
+        wait_for_ca(config, timeout).map_err(|e| {
+            let kind = kind_of(&e);
+            e.context(err(
+                kind,
+                format!("refusing to start {name}: the CA is not ready"),
+            ))
+        })?;
+    }
+    log::info!("{name} may start");
+    Ok(())
+}
+
+/// The CA's state directory and secrets; problems that must stop the start
+/// are pushed onto `problems`.
+fn ca_checks(config: &Config, table: &MountTable, problems: &mut Vec<String>) -> Result<()> {
+    let dir = &config.ca.state_dir;
+    match storage::check(table, &config.storage_root, "CA state directory", dir) {
+        Ok(_) if !dir.is_dir() => {
+            let why = format!("CA state directory '{}' is not a directory", dir.display());
+            log::error!("{why}");
+            problems.push(why);
+            return Ok(());
+        }
+        Ok(what) => log::info!("{what}"),
+        Err(why) => {
+            log::error!("{why}");
+            problems.push(why);
+            return Ok(());
+        }
+    }
+    let fix = config.ca.fix_permissions;
+    let findings = secrets::check(&secrets::secret_paths(&config.ca, dir), fix)
+        .map_err(|e| anyhow::anyhow!("checking the CA secrets in '{}': {e}", dir.display()))?;
+    for f in findings {
+        match f.fixed_to {
+            Some(to) => log::warn!(
+                "CA secret '{}' was mode {:04o}, open to group or others: tightened to {to:04o}",
+                f.path.display(),
+                f.mode
+            ),
+            None => {
+                let why = format!(
+                    "CA secret '{}' is mode {:04o}, open to group or others \
+                     (ca.fix_permissions is off: fix it by hand)",
+                    f.path.display(),
+                    f.mode
+                );
+                log::error!("{why}");
+                problems.push(why);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ca_post_start(config: &Config) -> Result<()> {
+    let timeout = Duration::from_secs(config.ca.post_start_timeout_secs);
+    log::info!(
+        "waiting up to {} for the CA's fresh readiness token and /health",
+        humantime::format_duration(timeout)
+    );
+    wait_for_ca(config, timeout)
+}
+
+fn stop(config: &Config, vmid: u32) -> Result<()> {
+    if vmid != config.ca.guest_id {
+        log::debug!("not the CA guest: nothing to clean up");
+        return Ok(());
+    }
+    let ready = config.ca.host_paths().ready;
+    if fsutil::remove_durable(&ready)? {
+        log::info!(
+            "CA stopping: readiness token '{}' withdrawn",
+            ready.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GuestConfig;
+    use std::time::Instant;
+
+    #[test]
+    fn phases_parse() {
+        assert_eq!(Phase::parse("pre-start"), Some(Phase::PreStart));
+        assert_eq!(Phase::parse("post-stop"), Some(Phase::PostStop));
+        assert_eq!(Phase::parse("pre-migrate"), None);
+        assert!(Phase::PreStop.is_stop() && !Phase::PostStart.is_stop());
+    }
+
+    #[test]
+    fn deadlines_follow_the_configured_waits() {
+        let mut c = Config::default();
+        c.ca.post_start_timeout_secs = 7;
+        c.guests.insert(
+            101,
+            GuestConfig {
+                gate_on_ca: true,
+                gate_timeout_secs: Some(3),
+                ..Default::default()
+            },
+        );
+        c.guests.insert(
+            102,
+            GuestConfig {
+                gate_on_ca: true,
+                ..Default::default()
+            },
+        );
+        let h = Duration::from_secs(c.ca.health_timeout_secs);
+        assert_eq!(
+            deadline(&c, 103, Phase::PostStart),
+            Duration::from_secs(7) + h + MARGIN
+        );
+        assert_eq!(deadline(&c, 103, Phase::PreStart), h + MARGIN);
+        assert_eq!(wait_bound(&c, 101, Phase::PreStart), Duration::from_secs(3));
+        assert_eq!(wait_bound(&c, 102, Phase::PreStart), Duration::from_secs(7));
+        assert_eq!(wait_bound(&c, 101, Phase::PostStart), Duration::ZERO);
+        assert_eq!(wait_bound(&c, 999, Phase::PreStart), Duration::ZERO);
+    }
+
+    #[test]
+    fn watchdog_fires_after_its_deadline() {
+        let (tx, rx) = mpsc::channel();
+        let started = Instant::now();
+        let _w = Watchdog::arm(Duration::from_millis(50), move || tx.send(()).unwrap());
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("watchdog fired");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn dropped_watchdog_never_fires() {
+        let (tx, rx) = mpsc::channel();
+        let w = Watchdog::arm(Duration::from_millis(100), move || tx.send(()).unwrap());
+        drop(w);
+        // The thread ends on disconnect, dropping the closure and its sender.
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        );
+    }
+}

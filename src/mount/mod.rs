@@ -1,0 +1,498 @@
+//! `phoenix-mount`: a guest mounts the shared CA state directory (and its
+//! other volumes) itself, read-only and with NFS options fit for polling,
+//! instead of having files pushed into it while it boots (the pull model).
+//!
+//! The volumes come from `toolkit.json` `mounts`, or from a VM's `volumes`
+//! in `phoenix_vm_configs.json`. Three uses: a systemd generator that
+//! writes one `.mount` unit per volume ([`generate`]), mounting now,
+//! idempotently ([`apply`]), and a check that every volume is mounted as
+//! configured ([`check`]). Nothing here edits `/etc/fstab`.
+
+pub mod mountinfo;
+pub mod unit;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::config::{Config, MountConfig, MountType};
+use crate::exec::Cmd;
+use crate::exit::{err, Kind};
+use crate::fsutil::{self, FileOptions};
+use crate::phoenix;
+use mountinfo::{Mount, MountTable};
+
+/// One volume, resolved: what to mount where, with the final options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// nfs, bind or tmpfs.
+    pub kind: MountType,
+    /// `server:/export`, the bind source, or `tmpfs`.
+    pub what: String,
+    /// Where it is mounted.
+    pub mount_point: PathBuf,
+    /// Mount options in effect (`ro`/`rw` first).
+    pub options: Vec<String>,
+    /// Mounted read-only.
+    pub read_only: bool,
+    /// This is the CA state directory (`ca.guest_state_dir`).
+    pub ca_state: bool,
+}
+
+impl Volume {
+    /// Resolve a `mounts[]` entry: default options for its kind, read-only
+    /// for the CA state directory unless said otherwise.
+    pub fn resolve(config: &Config, m: &MountConfig) -> Result<Volume> {
+        let ca_state = m.mount_point == config.ca.guest_state_dir;
+        let mut options: Vec<String> = m
+            .options
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(String::from)
+            .collect();
+        let said = options.iter().rev().find_map(|o| match o.as_str() {
+            "ro" => Some(true),
+            "rw" => Some(false),
+            _ => None,
+        });
+        let read_only = m.read_only.or(said).unwrap_or(ca_state);
+        options.retain(|o| o != "ro" && o != "rw");
+        options.insert(0, if read_only { "ro" } else { "rw" }.to_string());
+        let has = |opts: &[String], prefix: &str| opts.iter().any(|o| o.starts_with(prefix));
+        let what = match m.kind {
+            MountType::Nfs => {
+                // A new file must be seen promptly: no cached "does not
+                // exist" answers (negative dentries), short attribute caching
+                // on the small CA directory.
+                if !has(&options, "lookupcache=") {
+                    options.push("lookupcache=positive".into());
+                }
+                if ca_state && !has(&options, "ac") && !has(&options, "noac") {
+                    options.push("actimeo=1".into());
+                }
+                let server = m.server.as_deref().unwrap_or_default();
+                let path = m.path.as_deref().unwrap_or_default();
+                format!("{server}:{path}")
+            }
+            MountType::Bind => {
+                if !options.iter().any(|o| o == "bind" || o == "rbind") {
+                    options.insert(1, "bind".into());
+                }
+                m.path.clone().unwrap_or_default()
+            }
+            MountType::Tmpfs => "tmpfs".to_string(),
+        };
+        if ca_state {
+            for o in ["nosuid", "nodev", "noexec"] {
+                if !options.iter().any(|x| x == o) {
+                    options.push(o.into());
+                }
+            }
+        }
+        for (field, text) in [("what", &what), ("options", &options.join(","))] {
+            if text.chars().any(char::is_control) {
+                return Err(err(
+                    Kind::Config,
+                    format!(
+                        "mount on '{}': {field} holds a control character",
+                        m.mount_point.display()
+                    ),
+                ));
+            }
+        }
+        Ok(Volume {
+            kind: m.kind,
+            what,
+            mount_point: m.mount_point.clone(),
+            options,
+            read_only,
+            ca_state,
+        })
+    }
+
+    /// `nfs 10.0.0.13:/x on /mnt/y (ro)`, for messages.
+    pub fn describe(&self) -> String {
+        let kind = match self.kind {
+            MountType::Nfs => "nfs",
+            MountType::Bind => "bind",
+            MountType::Tmpfs => "tmpfs",
+        };
+        format!(
+            "{kind} {} on '{}' ({})",
+            self.what,
+            self.mount_point.display(),
+            if self.read_only { "ro" } else { "rw" }
+        )
+    }
+}
+
+/// The volumes in effect: `vmid`'s `volumes` in `phoenix_vm_configs.json`,
+/// else `toolkit.json` `mounts`.
+pub fn volumes(config: &Config, vmid: Option<u32>) -> Result<Vec<Volume>> {
+    let Some(vmid) = vmid else {
+        return config
+            .mounts
+            .iter()
+            .map(|m| Volume::resolve(config, m))
+            .collect();
+    };
+    let path = config.vm_configs_path();
+    let vms = phoenix::read_vm_configs(&path)?;
+    let Some((i, vm)) = vms.vms.iter().enumerate().find(|(_, v)| v.vmid == vmid) else {
+        return Err(err(
+            Kind::Config,
+            format!("VM {vmid} is not in '{}'", path.display()),
+        ));
+    };
+    vm.volumes
+        .iter()
+        .enumerate()
+        .map(|(j, v)| {
+            let kind = match v.kind.as_str() {
+                "nfs" => MountType::Nfs,
+                "bind" => MountType::Bind,
+                "tmpfs" => MountType::Tmpfs,
+                other => {
+                    return Err(err(
+                        Kind::Config,
+                        format!(
+                            "'{}': vms[{i}].volumes[{j}].type: unknown volume type '{other}' \
+                             (nfs, bind or tmpfs)",
+                            path.display()
+                        ),
+                    ))
+                }
+            };
+            let m = MountConfig {
+                kind,
+                server: v.server.clone(),
+                path: v.path.clone(),
+                mount_point: v.mount_point.clone(),
+                options: None,
+                read_only: None,
+            };
+            if kind == MountType::Nfs && (m.server.is_none() || m.path.is_none()) {
+                return Err(err(
+                    Kind::Config,
+                    format!(
+                        "'{}': vms[{i}].volumes[{j}]: an nfs volume needs \"server\" and \"path\"",
+                        path.display()
+                    ),
+                ));
+            }
+            Volume::resolve(config, &m)
+        })
+        .collect()
+}
+
+/// How a volume stands against the mount table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Mounted from the configured source with the configured access.
+    Ok,
+    /// Nothing is mounted there.
+    NotMounted,
+    /// Something else is mounted there (described).
+    OtherSource(String),
+    /// The right source, but read-write where read-only is configured
+    /// (or the other way round).
+    WrongAccess {
+        /// Whether the mount is read-only now.
+        read_only: bool,
+    },
+}
+
+fn describe_mount(m: &Mount) -> String {
+    if m.root == Path::new("/") {
+        format!("{} ({})", m.source, m.fs_type)
+    } else {
+        format!("{} ({}, path '{}')", m.source, m.fs_type, m.root.display())
+    }
+}
+
+fn trim_slash(s: &str) -> &str {
+    let t = s.trim_end_matches('/');
+    if t.is_empty() || t.ends_with(':') {
+        s
+    } else {
+        t
+    }
+}
+
+/// Compare `volume` with the mount table.
+pub fn state(volume: &Volume, table: &MountTable) -> State {
+    let Some(m) = table.at(&volume.mount_point) else {
+        return State::NotMounted;
+    };
+    let same = match volume.kind {
+        MountType::Nfs => {
+            m.fs_type.starts_with("nfs") && trim_slash(&m.source) == trim_slash(&volume.what)
+        }
+        MountType::Tmpfs => m.fs_type == "tmpfs",
+        // A bind mount shows the device, not the source path: the mount
+        // point must be the source's very directory.
+        MountType::Bind => match (
+            std::fs::metadata(&volume.what),
+            std::fs::metadata(&volume.mount_point),
+        ) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        },
+    };
+    if !same {
+        return State::OtherSource(describe_mount(m));
+    }
+    if m.read_only() != volume.read_only {
+        return State::WrongAccess {
+            read_only: m.read_only(),
+        };
+    }
+    State::Ok
+}
+
+/// Options of [`apply`].
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Deadline of one `mount` command.
+    pub timeout: Duration,
+}
+
+/// Mount every volume that is not mounted yet. Already mounted from the
+/// same source: nothing. Something else mounted there: an error naming
+/// both (the other volumes are still mounted).
+pub fn apply(volumes: &[Volume], opts: &ApplyOptions) -> Result<()> {
+    let mut failed = Vec::new();
+    for v in volumes {
+        let table = MountTable::read()?;
+        match state(v, &table) {
+            State::Ok => log::info!("{}: already mounted", v.describe()),
+            State::WrongAccess { read_only } => log::warn!(
+                "{}: already mounted, but {}; left as it is",
+                v.describe(),
+                if read_only { "read-only" } else { "read-write" }
+            ),
+            State::OtherSource(other) => {
+                let msg = format!(
+                    "'{}' already has {other} mounted, not {}",
+                    v.mount_point.display(),
+                    v.what
+                );
+                log::error!("{msg}");
+                failed.push(msg);
+            }
+            State::NotMounted => {
+                if let Err(e) = mount(v, opts) {
+                    log::error!("{e:#}");
+                    failed.push(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(err(
+            Kind::Failed,
+            format!("{} of {} volumes not mounted", failed.len(), volumes.len()),
+        ))
+    }
+}
+
+fn mount(v: &Volume, opts: &ApplyOptions) -> Result<()> {
+    fsutil::ensure_dir(&v.mount_point, 0o755)?;
+    let mut cmd = Cmd::new("mount");
+    match v.kind {
+        MountType::Nfs => cmd = cmd.args(["-t", "nfs"]),
+        MountType::Tmpfs => cmd = cmd.args(["-t", "tmpfs"]),
+        MountType::Bind => {}
+    }
+    cmd.arg("-o")
+        .arg(v.options.join(","))
+        .arg("--")
+        .arg(&v.what)
+        .arg(&v.mount_point)
+        .timeout(opts.timeout)
+        .run_ok()?;
+    log::info!("{}: mounted", v.describe());
+    Ok(())
+}
+
+/// Print each volume's state; `Err` (exit 1) listing every volume that is
+/// not mounted as configured.
+pub fn check(volumes: &[Volume], out: &mut dyn std::io::Write) -> Result<()> {
+    let table = MountTable::read()?;
+    let mut bad = Vec::new();
+    for v in volumes {
+        let why = match state(v, &table) {
+            State::Ok => None,
+            State::NotMounted => Some("not mounted".to_string()),
+            State::OtherSource(other) => Some(format!("{other} is mounted there instead")),
+            State::WrongAccess { read_only } => Some(format!(
+                "mounted {}",
+                if read_only { "read-only" } else { "read-write" }
+            )),
+        };
+        match &why {
+            None => writeln!(out, "ok       {}", v.describe())?,
+            Some(w) => writeln!(out, "FAILED   {}: {w}", v.describe())?,
+        }
+        if let Some(w) = why {
+            bad.push(format!("'{}' ({w})", v.mount_point.display()));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(err(
+            Kind::Failed,
+            format!("not mounted as configured: {}", bad.join(", ")),
+        ))
+    }
+}
+
+/// Whether `/etc/fstab` (or `fstab`) already has a line for `mount_point`:
+/// then systemd-fstab-generator makes its unit, and a second one of the
+/// same name would make that generator fail.
+fn in_fstab(fstab: &Path, mount_point: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(fstab) else {
+        return false;
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .any(|p| Path::new(&p.replace("\\040", " ")) == mount_point)
+}
+
+/// The generator: one `.mount` unit per volume in `dir` (systemd's
+/// "normal" generator directory), pulled in by `remote-fs.target` (NFS) or
+/// `local-fs.target`. A mount point `/etc/fstab` already has is left to
+/// systemd-fstab-generator. Returns the unit names written.
+pub fn generate(
+    volumes: &[Volume],
+    dir: &Path,
+    source: &Path,
+    fstab: &Path,
+) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    for v in volumes {
+        let name = unit::unit_name(&v.mount_point)?;
+        if in_fstab(fstab, &v.mount_point) {
+            log::warn!(
+                "'{}' is in '{}': left to systemd-fstab-generator, no {name} written",
+                v.mount_point.display(),
+                fstab.display()
+            );
+            continue;
+        }
+        let path = dir.join(&name);
+        if path.exists() {
+            log::warn!("'{}' exists already: not overwritten", path.display());
+            continue;
+        }
+        fsutil::write_atomic(
+            &path,
+            unit::render(v, source).as_bytes(),
+            FileOptions::mode(0o644),
+        )?;
+        let (target, how) = unit::install_target(v);
+        let links = dir.join(format!("{target}.{how}"));
+        fsutil::ensure_dir(&links, 0o755)?;
+        let link = links.join(&name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("../{name}"), &link)
+                .map_err(|e| anyhow::anyhow!("linking '{}': {e}", link.display()))?;
+        }
+        log::debug!("wrote {}", path.display());
+        written.push(name);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nfs(mount_point: &str, options: Option<&str>, read_only: Option<bool>) -> MountConfig {
+        MountConfig {
+            kind: MountType::Nfs,
+            server: Some("10.0.0.13".into()),
+            path: Some("/quickOS/lxc-persistent-data/103/ssl".into()),
+            mount_point: mount_point.into(),
+            options: options.map(String::from),
+            read_only,
+        }
+    }
+
+    #[test]
+    fn ca_state_is_read_only_with_prompt_lookups() {
+        let c = Config::default();
+        let v = Volume::resolve(&c, &nfs("/etc/step-ca/ssl", None, None)).unwrap();
+        assert!(v.ca_state && v.read_only);
+        assert_eq!(v.what, "10.0.0.13:/quickOS/lxc-persistent-data/103/ssl");
+        assert_eq!(
+            v.options,
+            [
+                "ro",
+                "lookupcache=positive",
+                "actimeo=1",
+                "nosuid",
+                "nodev",
+                "noexec"
+            ]
+        );
+    }
+
+    #[test]
+    fn other_volumes_are_rw_and_keep_given_options() {
+        let c = Config::default();
+        let v = Volume::resolve(
+            &c,
+            &nfs("/mnt/persistent", Some("vers=4.2,lookupcache=all"), None),
+        )
+        .unwrap();
+        assert!(!v.ca_state && !v.read_only);
+        assert_eq!(v.options, ["rw", "vers=4.2", "lookupcache=all"]);
+        let v = Volume::resolve(&c, &nfs("/etc/step-ca/ssl", Some("rw"), Some(true))).unwrap();
+        assert_eq!(v.options[0], "ro");
+        let v = Volume::resolve(&c, &nfs("/mnt/x", Some("ro"), None)).unwrap();
+        assert!(v.read_only);
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        let c = Config::default();
+        let mut m = nfs("/mnt/x", None, None);
+        m.path = Some("/a\nb".into());
+        assert!(Volume::resolve(&c, &m).is_err());
+    }
+
+    #[test]
+    fn fstab_lines_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("fstab");
+        std::fs::write(
+            &f,
+            "# /mnt/commented nfs\nsrv:/x /mnt/persistent nfs defaults 0 0\nsrv:/y /mnt/a\\040b nfs\n",
+        )
+        .unwrap();
+        assert!(in_fstab(&f, Path::new("/mnt/persistent")));
+        assert!(in_fstab(&f, Path::new("/mnt/a b")));
+        assert!(!in_fstab(&f, Path::new("/mnt/commented")));
+        assert!(!in_fstab(
+            &dir.path().join("none"),
+            Path::new("/mnt/persistent")
+        ));
+    }
+
+    #[test]
+    fn nfs_source_compares_without_trailing_slash() {
+        assert_eq!(trim_slash("srv:/x/"), "srv:/x");
+        assert_eq!(trim_slash("srv:/"), "srv:/");
+    }
+}

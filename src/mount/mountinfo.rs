@@ -1,0 +1,174 @@
+//! `/proc/self/mountinfo`, parsed: which paths are mount points, of what.
+//!
+//! Reading the kernel's table is one `read()` and never touches the mounted
+//! file systems, so asking "is this storage mounted?" cannot hang on a dead
+//! NFS server (a `stat()` of the mount point could), and it needs no
+//! `mountpoint` process per path.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// The table of this process's mount namespace.
+pub const SELF_MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// One line of mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Mount ID.
+    pub id: u32,
+    /// Path inside the mounted file system that is mounted here (`/` for a
+    /// whole file system, the source directory for a bind mount).
+    pub root: PathBuf,
+    /// Where it is mounted.
+    pub mount_point: PathBuf,
+    /// Per-mount options (`rw` or `ro` first).
+    pub options: String,
+    /// File system type (`nfs4`, `tmpfs`, `ext4`...).
+    pub fs_type: String,
+    /// Mount source (`server:/export`, `/dev/sda1`, `tmpfs`).
+    pub source: String,
+}
+
+impl Mount {
+    /// Mounted read-only (per-mount flag).
+    pub fn read_only(&self) -> bool {
+        self.options.split(',').any(|o| o == "ro")
+    }
+}
+
+/// The parsed table, in the kernel's order (a later mount on the same path
+/// hides the earlier ones).
+#[derive(Debug, Clone, Default)]
+pub struct MountTable {
+    /// Every mount.
+    pub mounts: Vec<Mount>,
+}
+
+impl MountTable {
+    /// Read this process's table.
+    pub fn read() -> Result<MountTable> {
+        Self::read_from(Path::new(SELF_MOUNTINFO))
+    }
+
+    /// Read a table from `path` (tests use a file).
+    pub fn read_from(path: &Path) -> Result<MountTable> {
+        // /proc files report size 0, and every read() of one formats the
+        // table anew: read it in one large gulp, not in growing probes.
+        let mut text = Vec::with_capacity(256 << 10);
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut text))
+            .with_context(|| format!("reading mount table '{}'", path.display()))?;
+        Ok(Self::parse(&text))
+    }
+
+    /// Parse mountinfo text; lines that do not parse are skipped (the
+    /// format is the kernel's, a line we cannot read is not the operator's
+    /// problem).
+    pub fn parse(text: &[u8]) -> MountTable {
+        let mounts = text.split(|&b| b == b'\n').filter_map(parse_line).collect();
+        MountTable { mounts }
+    }
+
+    /// The mount visible at exactly `path` (the topmost one), if `path` is
+    /// a mount point.
+    pub fn at(&self, path: &Path) -> Option<&Mount> {
+        self.mounts.iter().rev().find(|m| m.mount_point == path)
+    }
+
+    /// Whether `path` is a mount point.
+    pub fn is_mount_point(&self, path: &Path) -> bool {
+        self.at(path).is_some()
+    }
+}
+
+fn parse_line(line: &[u8]) -> Option<Mount> {
+    let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let dash = fields.iter().position(|f| *f == b"-")?;
+    if dash < 6 || fields.len() < dash + 3 {
+        return None;
+    }
+    let text = |b: &[u8]| String::from_utf8_lossy(&unescape(b)).into_owned();
+    Some(Mount {
+        id: std::str::from_utf8(fields[0]).ok()?.parse().ok()?,
+        root: PathBuf::from(OsString::from_vec(unescape(fields[3]))),
+        mount_point: PathBuf::from(OsString::from_vec(unescape(fields[4]))),
+        options: text(fields[5]),
+        fs_type: text(fields[dash + 1]),
+        source: text(fields[dash + 2]),
+    })
+}
+
+/// Undo the kernel's octal escapes (`\040` space, `\011` tab, `\012`
+/// newline, `\134` backslash).
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\' && i + 3 < field.len() {
+            let oct = &field[i + 1..i + 4];
+            if oct.iter().all(|b| (b'0'..=b'7').contains(b)) {
+                let v = oct.iter().fold(0u32, |acc, b| acc * 8 + (b - b'0') as u32);
+                if v <= 0xff {
+                    out.push(v as u8);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(field[i]);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &[u8] = b"\
+22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:40 / /mnt/pve/quickOS rw,relatime shared:20 - nfs4 10.0.0.13:/quickOS rw,vers=4.2
+41 22 8:1 /srv/data /mnt/my\\040data ro,relatime - ext4 /dev/sda1 rw
+42 22 0:50 / /tmp/x rw - tmpfs tmpfs rw
+43 22 0:51 / /tmp/x ro master:3 - tmpfs other rw
+garbage line
+";
+
+    #[test]
+    fn parses_fields_and_optional_tags() {
+        let t = MountTable::parse(SAMPLE);
+        assert_eq!(t.mounts.len(), 5);
+        let nfs = t.at(Path::new("/mnt/pve/quickOS")).unwrap();
+        assert_eq!(nfs.fs_type, "nfs4");
+        assert_eq!(nfs.source, "10.0.0.13:/quickOS");
+        assert!(!nfs.read_only());
+        assert!(!t.is_mount_point(Path::new("/mnt/pve")));
+    }
+
+    #[test]
+    fn unescapes_spaces_and_keeps_bind_root() {
+        let t = MountTable::parse(SAMPLE);
+        let m = t.at(Path::new("/mnt/my data")).unwrap();
+        assert_eq!(m.root, PathBuf::from("/srv/data"));
+        assert!(m.read_only());
+        assert_eq!(unescape(b"a\\134b\\011"), b"a\\b\t");
+        assert_eq!(unescape(b"trailing\\"), b"trailing\\");
+    }
+
+    #[test]
+    fn topmost_mount_wins() {
+        let t = MountTable::parse(SAMPLE);
+        assert_eq!(t.at(Path::new("/tmp/x")).unwrap().source, "other");
+    }
+
+    #[test]
+    fn reads_this_process_table() {
+        let t = MountTable::read().unwrap();
+        assert!(t.is_mount_point(Path::new("/")));
+        assert!(t.is_mount_point(Path::new("/proc")));
+    }
+}

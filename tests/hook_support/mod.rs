@@ -1,0 +1,207 @@
+//! Fixtures of the hook and mount tests: a temporary Phoenix layout (a
+//! storage root with a "quickOS" storage, the CA container 103, containers
+//! with bind mounts, VMs 1001/1002) and a way to run a binary in a private
+//! mount namespace where chosen directories are mount points. Mounts made
+//! there vanish with the namespace: nothing is ever left on the host.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The script run by `unshare -m`: bind-mount each `SRC DST` pair, then
+/// exec the rest. unshare makes the new namespace's mounts private, so
+/// nothing propagates back to the host.
+const NS_SCRIPT: &str = r#"
+while [ "$1" != "--" ]; do
+  mount --bind "$1" "$2" || exit 99
+  shift 2
+done
+shift
+exec "$@"
+"#;
+
+/// Run `cmd` in a private mount namespace after `binds` (source,
+/// target) bind mounts. A bind of a directory onto itself makes it a
+/// mount point whose files are the host's, so tests can look at them.
+pub fn in_namespace(binds: &[(&Path, &Path)], cmd: &Command) -> Output {
+    let mut ns = Command::new("unshare");
+    ns.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        NS_SCRIPT,
+        "sh",
+    ]);
+    for (src, dst) in binds {
+        ns.arg(src).arg(dst);
+    }
+    ns.arg("--").arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => ns.env(k, v),
+            None => ns.env_remove(k),
+        };
+    }
+    let out = ns.output().expect("running unshare");
+    assert_ne!(
+        out.status.code(),
+        Some(99),
+        "bind mount in the namespace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A temporary Phoenix layout and its toolkit.json.
+pub struct Layout {
+    pub dir: tempfile::TempDir,
+    /// Stands for /mnt/pve.
+    pub storage_root: PathBuf,
+    /// Stands for /mnt/pve/quickOS.
+    pub storage: PathBuf,
+    /// The CA state directory (host view).
+    pub state: PathBuf,
+    /// phoenix_etc.
+    pub etc: PathBuf,
+    /// toolkit.json.
+    pub config: PathBuf,
+}
+
+impl Layout {
+    /// The layout, with `ca_extra` merged into toolkit.json's `ca` object
+    /// and `extra` into its top level.
+    pub fn new(ca_extra: serde_json::Value, extra: serde_json::Value) -> Layout {
+        let dir = tempfile::tempdir().unwrap();
+        let storage_root = dir.path().join("pve");
+        let storage = storage_root.join("quickOS");
+        let state = storage.join("lxc-persistent-data/103/ssl");
+        let etc = dir.path().join("etc");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(&etc).unwrap();
+        let local = dir.path().join("local/data");
+        std::fs::create_dir_all(&local).unwrap();
+        let lxc = serde_json::json!({
+            "nvidia_driver_version": "x",
+            "lxc_configs": {
+                "103": {"name": "Step-CA", "unprivileged": true,
+                        "mount_points": [{"host_path": state, "container_path": "/etc/step-ca/ssl"}]},
+                "101": {"name": "Nginx-Phoenix", "gpu_assignment": "none",
+                        "mount_points": [
+                            {"host_path": storage.join("lxc-persistent-data/101/logs"),
+                             "container_path": "/var/log/nginx", "owner_uid": 33},
+                            {"host_path": state, "container_path": "/etc/step-ca/ssl"}]},
+                "102": {"name": "Traefik-Internal",
+                        "mount_points": [{"host_path": state, "container_path": "/etc/step-ca/ssl"}]},
+                "104": {"name": "Local-Data",
+                        "mount_points": [{"host_path": local, "container_path": "/data"}]},
+                "900": {"name": "Copy-Base", "unprivileged": true}
+            }
+        });
+        let vms = serde_json::json!({
+            "vm_defaults": {"cores": 2},
+            "vms": [
+                {"vmid": 9000, "name": "ubuntu-template", "is_template": true},
+                {"vmid": 1001, "name": "Portainer", "swarm_role": "manager",
+                 "volumes": [{"type": "nfs", "server": "10.0.0.13",
+                              "path": "/quickOS/lxc-persistent-data/103/ssl",
+                              "mount_point": "/etc/step-ca/ssl"}]},
+                {"vmid": 1002, "name": "drphoenix", "swarm_role": "worker"}
+            ]
+        });
+        std::fs::write(etc.join("phoenix_lxc_configs.json"), lxc.to_string()).unwrap();
+        std::fs::write(etc.join("phoenix_vm_configs.json"), vms.to_string()).unwrap();
+        let mut ca = serde_json::json!({
+            "guest_id": 103,
+            "url": format!("https://127.0.0.1:{}", free_port()),
+            "state_dir": state,
+            "post_start_timeout_secs": 1,
+            "health_timeout_secs": 2
+        });
+        merge(&mut ca, ca_extra);
+        let mut toolkit = serde_json::json!({
+            "phoenix_etc": etc,
+            "storage_root": storage_root,
+            "lock_dir": dir.path().join("lock"),
+            "ca": ca
+        });
+        merge(&mut toolkit, extra);
+        let config = dir.path().join("toolkit.json");
+        std::fs::write(&config, serde_json::to_string_pretty(&toolkit).unwrap()).unwrap();
+        Layout {
+            dir,
+            storage_root,
+            storage,
+            state,
+            etc,
+            config,
+        }
+    }
+
+    /// The bind source of container 101's logs.
+    pub fn logs(&self) -> PathBuf {
+        self.storage.join("lxc-persistent-data/101/logs")
+    }
+
+    /// `phoenix-hook --config toolkit.json VMID PHASE`.
+    pub fn hook(&self, vmid: &str, phase: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_phoenix-hook"));
+        c.arg("--config").arg(&self.config).arg(vmid).arg(phase);
+        c.env_remove("PHOENIX_CONFIG");
+        c
+    }
+
+    /// `phoenix-ca --config toolkit.json ARGS... --state-dir STATE`.
+    pub fn phoenix_ca(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_phoenix-ca"));
+        c.arg("--config").arg(&self.config).args(args);
+        c.arg("--state-dir").arg(&self.state);
+        c
+    }
+
+    /// Run the hook on the host, the storage not mounted.
+    pub fn run_unmounted(&self, vmid: &str, phase: &str) -> Output {
+        self.hook(vmid, phase).output().unwrap()
+    }
+
+    /// Run the hook with the storage mounted (in a private namespace).
+    pub fn run_mounted(&self, vmid: &str, phase: &str) -> Output {
+        in_namespace(&[(&self.storage, &self.storage)], &self.hook(vmid, phase))
+    }
+}
+
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), from) {
+        for (k, v) in b {
+            a.insert(k, v);
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn mode_of(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

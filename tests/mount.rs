@@ -1,0 +1,269 @@
+//! phoenix-mount: the generator's units pass `systemd-analyze verify`;
+//! `apply` and `check` with bind and tmpfs volumes (there is no NFS server
+//! here) inside a private mount namespace, never leaving a mount on the host.
+
+mod hook_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use hook_support::{in_namespace, stderr, stdout, Layout};
+use serde_json::json;
+
+fn phoenix_mount(config: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_phoenix-mount"));
+    c.arg("--config").arg(config).env_remove("PHOENIX_CONFIG");
+    c
+}
+
+fn write_config(dir: &Path, value: serde_json::Value) -> PathBuf {
+    let p = dir.join("toolkit.json");
+    std::fs::write(&p, value.to_string()).unwrap();
+    p
+}
+
+/// `systemd-analyze verify` of every unit in `dir`, beside a stub of the
+/// CA wait service the CA state mount orders before. Any output fails.
+fn verify(dir: &Path) {
+    std::fs::write(
+        dir.join("phoenix-ca-wait.service"),
+        "[Unit]\nDescription=stub\n[Service]\nType=oneshot\nExecStart=/bin/true\n",
+    )
+    .unwrap();
+    let units: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(o.status.success() && all.is_empty(), "verify: {all}");
+}
+
+fn nfs_mounts() -> serde_json::Value {
+    json!([
+        {"type": "nfs", "server": "10.0.0.13", "path": "/quickOS/lxc-persistent-data/103/ssl",
+         "mount_point": "/etc/step-ca/ssl"},
+        {"type": "nfs", "server": "10.0.0.13", "path": "/quickOS/vm-persistent-data/1001",
+         "mount_point": "/mnt/persistent", "options": "vers=4.2,nofail"},
+        {"type": "bind", "path": "/srv/data", "mount_point": "/mnt/data dir"},
+        {"type": "tmpfs", "mount_point": "/run/phoenix-scratch", "options": "size=16m,mode=0700"}
+    ])
+}
+
+#[test]
+fn generator_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), json!({"mounts": nfs_mounts()}));
+    let gen = dir.path().join("normal");
+    std::fs::create_dir(&gen).unwrap();
+    // As systemd runs a generator: three directories, `generate` implied.
+    let o = Command::new(env!("CARGO_BIN_EXE_phoenix-mount"))
+        .arg(&gen)
+        .arg(dir.path().join("early"))
+        .arg(dir.path().join("late"))
+        .env("PHOENIX_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ca = gen.join("etc-step\\x2dca-ssl.mount");
+    let text = std::fs::read_to_string(&ca).unwrap();
+    assert!(
+        text.contains("Before=remote-fs.target phoenix-ca-wait.service\n"),
+        "{text}"
+    );
+    assert!(text.contains("What=10.0.0.13:/quickOS/lxc-persistent-data/103/ssl\n"));
+    assert!(text.contains("Options=ro,lookupcache=positive,"), "{text}");
+    assert!(
+        text.contains(&format!("SourcePath={}\n", config.display())),
+        "{text}"
+    );
+    // Pulled in at boot: required unless nofail.
+    assert_eq!(
+        std::fs::read_link(gen.join("remote-fs.target.requires/etc-step\\x2dca-ssl.mount"))
+            .unwrap(),
+        Path::new("../etc-step\\x2dca-ssl.mount")
+    );
+    assert!(gen
+        .join("remote-fs.target.wants/mnt-persistent.mount")
+        .exists());
+    let persistent = std::fs::read_to_string(gen.join("mnt-persistent.mount")).unwrap();
+    assert!(persistent.contains("Options=rw,vers=4.2,nofail,lookupcache=positive\n"));
+    assert!(!persistent.contains("phoenix-ca-wait"));
+    assert!(gen.join("mnt-data\\x20dir.mount").exists());
+    assert!(gen.join("run-phoenix\\x2dscratch.mount").exists());
+    verify(&gen);
+}
+
+#[test]
+fn generator_takes_a_vms_volumes_with_vmid() {
+    let l = Layout::new(json!({}), json!({}));
+    let gen = l.dir.path().join("gen");
+    std::fs::create_dir(&gen).unwrap();
+    let o = phoenix_mount(&l.config)
+        .args(["--vmid", "1001", "generate"])
+        .arg(&gen)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = std::fs::read_dir(&gen)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".mount"))
+        .collect();
+    assert_eq!(names, ["etc-step\\x2dca-ssl.mount"]);
+    let text = std::fs::read_to_string(gen.join(&names[0])).unwrap();
+    assert!(text.contains("Before=remote-fs.target phoenix-ca-wait.service"));
+    assert!(text.contains(&format!(
+        "SourcePath={}",
+        l.etc.join("phoenix_vm_configs.json").display()
+    )));
+    verify(&gen);
+
+    let o = phoenix_mount(&l.config)
+        .args(["--vmid", "4242", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("VM 4242 is not in"), "{}", stderr(&o));
+}
+
+/// A layout with a read-only bind volume (the CA state) and a tmpfs.
+struct Volumes {
+    dir: tempfile::TempDir,
+    src: PathBuf,
+    ca_target: PathBuf,
+    scratch: PathBuf,
+    config: PathBuf,
+}
+
+fn volumes() -> Volumes {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("shared/ssl");
+    let ca_target = dir.path().join("guest/etc/step-ca/ssl");
+    let scratch = dir.path().join("guest/scratch");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("ca.ready"), "").unwrap();
+    let config = write_config(
+        dir.path(),
+        json!({
+            "ca": {"guest_state_dir": ca_target},
+            "mounts": [
+                {"type": "bind", "path": src, "mount_point": ca_target},
+                {"type": "tmpfs", "mount_point": scratch, "options": "size=1m"}
+            ]
+        }),
+    );
+    Volumes {
+        dir,
+        src,
+        ca_target,
+        scratch,
+        config,
+    }
+}
+
+/// Run `script` (sh) in a private namespace with the binary as `$M` and
+/// the configuration as `$C`, after `binds`.
+fn in_ns(v: &Volumes, binds: &[(&Path, &Path)], script: &str) -> Output {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", script, "sh"])
+        .env("M", env!("CARGO_BIN_EXE_phoenix-mount"))
+        .env("C", &v.config)
+        .env_remove("PHOENIX_CONFIG");
+    in_namespace(binds, &sh)
+}
+
+fn assert_no_host_mount(dir: &Path) {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !table.contains(&dir.display().to_string()),
+        "a mount leaked to the host: {table}"
+    );
+}
+
+#[test]
+fn apply_mounts_idempotently_and_check_agrees() {
+    let v = volumes();
+    let o = in_ns(
+        &v,
+        &[],
+        r#"
+        "$M" --config "$C" check; echo "check-before=$?"
+        "$M" --config "$C" apply; echo "apply=$?"
+        "$M" --config "$C" apply; echo "apply-again=$?"
+        "$M" --config "$C" check; echo "check-after=$?"
+        test -f "$(dirname "$C")/guest/etc/step-ca/ssl/ca.ready"; echo "visible=$?"
+        touch "$(dirname "$C")/guest/etc/step-ca/ssl/x" 2>/dev/null; echo "writable=$?"
+        "#,
+    );
+    let out = stdout(&o);
+    let err = stderr(&o);
+    assert!(out.contains("check-before=1"), "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "FAILED   bind {} on '{}' (ro): not mounted",
+            v.src.display(),
+            v.ca_target.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "FAILED   tmpfs tmpfs on '{}' (rw): not mounted",
+            v.scratch.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("apply=0"), "{out}\n{err}");
+    assert!(out.contains("apply-again=0"), "{out}\n{err}");
+    assert!(err.contains("already mounted"), "{err}");
+    assert!(out.contains("check-after=0"), "{out}\n{err}");
+    assert!(out.contains("visible=0"), "{out}");
+    assert!(
+        out.contains("writable=1"),
+        "the CA state is mounted read-only: {out}"
+    );
+    assert_no_host_mount(v.dir.path());
+}
+
+#[test]
+fn apply_refuses_a_mount_point_taken_by_another_source() {
+    let v = volumes();
+    let other = v.dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::create_dir_all(&v.ca_target).unwrap();
+    let o = in_ns(
+        &v,
+        &[(&other, &v.ca_target)],
+        r#"
+        "$M" --config "$C" apply; echo "apply=$?"
+        "$M" --config "$C" check; echo "check=$?"
+        "#,
+    );
+    let out = stdout(&o);
+    let err = stderr(&o);
+    assert!(out.contains("apply=1"), "{out}\n{err}");
+    assert!(
+        err.contains(&format!("'{}' already has", v.ca_target.display()))
+            && err.contains(&other.display().to_string())
+            && err.contains(&format!("not {}", v.src.display())),
+        "{err}"
+    );
+    // The other volume was still mounted; check names only the bad one.
+    assert!(out.contains("check=1"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "ok       tmpfs tmpfs on '{}'",
+            v.scratch.display()
+        )),
+        "{out}"
+    );
+    assert!(err.contains("not mounted as configured:"), "{err}");
+    assert_no_host_mount(v.dir.path());
+}
