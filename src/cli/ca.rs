@@ -30,7 +30,7 @@ error, 75 temporary failure, 124 timed out, 130/143 stopped by a signal.";
 
 /// Command line of `phoenix-ca`.
 #[derive(Debug, Parser)]
-#[command(name = "phoenix-ca", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "phoenix-ca", version, about = ABOUT, long_about = LONG_ABOUT, term_width = 80)]
 pub struct Args {
     #[command(flatten)]
     common: Common,

@@ -30,7 +30,7 @@ holds the lock (retry later); 130/143 stopped by a signal.";
 
 /// Command line of `phoenix-renew`.
 #[derive(Debug, Parser)]
-#[command(name = "phoenix-renew", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "phoenix-renew", version, about = ABOUT, long_about = LONG_ABOUT, term_width = 80)]
 pub struct Args {
     #[command(flatten)]
     common: Common,
