@@ -1,5 +1,6 @@
-//! Every command and subcommand of every binary explains itself in `--help`
-//! within 80 columns, and `--version` answers.
+//! Every binary's clap definition is consistent, every command and
+//! subcommand explains itself in `--help` within 80 columns, and `--version`
+//! answers.
 
 use clap::CommandFactory;
 use phoenix_hooks::cli;
@@ -39,6 +40,7 @@ fn check(cmd: &mut clap::Command, path: &str, seen: &mut usize) {
 fn help_fits_80_columns_everywhere() {
     let mut seen = 0;
     for mut cmd in commands() {
+        cmd.clone().debug_assert();
         cmd.build();
         let name = cmd.get_name().to_string();
         check(&mut cmd, &name, &mut seen);

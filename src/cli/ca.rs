@@ -224,14 +224,3 @@ fn status(config: &Config, s: Status) -> Result<()> {
         ))
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_is_consistent() {
-        Args::command().debug_assert();
-    }
-}

@@ -56,7 +56,6 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     use clap::error::ErrorKind;
-    use clap::CommandFactory;
     match Args::try_parse_from(argv) {
         Ok(a) => Ok(a),
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -125,12 +124,6 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_is_consistent() {
-        Args::command().debug_assert();
-    }
 
     #[test]
     fn vmid_must_be_a_positive_number() {

@@ -103,14 +103,3 @@ impl Args {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_is_consistent() {
-        Args::command().debug_assert();
-    }
-}

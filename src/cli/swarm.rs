@@ -110,11 +110,6 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
-    fn cli_is_consistent() {
-        Args::command().debug_assert();
-    }
-
-    #[test]
     fn help_fits_80_columns() {
         let help = Args::command()
             .term_width(80)
