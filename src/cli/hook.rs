@@ -56,6 +56,7 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     use clap::error::ErrorKind;
+    use clap::CommandFactory;
     match Args::try_parse_from(argv) {
         Ok(a) => Ok(a),
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
