@@ -5,7 +5,8 @@
 //! /tmp/cert.pem ...` command finds its files; a VM gets its key over
 //! `qm guest exec --pass-stdin`, never in argv or a log; a second run
 //! delivers nothing; a stopped guest fails the entry, runs no action, and
-//! the next run delivers and acts once the guest is up.
+//! the next run delivers and acts once the guest is up; `pct push` that
+//! fails in its task (exit 0, stderr) is a failure.
 
 mod common;
 mod renew_support;
@@ -308,4 +309,51 @@ fn a_stopped_guest_fails_delivery_and_the_next_run_delivers_and_acts() {
     let n = b.pve.calls().len();
     ok(&b.run(&["run"]));
     assert_eq!(b.pve.calls().len(), n);
+}
+
+/// `Proxmox::pct_push` against the fake `pct`, which fails as the real
+/// one does: a stopped CT exits 255; a task error (source missing) is
+/// printed on stderr with exit 0, and must still fail.
+#[test]
+fn pct_push_fails_on_a_stopped_ct_and_on_a_task_error() {
+    use phoenix_hooks::proxmox::Proxmox;
+    use std::os::unix::fs::PermissionsExt;
+
+    let pve = common::FakePve::new();
+    let ct = pve.add_ct(101);
+    let dir = tempfile::tempdir().unwrap();
+    // The fake's state directory, without touching this process's env.
+    let pct = dir.path().join("pct");
+    std::fs::write(
+        &pct,
+        format!(
+            "#!/bin/sh\nPHOENIX_FAKE_PVE='{}' exec '{}' \"$@\"\n",
+            pve.dir.path().display(),
+            common::fakes().join("pct").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pct, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let px = Proxmox {
+        pct: pct.display().to_string(),
+        ..Proxmox::default()
+    };
+    let src = dir.path().join("key.src");
+    std::fs::write(&src, "k\n").unwrap();
+    let dest = dir.path().join("key.pem");
+    let dest_s = dest.display().to_string();
+
+    px.pct_push(101, &src, &dest_s, 0o600).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), b"k\n");
+    assert_eq!(mode_owner(&dest).0, 0o600);
+
+    let e = px
+        .pct_push(101, &dir.path().join("missing"), &dest_s, 0o600)
+        .unwrap_err();
+    assert!(e.to_string().contains("failed to open"), "{e}");
+    assert!(e.to_string().contains("task failed"), "{e}");
+
+    pve.set_status(&ct, "stopped");
+    let e = format!("{:#}", px.pct_push(101, &src, &dest_s, 0o600).unwrap_err());
+    assert!(e.contains("can only push files to a running CT"), "{e}");
 }
