@@ -232,6 +232,11 @@ pub struct RenewalConfig {
     pub command_timeout_secs: u64,
     /// uid/gid shift of unprivileged containers' files on the host.
     pub unprivileged_id_shift: u32,
+    /// Directory in the guest that receives `cert.pem`, `key.pem` and
+    /// `ca.pem` before a post-renewal action that asks for them (every
+    /// legacy `post_renewal_command` does: they start with
+    /// `mv /tmp/cert.pem ...`).
+    pub guest_drop_dir: PathBuf,
 }
 
 impl Default for RenewalConfig {
@@ -242,6 +247,7 @@ impl Default for RenewalConfig {
             lock_wait_secs: 0,
             command_timeout_secs: 120,
             unprivileged_id_shift: 100_000,
+            guest_drop_dir: PathBuf::from("/tmp"),
         }
     }
 }
@@ -377,6 +383,9 @@ impl Config {
         }
         if self.swarm.command_timeout_secs == 0 {
             return bad("swarm.command_timeout_secs", "must be at least 1");
+        }
+        if !self.renewal.guest_drop_dir.is_absolute() {
+            return bad("renewal.guest_drop_dir", "must be an absolute path");
         }
         for (i, m) in self.mounts.iter().enumerate() {
             if !m.mount_point.is_absolute() {
@@ -544,5 +553,18 @@ mod tests {
         assert_eq!(c.swarm.command_timeout_secs, 5);
         let e = load_str(r#"{"swarm": {"command_timeout_secs": 0}}"#).unwrap_err();
         assert!(e.to_string().contains("swarm.command_timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn guest_drop_dir_defaults_to_tmp_and_must_be_absolute() {
+        assert_eq!(
+            load_str("{}").unwrap().renewal.guest_drop_dir,
+            PathBuf::from("/tmp")
+        );
+        let c = load_str(r#"{"renewal": {"guest_drop_dir": "/run/phoenix"}}"#).unwrap();
+        assert_eq!(c.renewal.guest_drop_dir, PathBuf::from("/run/phoenix"));
+        let e = load_str(r#"{"renewal": {"guest_drop_dir": "tmp"}}"#).unwrap_err();
+        assert_eq!(kind_of(&e), Kind::Config);
+        assert!(e.to_string().contains("renewal.guest_drop_dir"), "{e}");
     }
 }

@@ -139,6 +139,11 @@ pub enum GuestType {
 pub struct PostRenewal {
     /// argv run inside the guest.
     pub run: Vec<String>,
+    /// Put the new `cert.pem`, `key.pem` (and with `include_ca`, `ca.pem`)
+    /// into the guest's `renewal.guest_drop_dir` before `run` (default:
+    /// no; the legacy `post_renewal_command` always gets them).
+    #[serde(default)]
+    pub deliver: bool,
 }
 
 /// One entry of `certificate-manifest.json`.

@@ -12,6 +12,7 @@
 //! - Secrets reach the guest on stdin (`--pass-stdin 1` for `qm`), never in
 //!   argv.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -331,6 +332,30 @@ impl Proxmox {
         }
         Ok(out)
     }
+
+    /// `pct push ID SRC DEST --perms MODE`: copy the host file `src` into
+    /// a running container as `dest`, created with `mode` (the content
+    /// never reaches argv). `pct push` runs the copy as a task and exits
+    /// 0 even when the task fails (`failed to open SRC for reading`,
+    /// `failed to create file: DEST: ...` on stderr), so any stderr is
+    /// taken as a failure.
+    pub fn pct_push(&self, ctid: u32, src: &Path, dest: &str, mode: u32) -> Result<()> {
+        let cmd = Cmd::new(&self.pct)
+            .args(["push", &ctid.to_string()])
+            .arg(src)
+            .arg(dest)
+            .args(["--perms", &format!("{mode:04o}")])
+            .timeout(self.call_timeout);
+        let out = cmd.run_ok()?;
+        let stderr = out.stderr_str();
+        if !stderr.trim().is_empty() {
+            return Err(anyhow::anyhow!(
+                "{cmd} exited 0 but its task failed: {}",
+                stderr.trim().chars().take(2000).collect::<String>()
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -390,5 +415,35 @@ mod tests {
         assert_eq!(kind_of(&e), Kind::TempFail, "{e:#}");
         assert!(e.to_string().contains("VM 7 not reachable"), "{e}");
         assert!(e.to_string().contains("exited with status 1"), "{e}");
+    }
+
+    #[test]
+    fn pct_push_that_exits_0_with_a_task_error_fails() {
+        // `pct push` prints its task's error and still exits 0.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pct = dir.path().join("pct");
+        std::fs::write(
+            &pct,
+            "#!/bin/sh\necho \"failed to open $3 for reading\" >&2\nexit 0\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&pct, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let px = Proxmox {
+            pct: pct.to_string_lossy().into_owned(),
+            ..Proxmox::default()
+        };
+        let e = px
+            .pct_push(101, Path::new("/nope/key.pem"), "/tmp/x/key.pem", 0o600)
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("failed to open /nope/key.pem for reading"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("push 101 /nope/key.pem /tmp/x/key.pem --perms 0600"),
+            "{msg}"
+        );
     }
 }

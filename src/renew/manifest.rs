@@ -53,6 +53,9 @@ pub struct Entry {
     pub include_ca: bool,
     /// After a change.
     pub post: PostAction,
+    /// Put the new files into the guest before the post-renewal action
+    /// (every legacy command; a structured one with `deliver: true`).
+    pub deliver: bool,
 }
 
 impl Entry {
@@ -207,6 +210,11 @@ fn check(
         (None, Some(c)) => PostAction::Legacy(c.clone()),
         (None, None) => PostAction::None,
     };
+    let deliver = match (&post, &e.post_renewal) {
+        (PostAction::Legacy(_), _) => true,
+        (PostAction::Guest(_), Some(p)) => p.deliver,
+        _ => false,
+    };
     let guest = Guest {
         kind: e.guest_type,
         id: e.guest_id,
@@ -232,6 +240,7 @@ fn check(
         key_mode,
         include_ca: e.include_ca,
         post,
+        deliver,
     })
 }
 
@@ -284,6 +293,24 @@ mod tests {
             e.post,
             PostAction::Guest(vec!["systemctl".into(), "reload".into(), "nginx".into()])
         );
+        assert!(
+            !e.deliver,
+            "a structured action gets no files unless it asks"
+        );
+    }
+
+    #[test]
+    fn legacy_commands_always_get_the_files_structured_ones_on_request() {
+        let asks = ONE.replace(r#""nginx"]}"#, r#""nginx"], "deliver": true}"#);
+        assert!(load_text(&asks, None).unwrap().entries[0].deliver);
+        let legacy = ONE.replace(
+            r#""post_renewal": {"run": ["systemctl", "reload", "nginx"]}"#,
+            r#""post_renewal_command": "pct exec 101 -- mv /tmp/cert.pem /etc/x""#,
+        );
+        assert!(load_text(&legacy, None).unwrap().entries[0].deliver);
+        let typo = ONE.replace(r#""nginx"]}"#, r#""nginx"], "delivr": true}"#);
+        let e = load_text(&typo, None).unwrap_err();
+        assert!(e.to_string().contains("delivr"), "{e}");
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Certificate renewal (`phoenix-renew`): for each certificate of the
 //! manifest, issue, renew or leave it, install the new pair atomically with
-//! the right owner and modes, and run its post-renewal action in the guest.
+//! the right owner and modes, deliver it into the guest when its
+//! post-renewal action expects it there, and run that action.
 //!
 //! One run at a time (the `renew` lock). One certificate failing does not
 //! stop the others. Exit status: 0 all good; 1 a certificate failed; 2 a
 //! bad manifest or configuration (nothing touched); 75 the CA (or its
 //! state) is unreachable, or another run holds the lock: retry later.
 
+pub mod deliver;
 pub mod install;
 pub mod manifest;
 pub mod plan;
@@ -289,8 +291,20 @@ fn handle(
             )
         );
     }
-    let post = post::run(entry, px, &manifest.path, cmd_timeout)
-        .with_context(|| format!("post-renewal action for {} in {}", entry.name, entry.guest));
+    // Delivery and action succeed or stay pending together: a failed
+    // delivery is retried, with the action, by the next run.
+    let post = deliver::run(entry, px, &config.renewal.guest_drop_dir)
+        .with_context(|| {
+            format!(
+                "delivering the new files of {} into {} (post-renewal action not run)",
+                entry.name, entry.guest
+            )
+        })
+        .and_then(|()| {
+            post::run(entry, px, &manifest.path, cmd_timeout).with_context(|| {
+                format!("post-renewal action for {} in {}", entry.name, entry.guest)
+            })
+        });
     Ok((outcome, post.err()))
 }
 

@@ -16,6 +16,15 @@ Behaves like the real tools where the toolkit depends on it:
   --pass-stdin over 1 MiB: "'input-data' (STDIN) is limited to 1 MiB, aborting".
 - `qm guest exec-status ID PID`: `{"exited" : 0}` while running, the result once done.
 - `pct exec ID -- ARGV`: the command's own exit status and output.
+- `pct push ID FILE DEST [--perms P] [--user U] [--group G]` (pve-container
+  src/PVE/CLI/pct.pm): writes FILE's bytes to DEST (the fake guests share
+  the host's file system), created with mode 0 then chmod P (octal unless
+  0x...; "600" means 0600), as `create_file` does. A stopped or unknown CT:
+  "can only push files to a running CT", 255 (checked before the config is
+  read). The copy itself runs as a task, and `pct push` exits 0 even when
+  the task fails (CLI fork_worker returns the status, `push` has no exit
+  handler): "failed to open FILE for reading", "invalid mode: 'P'",
+  "failed to create file: DEST: <strerror>" go to stderr, exit 0.
 - Unknown options: "Unknown option: X" + "400 unable to parse option", 255.
 
 State lives under $PHOENIX_FAKE_PVE:
@@ -26,8 +35,10 @@ State lives under $PHOENIX_FAKE_PVE:
   calls.jsonl              every call: {"tool", "argv", "stdin_bytes"}
 Guest commands run with FAKE_GUEST_ID, FAKE_GUEST_DIR and FAKE_PVE set.
 """
+import grp
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -242,6 +253,85 @@ def qm_main(args):
     die(f"unknown command 'qm {' '.join(args[:2])}'\nUSAGE: qm <COMMAND> [ARGS] [OPTIONS]")
 
 
+def parse_perms(perms):
+    """Perl strtoul(P, 0) after pct's "assume octal" prefix."""
+    if not perms.startswith("0"):
+        perms = "0" + perms
+    try:
+        if perms.lower().startswith("0x"):
+            return int(perms[2:], 16)
+        return int(perms, 8)
+    except ValueError:
+        return None
+
+
+def pct_push(args):
+    usage = "pct push <vmid> <file> <destination> [OPTIONS]"
+    opts, rest = parse_opts(args, {"perms", "user", "group"})
+    record("pct", ["push"] + args)
+    if len(rest) < 3:
+        die(f"400 not enough arguments\n{usage}")
+    if len(rest) > 3:
+        die(f"400 too many arguments\n{usage}")
+    vmid, src, dest = rest
+    if not vmid.isdigit():
+        die("400 Parameter verification failed.\nvmid: invalid format - value does not look like a valid VM ID")
+    d = os.path.join(state_root(), "lxc", vmid)
+    if not os.path.isdir(d) or not is_running(d):
+        die("can only push files to a running CT")
+    # From here on the real tool runs a task: errors on stderr, exit 0.
+    def task_error(msg):
+        sys.stderr.write(msg + "\n")
+        sys.exit(0)
+    try:
+        srcfd = os.open(src, os.O_RDONLY)
+    except OSError:
+        task_error(f"failed to open {src} for reading")
+    perms = opts.get("perms")
+    mode = None
+    if perms is not None:
+        mode = parse_perms(perms)
+        if mode is None:
+            task_error(f"invalid mode: '{perms}'")
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0)
+        if mode is None:
+            mode = 0o666 & ~os.umask(os.umask(0))
+    except OSError:
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        except OSError as e:
+            task_error(f"failed to create file: {dest}: {e.strerror}")
+    if mode is not None:
+        os.fchmod(fd, mode)
+    if "user" in opts or "group" in opts:
+        st = os.fstat(fd)
+        uid, gid = st.st_uid, st.st_gid
+        if "user" in opts:
+            u = opts["user"]
+            try:
+                uid = int(u) if u.isdigit() else pwd.getpwnam(u).pw_uid
+            except KeyError:
+                task_error(f"failed to get uid for: {u}")
+        if "group" in opts:
+            g = opts["group"]
+            try:
+                gid = int(g) if g.isdigit() else grp.getgrnam(g).gr_gid
+            except KeyError:
+                task_error(f"failed to get gid for: {g}")
+        try:
+            os.fchown(fd, uid, gid)
+        except OSError as e:
+            task_error(f"failed to change file owner: {e.strerror}")
+    while True:
+        chunk = os.read(srcfd, 65536)
+        if not chunk:
+            break
+        os.write(fd, chunk)
+    os.close(fd)
+    return 0
+
+
 def pct_main(args):
     if args[:1] == ["status"] and len(args) == 2:
         record("pct", args)
@@ -266,6 +356,8 @@ def pct_main(args):
         except OSError as e:
             die(f"lxc-attach: {vmid}: attach.c: exec: {e.strerror} - Failed to exec \"{rest[0]}\"", 127)
         return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+    if args[:1] == ["push"]:
+        return pct_push(args[1:])
     record("pct", args)
     die(f"unknown command 'pct {' '.join(args[:1])}'\nUSAGE: pct <COMMAND> [ARGS] [OPTIONS]")
 

@@ -32,13 +32,19 @@ impl Bench {
     }
 
     pub fn with_claims(claims: Option<&str>) -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        // The fake guests run on this host: their drop directory (the
+        // guests' /tmp) is a temp dir, never the host's /tmp.
+        let drop = dir.path().join("guest-tmp");
         let b = Bench {
             ca: TestCa::start(claims),
             pve: FakePve::new(),
-            dir: tempfile::tempdir().unwrap(),
-            renewal: json!({"lifetime": "1h", "threshold": "66%", "command_timeout_secs": 20}),
+            dir,
+            renewal: json!({"lifetime": "1h", "threshold": "66%", "command_timeout_secs": 20,
+                            "guest_drop_dir": drop}),
         };
         std::fs::create_dir_all(b.etc()).unwrap();
+        std::fs::create_dir_all(b.drop_dir()).unwrap();
         b.write_config();
         b
     }
@@ -49,6 +55,11 @@ impl Bench {
 
     pub fn etc(&self) -> PathBuf {
         self.path("etc")
+    }
+
+    /// `renewal.guest_drop_dir`, shared by the fake guests.
+    pub fn drop_dir(&self) -> PathBuf {
+        self.path("guest-tmp")
     }
 
     /// Set `renewal.KEY` and rewrite toolkit.json.

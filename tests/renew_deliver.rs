@@ -1,0 +1,359 @@
+//! `phoenix-renew run` delivering the new pair into the guest before its
+//! post-renewal action, against a real step-ca and the fake `pct`/`qm`
+//! (whose guests share this host's file system, so the drop directory,
+//! `renewal.guest_drop_dir`, is a temp dir): a legacy `pct exec ... mv
+//! /tmp/cert.pem ...` command finds its files; a VM gets its key over
+//! `qm guest exec --pass-stdin`, never in argv or a log; a second run
+//! delivers nothing; a stopped guest fails the entry, runs no action, and
+//! the next run delivers and acts once the guest is up; `pct push` that
+//! fails in its task (exit 0, stderr) is a failure.
+
+mod common;
+mod renew_support;
+
+use std::path::{Path, PathBuf};
+
+use renew_support::{listing, mode_owner, stderr, Bench};
+use serde_json::{json, Value};
+
+/// A recording `systemctl` in the guest: appends "ID ARGS" to a log.
+const SYSTEMCTL: &str = "#!/bin/sh\necho \"$FAKE_GUEST_ID $*\" >> \"$FAKE_PVE/systemctl.log\"\n";
+
+fn systemctl_log(b: &Bench) -> Vec<String> {
+    std::fs::read_to_string(b.pve.dir.path().join("systemctl.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn ok(o: &std::process::Output) {
+    assert_eq!(o.status.code(), Some(0), "stderr:\n{}", stderr(o));
+}
+
+fn certs(b: &Bench) -> PathBuf {
+    b.path("pve/ssl")
+}
+
+/// Where the container's legacy command moves its files ("/etc/nginx/ssl").
+fn nginx_dir(b: &Bench) -> PathBuf {
+    b.path("ct101/etc/nginx/ssl")
+}
+
+/// The container's entry: a legacy command as the reference manifest
+/// writes them, against the test's drop directory.
+fn legacy_ct_entry(b: &Bench) -> Value {
+    let (drop, dest, d) = (b.drop_dir(), nginx_dir(b), certs(b));
+    let (drop, dest) = (drop.display(), dest.display());
+    json!({"common_name": "web.test.internal", "sans": ["*.test.internal"],
+        "guest_id": 101, "guest_type": "lxc",
+        "cert_path": d.join("101/web.crt"), "key_path": d.join("101/web.key"),
+        "owner": "root:root", "include_ca": true,
+        "post_renewal_command": format!(
+            "pct exec 101 -- /bin/bash -c 'mkdir -p {dest} && mv {drop}/cert.pem {dest}/web.crt \
+             && mv {drop}/key.pem {dest}/web.key && mv {drop}/ca.pem {dest}/ca.pem \
+             && systemctl reload nginx'")})
+}
+
+/// The VM's entry: a structured action that asks for the files; the key
+/// group-readable (0640).
+fn vm_entry(b: &Bench) -> Value {
+    let d = certs(b);
+    json!({"common_name": "docker.test.internal", "sans": ["10.0.0.111"],
+        "guest_id": 1001, "guest_type": "vm",
+        "cert_path": d.join("1001/cert.pem"), "key_path": d.join("1001/key.pem"),
+        "owner": "0:33", "include_ca": true,
+        "post_renewal": {"run": ["systemctl", "restart", "docker"], "deliver": true}})
+}
+
+/// Every non-empty line of a PEM file.
+fn pem_lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// No recorded argv and no log text holds any line of these files.
+fn assert_never_exposed(b: &Bench, files: &[PathBuf], log: &str) {
+    for f in files {
+        for line in pem_lines(f) {
+            for call in b.pve.calls() {
+                for arg in call["argv"].as_array().unwrap() {
+                    assert!(
+                        !arg.as_str().unwrap().contains(&line),
+                        "{} line in argv: {call}",
+                        f.display()
+                    );
+                }
+            }
+            assert!(!log.contains(&line), "{} line in the log", f.display());
+        }
+    }
+}
+
+#[test]
+fn a_legacy_container_command_finds_the_delivered_files() {
+    let b = Bench::new();
+    let ct = b.pve.add_ct(101);
+    b.pve.guest_command(&ct, "systemctl", SYSTEMCTL);
+    b.write_manifest(&json!([legacy_ct_entry(&b)]));
+
+    let out = b.run(&["run"]);
+    ok(&out);
+    assert_eq!(systemctl_log(&b), ["101 reload nginx"]);
+    let (d, n) = (certs(&b), nginx_dir(&b));
+    // What the command moved is exactly the installed pair and chain,
+    // with the modes delivery gave them (mv keeps them).
+    for (moved, installed, mode) in [
+        ("web.key", "101/web.key", 0o600),
+        ("web.crt", "101/web.crt", 0o644),
+        ("ca.pem", "101/ca.pem", 0o644),
+    ] {
+        assert_eq!(
+            std::fs::read(n.join(moved)).unwrap(),
+            std::fs::read(d.join(installed)).unwrap(),
+            "{moved}"
+        );
+        assert_eq!(mode_owner(&n.join(moved)).0, mode, "{moved}");
+    }
+    // The command took the files; no temp directory is left behind.
+    assert!(
+        listing(&b.drop_dir()).is_empty(),
+        "{:?}",
+        listing(&b.drop_dir())
+    );
+
+    // Pushed from the installed host files, into a temp directory first,
+    // before the command; only paths in argv.
+    let calls = b.pve_calls();
+    let push: Vec<&String> = calls.iter().filter(|c| c.starts_with("pct push")).collect();
+    assert_eq!(push.len(), 3, "{calls:#?}");
+    let tmp = format!("{}/.phoenix-renew.", b.drop_dir().display());
+    for (call, (src, name, perms)) in push.iter().zip([
+        ("101/web.crt", "cert.pem", "0644"),
+        ("101/web.key", "key.pem", "0600"),
+        ("101/ca.pem", "ca.pem", "0644"),
+    ]) {
+        let argv: Vec<&str> = call.split(' ').collect();
+        assert_eq!(
+            argv[..4],
+            ["pct", "push", "101", d.join(src).to_str().unwrap()]
+        );
+        assert!(
+            argv[4].starts_with(&tmp) && argv[4].ends_with(&format!("/{name}")),
+            "{call}"
+        );
+        assert_eq!(argv[5..], ["--perms", perms], "{call}");
+    }
+    let pos = |pred: &dyn Fn(&String) -> bool| calls.iter().position(pred).unwrap();
+    assert!(
+        pos(&|c| c.starts_with("pct push")) < pos(&|c| c.contains("/bin/bash -c")),
+        "{calls:#?}"
+    );
+    assert_never_exposed(
+        &b,
+        &[d.join("101/web.key"), d.join("101/web.crt")],
+        &stderr(&out),
+    );
+
+    // Second run: nothing to do, nothing delivered, nothing run.
+    let out = b.run(&["run"]);
+    ok(&out);
+    assert_eq!(b.pve_calls(), calls, "the second run called the guest");
+    assert_eq!(systemctl_log(&b).len(), 1);
+    assert!(listing(&b.drop_dir()).is_empty());
+}
+
+#[test]
+fn a_vm_gets_its_key_on_stdin_never_in_argv() {
+    let b = Bench::new();
+    let vm = b.pve.add_vm(1001);
+    b.pve.guest_command(&vm, "systemctl", SYSTEMCTL);
+    b.write_manifest(&json!([vm_entry(&b)]));
+
+    let out = b.run(&["run"]);
+    ok(&out);
+    assert_eq!(systemctl_log(&b), ["1001 restart docker"]);
+    let (d, drop) = (certs(&b), b.drop_dir());
+    assert_eq!(listing(&drop), ["ca.pem", "cert.pem", "key.pem"]);
+    for (name, installed, mode) in [
+        ("key.pem", "1001/key.pem", 0o640),
+        ("cert.pem", "1001/cert.pem", 0o644),
+        ("ca.pem", "1001/ca.pem", 0o644),
+    ] {
+        assert_eq!(
+            std::fs::read(drop.join(name)).unwrap(),
+            std::fs::read(d.join(installed)).unwrap(),
+            "{name}"
+        );
+        assert_eq!(mode_owner(&drop.join(name)).0, mode, "{name}");
+    }
+
+    // The key went on stdin of a qm guest exec --pass-stdin 1, after the
+    // VM was found running with its agent, and before the action.
+    let calls = b.pve.calls();
+    let key_len = std::fs::metadata(d.join("1001/key.pem")).unwrap().len();
+    let argv = |c: &Value| -> Vec<String> {
+        c["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    let key_call = calls
+        .iter()
+        .position(|c| argv(c).iter().any(|a| a.ends_with("/key.pem")) && c["stdin_bytes"] != 0)
+        .unwrap_or_else(|| panic!("no call carried the key on stdin: {calls:#?}"));
+    let a = argv(&calls[key_call]);
+    assert_eq!(a[..3], ["guest", "exec", "1001"], "{a:?}");
+    assert!(a.windows(2).any(|w| w == ["--pass-stdin", "1"]), "{a:?}");
+    assert_eq!(calls[key_call]["stdin_bytes"].as_u64(), Some(key_len));
+    let action = calls
+        .iter()
+        .position(|c| argv(c).iter().any(|a| a == "restart"))
+        .unwrap();
+    assert!(key_call < action, "{calls:#?}");
+    assert_eq!(argv(&calls[0]), ["status", "1001"]);
+    assert_eq!(argv(&calls[1]), ["guest", "cmd", "1001", "ping"]);
+    assert_never_exposed(
+        &b,
+        &[d.join("1001/key.pem"), d.join("1001/cert.pem")],
+        &stderr(&out),
+    );
+
+    // Second run: nothing.
+    let n = calls.len();
+    ok(&b.run(&["run"]));
+    assert_eq!(b.pve.calls().len(), n, "the second run called the VM");
+    assert_eq!(systemctl_log(&b).len(), 1);
+}
+
+#[test]
+fn a_stopped_guest_fails_delivery_and_the_next_run_delivers_and_acts() {
+    let b = Bench::new();
+    let ct = b.pve.add_ct(101);
+    let vm = b.pve.add_vm(1001);
+    b.pve.guest_command(&ct, "systemctl", SYSTEMCTL);
+    b.pve.guest_command(&vm, "systemctl", SYSTEMCTL);
+    b.write_manifest(&json!([legacy_ct_entry(&b), vm_entry(&b)]));
+    b.pve.set_status(&ct, "stopped");
+    b.pve.set_status(&vm, "stopped");
+
+    let out = b.run(&["run"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for (name, why) in [
+        (
+            "web.test.internal",
+            "CT 101 is not running (status: stopped)",
+        ),
+        (
+            "docker.test.internal",
+            "VM 1001 is not running (status: stopped)",
+        ),
+    ] {
+        assert!(
+            err.lines().any(|l| l.contains(name)
+                && l.contains("post-renewal action not run")
+                && l.contains(why)),
+            "no line naming {name} with '{why}':\n{err}"
+        );
+    }
+    assert!(err.contains("2 of 2 certificate(s) failed"), "{err}");
+    // No action ran, nothing reached the guests; the pairs are installed.
+    assert!(systemctl_log(&b).is_empty());
+    assert!(!nginx_dir(&b).exists());
+    assert!(listing(&b.drop_dir()).is_empty());
+    assert!(!b
+        .pve_calls()
+        .iter()
+        .any(|c| c.starts_with("pct push") || c.contains("guest exec")));
+    let d = certs(&b);
+    let serials = [
+        b.inspect(&d.join("101/web.crt")).serial,
+        b.inspect(&d.join("1001/cert.pem")).serial,
+    ];
+
+    // The guests come up: the next run delivers and acts, without
+    // reissuing.
+    b.pve.set_status(&ct, "running");
+    b.pve.set_status(&vm, "running");
+    let out = b.run(&["run"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("post-renewal action left pending"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        systemctl_log(&b),
+        ["101 reload nginx", "1001 restart docker"]
+    );
+    assert_eq!(
+        std::fs::read(nginx_dir(&b).join("web.key")).unwrap(),
+        std::fs::read(d.join("101/web.key")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(b.drop_dir().join("key.pem")).unwrap(),
+        std::fs::read(d.join("1001/key.pem")).unwrap()
+    );
+    assert_eq!(b.inspect(&d.join("101/web.crt")).serial, serials[0]);
+    assert_eq!(b.inspect(&d.join("1001/cert.pem")).serial, serials[1]);
+
+    // And then it is done: a third run changes and calls nothing.
+    let n = b.pve.calls().len();
+    ok(&b.run(&["run"]));
+    assert_eq!(b.pve.calls().len(), n);
+}
+
+/// `Proxmox::pct_push` against the fake `pct`, which fails as the real
+/// one does: a stopped CT exits 255; a task error (source missing) is
+/// printed on stderr with exit 0, and must still fail.
+#[test]
+fn pct_push_fails_on_a_stopped_ct_and_on_a_task_error() {
+    use phoenix_hooks::proxmox::Proxmox;
+    use std::os::unix::fs::PermissionsExt;
+
+    let pve = common::FakePve::new();
+    let ct = pve.add_ct(101);
+    let dir = tempfile::tempdir().unwrap();
+    // The fake's state directory, without touching this process's env.
+    let pct = dir.path().join("pct");
+    std::fs::write(
+        &pct,
+        format!(
+            "#!/bin/sh\nPHOENIX_FAKE_PVE='{}' exec '{}' \"$@\"\n",
+            pve.dir.path().display(),
+            common::fakes().join("pct").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pct, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let px = Proxmox {
+        pct: pct.display().to_string(),
+        ..Proxmox::default()
+    };
+    let src = dir.path().join("key.src");
+    std::fs::write(&src, "k\n").unwrap();
+    let dest = dir.path().join("key.pem");
+    let dest_s = dest.display().to_string();
+
+    px.pct_push(101, &src, &dest_s, 0o600).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), b"k\n");
+    assert_eq!(mode_owner(&dest).0, 0o600);
+
+    let e = px
+        .pct_push(101, &dir.path().join("missing"), &dest_s, 0o600)
+        .unwrap_err();
+    assert!(e.to_string().contains("failed to open"), "{e}");
+    assert!(e.to_string().contains("task failed"), "{e}");
+
+    pve.set_status(&ct, "stopped");
+    let e = format!("{:#}", px.pct_push(101, &src, &dest_s, 0o600).unwrap_err());
+    assert!(e.contains("can only push files to a running CT"), "{e}");
+}
