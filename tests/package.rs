@@ -82,6 +82,7 @@ fn dpkg(root: &Path) -> Command {
             "--log=/dev/null",
             "--force-script-chrootless",
             "--force-depends",
+            "--force-not-root",
         ]);
     cmd
 }
