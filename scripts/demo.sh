@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# A Phoenix boot on loopback, with the real binaries and a real step-ca:
-# the host starts a new CA generation (the CA container's pre-start), a VM's
-# phoenix-ca-wait starts before the CA is up and waits, the CA starts late,
-# its ExecStartPost publishes the readiness token once /health answers, and
-# only then does the VM's Docker start. Prints a timeline.
+# A whole Phoenix boot on loopback, with the real binaries and a real
+# step-ca; Proxmox (qm, pct) and Docker are the project's fakes
+# (tests/fakes). In order:
+#   1. the CA container's pre-start hook starts a new CA generation;
+#   2. a VM boots first: its phoenix-ca-wait waits for the CA;
+#   3. the CA container starts late; its post-start hook waits, bounded;
+#      step-ca's ExecStartPost publishes the readiness token once /health
+#      answers; the hook and the VM's wait return; the VM's Docker starts;
+#   4. phoenix-sync.target: phoenix-swarm forms the swarm (manager, worker),
+#      then phoenix-renew issues the certificates, installs them and runs
+#      each post-renewal action in its guest;
+#   5. time passes: the certificates are due, the timer's run renews them;
+#   6. a second run of both changes nothing;
+#   7. phoenix-renew status and phoenix-swarm status.
 #
-#   scripts/demo.sh            (no flags; installs what it needs; root for apt-get)
+#   scripts/demo.sh            (no flags; installs what it needs; root for
+#                               apt-get and a private mount namespace)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/install.sh
 
-ensure_packages curl:curl python3:python3
+ensure_packages curl:curl python3:python3 unshare:util-linux
 ensure_step
 ensure_cargo
 log "building (release)"
-cargo build --release --quiet
+cargo build --release --quiet --bins
 BIN=$PWD/target/release
+FAKES=$PWD/tests/fakes
 
 W=$(mktemp -d /tmp/phoenix-demo.XXXXXX)
 PIDS=()
@@ -27,58 +38,152 @@ cleanup() {
 trap cleanup EXIT
 
 T0=$(date +%s%N)
-say() { printf '%8s  %-8s %s\n' "$(( ($(date +%s%N) - T0) / 1000000 ))ms" "$1" "$2"; }
+say() { printf '%6s  %-7s %s\n' "$(( ($(date +%s%N) - T0) / 1000000000 )).$(( ($(date +%s%N) - T0) / 100000000 % 10 ))s" "$1" "$2"; }
 stream() { local who=$1 l; while IFS= read -r l; do say "$who" "$l"; done; }
+section() { printf '\n== %s\n' "$*"; }
 
-# --- The CA container's state, as LXC 103 keeps it on shared storage ---------
-SSL=$W/mnt/pve/quickOS/lxc-persistent-data/103/ssl
-export STEPPATH=$W/ct103/steppath
-mkdir -p "$SSL" "$W/ct103"
+# --- The world: storage, Phoenix files, fake guests --------------------------
+STORAGE=$W/pve/quickOS                      # a Proxmox storage, /mnt/pve/quickOS
+SSL=$STORAGE/lxc-persistent-data/103/ssl    # the CA container's state directory
+ETC=$W/phoenix_etc
+export PHOENIX_FAKE_PVE=$W/fakepve          # state of the fake qm/pct/docker
+export PATH=$FAKES:$PATH                    # fake qm, pct, docker first
+export STEPPATH=$W/ct103/steppath           # step-ca's own files (the CA guest)
+mkdir -p "$SSL" "$ETC" "$W/ct103" "$W/host"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+URL=https://127.0.0.1:$PORT
+
+# The CA: a real step-ca, initialised once (as the CA container's first boot
+# did). Claims allow the demo's 90 s certificates.
 (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$W/ct103/password")
 step ca init --name "Phoenix Demo CA" --dns 127.0.0.1 --address "127.0.0.1:$PORT" \
   --provisioner admin@thinkheads.ai --password-file "$W/ct103/password" \
   --provisioner-password-file "$W/ct103/password" > "$W/ct103/init.log" 2>&1
+python3 - "$STEPPATH/config/ca.json" <<'EOF'
+import json, sys
+p = sys.argv[1]; c = json.load(open(p))
+c["authority"]["claims"] = {"minTLSCertDuration": "30s", "defaultTLSCertDuration": "24h",
+                            "maxTLSCertDuration": "24h"}
+json.dump(c, open(p, "w"), indent=2)
+EOF
 cp "$STEPPATH/certs/root_ca.crt" "$SSL/phoenix_root_ca.crt"
 install -m 0600 "$W/ct103/password" "$SSL/provisioner_password.txt"
+
+# The Phoenix files: the CA container, two VMs (manager, worker), the
+# certificate manifest (one certificate per VM, installed on shared storage).
+cat > "$ETC/phoenix_lxc_configs.json" <<EOF
+{"lxc_configs": {"103": {"name": "Step-CA", "unprivileged": true,
+  "mount_points": [{"host_path": "$SSL", "container_path": "/etc/step-ca/ssl"}]}}}
+EOF
+cat > "$ETC/phoenix_vm_configs.json" <<EOF
+{"vms": [
+  {"vmid": 1001, "name": "Portainer", "swarm_role": "manager",
+   "network_config": {"ip": "10.0.0.111/24", "gw": "10.0.0.1"}},
+  {"vmid": 1002, "name": "drphoenix", "swarm_role": "worker",
+   "network_config": {"ip": "10.0.0.102/24"}, "node_labels": ["gpu=false"]}]}
+EOF
+CERTS=$STORAGE/vm-certs
+cat > "$ETC/certificate-manifest.json" <<EOF
+[{"common_name": "portainer.phoenix.demo", "sans": ["10.0.0.111"],
+  "guest_id": 1001, "guest_type": "vm", "owner": "root:root", "include_ca": true,
+  "cert_path": "$CERTS/1001/cert.pem", "key_path": "$CERTS/1001/key.pem",
+  "post_renewal": {"run": ["systemctl", "restart", "docker"]}},
+ {"common_name": "drphoenix.phoenix.demo", "sans": ["10.0.0.102"],
+  "guest_id": 1002, "guest_type": "vm", "owner": "root:root",
+  "cert_path": "$CERTS/1002/cert.pem", "key_path": "$CERTS/1002/key.pem",
+  "post_renewal": {"run": ["systemctl", "reload", "traefik"]}}]
+EOF
+for id in 1001 1002; do
+  g=$PHOENIX_FAKE_PVE/qemu/$id
+  mkdir -p "$g/bin"
+  ln -s "$FAKES/docker" "$g/bin/docker"
+  # A recording systemctl: what the post-renewal actions did in the guest.
+  printf '#!/bin/sh\necho "$FAKE_GUEST_ID systemctl $*" >> "$FAKE_PVE/systemctl.log"\n' > "$g/bin/systemctl"
+  chmod 0755 "$g/bin/systemctl"
+done
+echo portainer > "$PHOENIX_FAKE_PVE/qemu/1001/hostname"
+echo drphoenix > "$PHOENIX_FAKE_PVE/qemu/1002/hostname"
+
 cat > "$W/toolkit.json" <<EOF
 {
-  "ca": { "url": "https://127.0.0.1:$PORT", "state_dir": "$SSL", "guest_state_dir": "$SSL" },
+  "\$comment": "scripts/demo.sh: the Phoenix layout under $W",
+  "phoenix_etc": "$ETC",
+  "storage_root": "$W/pve",
   "lock_dir": "$W/run/lock/phoenix",
-  "state_dir": "$W/var/lib/phoenix"
+  "state_dir": "$W/var/lib/phoenix",
+  "ca": {"url": "$URL", "state_dir": "$SSL", "guest_state_dir": "$SSL",
+         "post_start_timeout_secs": 60, "wait_timeout_secs": 60},
+  "renewal": {"lifetime": "90s", "threshold": "80s"},
+  "swarm": {"agent_timeout_secs": 10, "state_timeout_secs": 10}
 }
 EOF
 export PHOENIX_CONFIG=$W/toolkit.json
 
-echo
-echo "Phoenix boot on loopback (CA at https://127.0.0.1:$PORT, state in $SSL)"
-echo
-say host "CT 103 pre-start: start a new CA generation"
-"$BIN/phoenix-ca" invalidate --state-dir "$SSL" 2>&1 | stream host
+# phoenix-hook checks that the CA state lives on a mounted storage: run it
+# in a private mount namespace where $STORAGE is a mount point (a bind
+# mount standing for the NFS storage; it vanishes with the namespace).
+hook() {
+  unshare --mount --propagation private -- \
+    sh -c 'mount --bind "$1" "$1" && shift && exec "$@"' sh "$STORAGE" \
+    "$BIN/phoenix-hook" "$@"
+}
 
-say vm1001 "boot: phoenix-ca-wait.service starts; the CA is not up yet"
+echo
+echo "Phoenix boot on loopback: CA at $URL, everything under $W"
+
+section "1-3. Boot: the CA container and a VM that comes up first"
+say host "CT 103 pre-start (hookscript)"
+hook 103 pre-start 2>&1 | stream host
+
+say vm1001 "phoenix-ca-wait.service starts; the CA is not up yet"
 # (In a VM the unit adds --bootstrap, which installs the root into the
 # system trust store: not done to the machine running this demo.)
-( "$BIN/phoenix-ca" wait --state-dir "$SSL" --timeout 60 2>&1; \
-  echo "phoenix-ca wait exited $?" ) | stream vm1001 &
-WAITER=$!
-PIDS+=("$WAITER")
+( "$BIN/phoenix-ca" wait 2>&1; echo "phoenix-ca wait exited $?" ) | stream vm1001 &
+WAITER=$!; PIDS+=("$WAITER")
 
 sleep 2   # the CA container is still booting: the late CA of the scenario
+say host "CT 103 post-start (hookscript): Proxmox holds the next onboot guest"
+( hook 103 post-start 2>&1; echo "post-start exited $?" ) | stream host &
+POST=$!; PIDS+=("$POST")
+sleep 1
 say ct103 "step-ca.service starts"
 step-ca "$STEPPATH/config/ca.json" --password-file "$W/ct103/password" > "$W/ct103/ca.log" 2>&1 &
 PIDS+=("$!")
 say ct103 "ExecStartPost: phoenix-ca publish (waits for /health)"
-"$BIN/phoenix-ca" publish --state-dir "$SSL" 2>&1 | stream ct103
-
-wait "$WAITER"
+"$BIN/phoenix-ca" publish 2>&1 | stream ct103
+wait "$WAITER" "$POST"
 say vm1001 "docker.service starts (ordered after phoenix-ca-wait.service)"
+say host "Proxmox starts the next onboot guest (VM 1002)"
 
-echo
-echo "phoenix-ca status:"
-"$BIN/phoenix-ca" status --state-dir "$SSL" | sed 's/^/  /'
-echo
-say host "CT 103 restarts: its pre-start makes the old token stale at once"
-"$BIN/phoenix-ca" invalidate --state-dir "$SSL" 2>&1 | stream host
-"$BIN/phoenix-ca" wait --no-health --state-dir "$SSL" --timeout 1 2>&1 | stream vm1002 || \
-  say vm1002 "exit $? (124: timed out) — a stale token is never trusted"
+section "4. phoenix-sync.target: the swarm, then the certificates"
+export STEPPATH=$W/host/steppath            # the host's step, not the CA's
+say host "phoenix-swarm ensure"
+"$BIN/phoenix-swarm" ensure 2>&1 | stream host
+say host "phoenix-renew run"
+"$BIN/phoenix-renew" run 2>&1 | stream host
+stream guests < "$PHOENIX_FAKE_PVE/systemctl.log"
+
+section "5. Time passes: the 90 s certificates are due with 80 s left"
+sleep 11
+say host "phoenix-renew.timer: phoenix-renew run"
+: > "$PHOENIX_FAKE_PVE/systemctl.log"
+"$BIN/phoenix-renew" run 2>&1 | stream host
+stream guests < "$PHOENIX_FAKE_PVE/systemctl.log"
+
+section "6. A second run changes nothing"
+: > "$PHOENIX_FAKE_PVE/systemctl.log"
+"$BIN/phoenix-swarm" ensure 2>&1 | stream host
+"$BIN/phoenix-renew" run 2>&1 | stream host
+if [ -s "$PHOENIX_FAKE_PVE/systemctl.log" ]; then
+  stream "guests" < "$PHOENIX_FAKE_PVE/systemctl.log"
+  say demo "UNEXPECTED: the second run acted in a guest"; exit 1
+fi
+say guests "no post-renewal action ran"
+
+section "7. Status"
+echo "\$ phoenix-ca status"
+"$BIN/phoenix-ca" status | sed 's/^/  /'
+echo "\$ phoenix-renew status"
+"$BIN/phoenix-renew" status | sed 's/^/  /'
+echo "\$ phoenix-swarm status"
+"$BIN/phoenix-swarm" status | sed 's/^/  /'

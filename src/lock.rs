@@ -89,7 +89,7 @@ pub fn lock_at(dir: &Path, job: &str, wait: Duration) -> Result<LockGuard> {
         .open(&path)
         .with_context(|| format!("opening lock file '{}'", path.display()))?;
     let deadline = Instant::now() + wait;
-    let mut announced = false;
+    let mut announced: Option<Instant> = None;
     loop {
         match file.try_lock() {
             Ok(()) => break,
@@ -109,13 +109,14 @@ pub fn lock_at(dir: &Path, job: &str, wait: Duration) -> Result<LockGuard> {
                 ),
             ));
         }
-        if !announced {
+        // A line when the wait begins, then one every 10 s with the time left.
+        if announced.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
             log::info!(
-                "waiting up to {} for {job} to finish ({})",
-                humantime::format_duration(wait),
-                holder(&path)
+                "waiting for {job} to finish ({}); {}s left",
+                holder(&path),
+                deadline.saturating_duration_since(Instant::now()).as_secs()
             );
-            announced = true;
+            announced = Some(Instant::now());
         }
         thread::sleep(Duration::from_millis(20));
     }

@@ -218,7 +218,7 @@ impl Proxmox {
     }
 
     /// Like [`Self::ensure_reachable`], retried with backoff (1 s doubling
-    /// to 15 s) up to `bound`: a cold VM's agent can take ~100 s.
+    /// to 10 s) up to `bound`: a cold VM's agent can take ~100 s.
     pub fn wait_reachable(&self, guest: Guest, bound: Duration) -> Result<()> {
         let deadline = Instant::now() + bound;
         let mut delay = Duration::from_secs(1);
@@ -240,12 +240,15 @@ impl Proxmox {
                     ));
                 }
                 Err(e) => log::info!(
-                    "{guest} not reachable yet ({e:#}); retrying in {}s",
-                    delay.as_secs()
+                    "{guest} not reachable yet ({e:#}); retrying in {}s ({}s left)",
+                    delay.as_secs(),
+                    deadline.saturating_duration_since(Instant::now()).as_secs()
                 ),
             }
             std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_secs(15));
+            // At most 10 s between tries: the journal hears of the wait
+            // that often.
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 

@@ -84,6 +84,13 @@ impl Waiter {
         self.delay = (self.delay * 2).min(Duration::from_secs(5));
         Ok(true)
     }
+
+    /// Whole seconds left before the bound, for progress lines.
+    fn left(&self) -> u64 {
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs()
+    }
 }
 
 /// One run of `ensure`.
@@ -282,7 +289,11 @@ impl<'a> Run<'a> {
                 },
                 Err(e) => last = format!("{e:#}"),
             }
-            log::info!("{}: swarm manager not ready: {last}; waiting", m.what());
+            log::info!(
+                "{}: swarm manager not ready: {last}; waiting ({}s left)",
+                m.what(),
+                wait.left()
+            );
             if !wait.pause()? {
                 return Err(err(
                     Kind::TempFail,
@@ -398,7 +409,7 @@ impl<'a> Run<'a> {
                 }
                 state => last = describe(state, &info),
             }
-            log::info!("{}: {last}; waiting", m.what());
+            log::info!("{}: {last}; waiting ({}s left)", m.what(), wait.left());
             if !wait.pause()? {
                 return Err(self.not_ready(m, &last));
             }

@@ -1,0 +1,333 @@
+//! The Debian package: scripts/build-deb.sh builds it from the test build's
+//! binaries, its contents are what README.md promises, it installs into a
+//! throwaway root with `dpkg --root`, its units verify there with
+//! `systemd-analyze verify --root` (silently), every binary answers
+//! `--version` from the root, the generator writes nothing without
+//! `mounts`, nothing is enabled, and a purge removes it all.
+//!
+//! `dpkg --root` with `--force-script-chrootless`: the maintainer scripts
+//! run without a chroot (the empty root has no /bin/sh), with `DPKG_ROOT`
+//! set, which they honour. `--force-depends`: the root has no libc6.
+
+#[path = "../examples/gen-docs/docs.rs"]
+mod docs;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use phoenix_hooks::config::Config;
+
+const BINARIES: [&str; 5] = [
+    "phoenix-ca",
+    "phoenix-hook",
+    "phoenix-mount",
+    "phoenix-renew",
+    "phoenix-swarm",
+];
+
+fn project() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_phoenix-ca"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Build the package from the test build; returns the .deb's path.
+fn build(dir: &Path) -> PathBuf {
+    let gen = dir.join("docs");
+    docs::write_all(&gen).unwrap();
+    let out = run(Command::new("bash")
+        .arg(project().join("scripts/build-deb.sh"))
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .arg("--docs")
+        .arg(&gen)
+        .arg("--out")
+        .arg(dir)
+        .args(["--compress", "gzip"]));
+    let deb = PathBuf::from(text(&out.stdout).trim());
+    assert!(deb.is_file(), "no .deb at '{}'", deb.display());
+    deb
+}
+
+fn dpkg(root: &Path) -> Command {
+    let mut cmd = Command::new("dpkg");
+    cmd.arg(format!("--root={}", root.display()))
+        .arg(format!(
+            "--admindir={}",
+            root.join("var/lib/dpkg").display()
+        ))
+        .args([
+            "--log=/dev/null",
+            "--force-script-chrootless",
+            "--force-depends",
+            "--force-not-root",
+        ]);
+    cmd
+}
+
+/// Every unit name under `usr/lib/systemd/system` of `root` (not drop-ins).
+fn units(root: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root.join("usr/lib/systemd/system"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".d"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn package_builds_installs_verifies_and_purges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let deb = build(tmp.path());
+
+    // --- What the archive holds ---------------------------------------
+    let listing = text(&run(Command::new("dpkg-deb").arg("-c").arg(&deb)).stdout);
+    let entries: BTreeSet<String> = listing
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {}", f[0], f[5].trim_start_matches('.'))
+        })
+        .collect();
+    let mut want: Vec<String> = Vec::new();
+    for b in BINARIES {
+        want.push(format!("-rwxr-xr-x /usr/bin/{b}"));
+        want.push(format!("-rw-r--r-- /usr/share/man/man1/{b}.1.gz"));
+        want.push(format!(
+            "-rw-r--r-- /usr/share/bash-completion/completions/{b}"
+        ));
+        want.push(format!("-rw-r--r-- /usr/share/zsh/vendor-completions/_{b}"));
+        want.push(format!(
+            "-rw-r--r-- /usr/share/fish/vendor_completions.d/{b}.fish"
+        ));
+    }
+    for sub in ["ca-wait", "ca-publish", "renew-run", "swarm-status"] {
+        want.push(format!("-rw-r--r-- /usr/share/man/man1/phoenix-{sub}.1.gz"));
+    }
+    for u in [
+        "phoenix-ca-wait.service",
+        "phoenix-renew.service",
+        "phoenix-renew.timer",
+        "phoenix-renew-sync.service",
+        "phoenix-swarm.service",
+        "phoenix-sync.target",
+        "phoenix-renew.service.d/phoenix-sync.conf",
+    ] {
+        want.push(format!("-rw-r--r-- /usr/lib/systemd/system/{u}"));
+    }
+    want.extend(
+        [
+            "lrwxrwxrwx /usr/lib/systemd/system-generators/phoenix-mount",
+            "-rwxr-xr-x /usr/share/phoenix-hooks/phoenix-hook",
+            "-rw-r--r-- /usr/share/phoenix-hooks/examples/toolkit.json",
+            "-rw-r--r-- /usr/share/phoenix-hooks/docker.service.d/phoenix-ca-wait.conf",
+            "-rw-r--r-- /usr/share/phoenix-hooks/step-ca.service.d/phoenix-ca-publish.conf",
+            "-rw-r--r-- /etc/phoenix/toolkit.json",
+            "-rw-r--r-- /usr/share/doc/phoenix-hooks/copyright",
+            "-rw-r--r-- /usr/share/doc/phoenix-hooks/README.md",
+        ]
+        .map(String::from),
+    );
+    let missing: Vec<&String> = want.iter().filter(|w| !entries.contains(*w)).collect();
+    assert!(missing.is_empty(), "missing {missing:?} in:\n{listing}");
+    // Files are root's; a drop-in for another package's unit is never
+    // active on install (only an example under /usr/share).
+    assert!(
+        listing.lines().all(|l| l.contains(" root/root ")),
+        "{listing}"
+    );
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e.contains("/usr/lib/systemd/system/docker.service.d")
+                || e.contains("/usr/lib/systemd/system/step-ca.service.d")),
+        "{listing}"
+    );
+    let field = |f: &str| {
+        text(&run(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg(f)).stdout)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("Package"), "phoenix-hooks");
+    assert_eq!(field("Version"), env!("CARGO_PKG_VERSION"));
+    assert!(
+        field("Depends").starts_with("libc6 (>= 2."),
+        "{}",
+        field("Depends")
+    );
+
+    // --- Install into a throwaway root ------------------------------------
+    let root = tmp.path().join("root");
+    let admin = root.join("var/lib/dpkg");
+    std::fs::create_dir_all(admin.join("info")).unwrap();
+    std::fs::create_dir_all(admin.join("updates")).unwrap();
+    std::fs::write(admin.join("status"), "").unwrap();
+    run(dpkg(&root).arg("-i").arg(&deb));
+    let status = std::fs::read_to_string(admin.join("status")).unwrap();
+    assert!(status.contains("Status: install ok installed"), "{status}");
+    assert!(
+        status.contains("Conffiles:\n /etc/phoenix/toolkit.json "),
+        "{status}"
+    );
+
+    // Nothing enabled: no .wants/.requires link anywhere in the root.
+    let found = run(Command::new("find").arg(&root).args([
+        "-name",
+        "*.wants",
+        "-o",
+        "-name",
+        "*.requires",
+    ]));
+    assert!(
+        text(&found.stdout).trim().is_empty(),
+        "{}",
+        text(&found.stdout)
+    );
+
+    // Every binary runs from the root.
+    for b in BINARIES {
+        let out = run(Command::new(root.join("usr/bin").join(b)).arg("--version"));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("{b} {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    // Units verify in the root. systemctl (phoenix-renew-sync.service's
+    // ExecStart=) is systemd's file, present on every target: a stub here.
+    let systemctl = root.join("usr/bin/systemctl");
+    std::fs::write(&systemctl, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(
+        &systemctl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let names = units(&root);
+    assert_eq!(names.len(), 6, "{names:?}");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .args(["--man=no", "--recursive-errors=no"])
+        .args(names.iter().map(|n| format!("/usr/lib/systemd/system/{n}")))
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .expect("systemd-analyze (package systemd) is needed");
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify --root said:\n{said}"
+    );
+    // Documentation= references resolve inside the package (--man=no
+    // above: the host's man has no MANPATH into the root).
+    for n in &names {
+        let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system").join(n)).unwrap();
+        for doc in unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("Documentation="))
+            .flat_map(str::split_whitespace)
+        {
+            let path = if let Some(page) = doc.strip_prefix("man:") {
+                let (name, sect) = page.trim_end_matches(')').split_once('(').unwrap();
+                format!("usr/share/man/man{sect}/{name}.{sect}.gz")
+            } else {
+                doc.strip_prefix("file:/").unwrap().to_string()
+            };
+            assert!(root.join(&path).is_file(), "{n}: {doc} not in the package");
+        }
+    }
+
+    // The generator, as systemd runs it, with the shipped configuration
+    // (no "mounts"): writes nothing.
+    let gen_link = root.join("usr/lib/systemd/system-generators/phoenix-mount");
+    let target = std::fs::read_link(&gen_link).unwrap();
+    assert_eq!(target, Path::new("/usr/bin/phoenix-mount"));
+    let out_dir = tmp.path().join("generated");
+    std::fs::create_dir(&out_dir).unwrap();
+    run(Command::new(root.join(target.strip_prefix("/").unwrap()))
+        .args([&out_dir, &out_dir, &out_dir])
+        .env("PHOENIX_CONFIG", root.join("etc/phoenix/toolkit.json")));
+    let written: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
+    assert!(written.is_empty(), "generator wrote {written:?}");
+
+    // Purge removes every file, the conffile included.
+    run(dpkg(&root).args(["--purge", "phoenix-hooks"]));
+    std::fs::remove_file(&systemctl).unwrap();
+    for b in BINARIES {
+        assert!(!root.join("usr/bin").join(b).exists(), "{b} left");
+    }
+    assert!(!root.join("etc/phoenix/toolkit.json").exists());
+    assert!(!gen_link.exists() && gen_link.symlink_metadata().is_err());
+}
+
+#[test]
+fn shipped_example_config_loads_and_is_the_defaults() {
+    // The example says "every value below is the built-in default".
+    let path = project().join("packaging/toolkit.json");
+    let mut loaded = Config::load_file(&path).unwrap();
+    assert!(loaded.comment.is_some(), "the example explains itself");
+    loaded.comment = None;
+    assert_eq!(
+        format!("{loaded:#?}"),
+        format!("{:#?}", Config::default()),
+        "packaging/toolkit.json differs from the defaults"
+    );
+    // It names every key there is: a key added to config.rs must be added
+    // to the example (and to README.md's table).
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let debug = format!("{:#?}", Config::default());
+    for line in debug.lines() {
+        let Some((key, _)) = line.trim().split_once(": ") else {
+            continue;
+        };
+        if key == "comment" || key.starts_with('"') {
+            continue;
+        }
+        let present = json.as_object().unwrap().contains_key(key)
+            || ["ca", "renewal", "swarm"]
+                .iter()
+                .any(|s| json[s].as_object().unwrap().contains_key(key));
+        assert!(present, "key '{key}' missing from packaging/toolkit.json");
+    }
+}
+
+#[test]
+fn man_pages_and_completions_come_from_the_clap_definitions() {
+    let tmp = tempfile::tempdir().unwrap();
+    docs::write_all(tmp.path()).unwrap();
+    let page = std::fs::read_to_string(tmp.path().join("man/man1/phoenix-ca-wait.1")).unwrap();
+    // The --timeout option of `phoenix-ca wait`, as --help shows it.
+    assert!(page.contains(".TH phoenix-ca-wait 1"), "{page}");
+    assert!(page.contains("\\-\\-timeout"), "{page}");
+    let bash = std::fs::read_to_string(tmp.path().join("completions/bash/phoenix-renew")).unwrap();
+    assert!(
+        bash.contains("complete -F") && bash.contains("status"),
+        "{bash}"
+    );
+    let fish =
+        std::fs::read_to_string(tmp.path().join("completions/fish/phoenix-swarm.fish")).unwrap();
+    assert!(fish.contains("-a \"ensure\""), "{fish}");
+}
