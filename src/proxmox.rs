@@ -245,7 +245,7 @@ impl Proxmox {
                     deadline.saturating_duration_since(Instant::now()).as_secs()
                 ),
             }
-            std::thread::sleep(delay);
+            signal::sleep(delay);
             // At most 10 s between tries: the journal hears of the wait
             // that often.
             delay = (delay * 2).min(Duration::from_secs(10));

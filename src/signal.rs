@@ -70,6 +70,36 @@ pub fn received() -> Option<i32> {
     }
 }
 
+/// Sleep for `d`, or less if a stop is requested meanwhile (the self-pipe
+/// wakes the poll). Long waits use this instead of `thread::sleep`, so
+/// SIGTERM ends them at once; the caller then calls [`check`].
+pub fn sleep(d: std::time::Duration) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let Some(fd) = wake_fd() else {
+        std::thread::sleep(d);
+        return;
+    };
+    let deadline = std::time::Instant::now() + d;
+    loop {
+        if received().is_some() {
+            return;
+        }
+        let rest = deadline.saturating_duration_since(std::time::Instant::now());
+        if rest.is_zero() {
+            return;
+        }
+        let ms = rest.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => return,
+            // EINTR from an unrelated signal, or the pipe readable: loop
+            // and look at the flag.
+            _ => continue,
+        }
+    }
+}
+
 /// `Err` of kind [`Kind::Interrupted`] once a stop was requested.
 pub fn check() -> anyhow::Result<()> {
     match received() {
@@ -80,5 +110,20 @@ pub fn check() -> anyhow::Result<()> {
                 .unwrap_or("signal");
             Err(err(Kind::Interrupted(sig), format!("stopped by {name}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn sleep_without_a_stop_request_lasts_its_time() {
+        install();
+        let started = Instant::now();
+        sleep(Duration::from_millis(60));
+        assert!(started.elapsed() >= Duration::from_millis(60));
+        assert!(check().is_ok());
     }
 }

@@ -457,3 +457,43 @@ fn one_run_at_a_time() {
     );
     assert!(lab.docker_calls().is_empty());
 }
+
+#[test]
+fn sigterm_ends_a_long_agent_wait_at_once() {
+    // A cold VM whose agent does not answer, with the production bound of
+    // two minutes: SIGTERM (systemctl stop) must not wait for it.
+    let lab = Lab::with_swarm(json!({"agent_timeout_secs": 120}));
+    lab.pve.agent_absent(&lab.vm_dir(MANAGER));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_phoenix-swarm"))
+        .args(["ensure", "--config"])
+        .arg(&lab.config)
+        .envs(lab.pve.env())
+        .env_remove("PHOENIX_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it has begun a 4 s backoff between agent pings.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0 {
+        if line.contains("retrying in 4s") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(line.contains("retrying in 4s"), "no 4 s backoff line");
+    let sent = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    // A sleep that ignored the stop would have lasted the whole 4 s.
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
+}

@@ -253,7 +253,7 @@ pub fn wait_healthy(health: &Health, timeout: Duration) -> Result<()> {
                 ),
             ));
         }
-        std::thread::sleep(Duration::from_millis(200).min(deadline - Instant::now()));
+        signal::sleep(Duration::from_millis(200).min(deadline - Instant::now()));
     }
 }
 

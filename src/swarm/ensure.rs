@@ -80,7 +80,8 @@ impl Waiter {
         if now >= self.deadline {
             return Ok(false);
         }
-        std::thread::sleep(self.delay.min(self.deadline - now));
+        signal::sleep(self.delay.min(self.deadline - now));
+        signal::check()?;
         self.delay = (self.delay * 2).min(Duration::from_secs(5));
         Ok(true)
     }
