@@ -234,7 +234,7 @@ fn iteration(
     let st = ca_cmd(state, config, &["invalidate"]).status().unwrap();
     assert!(st.success(), "invalidate failed");
     let events = Arc::new(Mutex::new(Vec::new()));
-    let renewing = i % 10 == 0;
+    let renewing = i.is_multiple_of(10);
     let step_log = renewal.dir.path().join(format!("steps-{i}.log"));
     let done = AtomicBool::new(false);
     let done = &done;
