@@ -492,3 +492,124 @@ fn stub_units_are_only_system_targets() {
         );
     }
 }
+
+// ------------------------------------------------------------ benchmark
+
+/// Publish -> docker stand-in active, in the real manager, for the
+/// project's chain and for the same chain with the bash loop it replaces
+/// as `ExecStart=` of phoenix-ca-wait.service. Run by
+/// benches/sd_chain_latency.sh; prints p50/p99 and the ratio.
+#[test]
+#[ignore = "benchmark: benches/sd_chain_latency.sh"]
+fn bench_publish_to_docker_active() {
+    let env_n = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let ca = common::TestCa::start(None);
+    let m = up();
+    let host_dir = m.path().join("ca-host");
+    let guest_dir = m.path().join("ca-guest");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::create_dir_all(&guest_dir).unwrap();
+    let config = m.path().join("toolkit.json");
+    std::fs::write(
+        &config,
+        json!({"ca": {"url": ca.url(), "guest_state_dir": guest_dir,
+                      "root_cert": ca.root_cert(), "wait_timeout_secs": 60}})
+        .to_string(),
+    )
+    .unwrap();
+    stage_units(
+        &m,
+        &common::project().join("units"),
+        &bin_dir(),
+        "phoenix-test-ca-mount.service",
+    );
+    write_unit(
+        &m,
+        "phoenix-test-ca-mount.service",
+        &format!(
+            "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/mount --bind {} {}\n",
+            host_dir.display(),
+            guest_dir.display()
+        ),
+    );
+    write_unit(
+        &m,
+        "docker.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
+    );
+    let phoenix = |args: &[&str]| {
+        let o = Command::new(bin_dir().join("phoenix-ca"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(&host_dir)
+            .env("PHOENIX_CONFIG", &config)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {o:?}");
+    };
+    let mut report = Vec::new();
+    for (name, exec, runs) in [
+        (
+            "phoenix-ca wait (unit as shipped)",
+            None,
+            env_n("PHOENIX_BENCH_RUNS", 30),
+        ),
+        (
+            "bash: while [ ! -f ca.ready ]; do sleep 5; done",
+            Some(format!(
+                "/bin/sh -c 'while [ ! -f {}/ca.ready ]; do sleep 5; done'",
+                guest_dir.display()
+            )),
+            env_n("PHOENIX_BENCH_BASH_RUNS", 10),
+        ),
+    ] {
+        let mut body = format!(
+            "[Service]\nEnvironment=PHOENIX_CONFIG={}\nEnvironment=PATH=/usr/local/bin:/usr/bin:/bin\n",
+            config.display()
+        );
+        if let Some(e) = &exec {
+            body.push_str(&format!("ExecStart=\nExecStart={e}\n"));
+        }
+        dropin(&m, "phoenix-ca-wait.service", &body);
+        m.ok(&["daemon-reload"]);
+        let mut lat = Vec::new();
+        for _ in 0..runs {
+            m.ok(&["stop", "docker.service", "phoenix-ca-wait.service"]);
+            phoenix(&["invalidate"]);
+            if exec.is_some() {
+                // The bash loop knows no generation: remove the old token.
+                let _ = std::fs::remove_file(host_dir.join("ca.ready"));
+            }
+            m.ok(&["start", "--no-block", "docker.service"]);
+            m.wait_state(
+                "phoenix-ca-wait.service",
+                Duration::from_secs(10),
+                |a, _| a == "activating",
+            );
+            std::thread::sleep(random_ms(50, 300));
+            phoenix(&["publish"]);
+            let published = mono_now();
+            m.wait_state("docker.service", Duration::from_secs(20), |a, _| {
+                a == "active"
+            });
+            let up = m.mono("docker.service", "ActiveEnterTimestampMonotonic");
+            lat.push(up.saturating_sub(published) as f64 / 1000.0);
+        }
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+        println!(
+            "{name}: runs={runs} p50={:.1}ms p99={:.1}ms max={:.1}ms",
+            pct(0.5),
+            pct(0.99),
+            lat[lat.len() - 1]
+        );
+        report.push(pct(0.5));
+    }
+    println!("ratio (bash p50 / ours p50): {:.1}x", report[1] / report[0]);
+}
