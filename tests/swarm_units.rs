@@ -143,6 +143,8 @@ fn renewal_requires_the_swarm_only_within_the_sync() {
 
     let swarm = read("phoenix-swarm.service");
     assert_eq!(values(&swarm, "Type"), ["oneshot"]);
-    assert_eq!(values(&swarm, "RestartPreventExitStatus"), ["1", "2"]);
+    // No Restart=: systemd fails the start job at the first exit, so a
+    // restart is not waited for by the sync (tests/systemd.rs shows it).
+    assert!(values(&swarm, "Restart").is_empty());
     assert!(values(&swarm, "ExecStart").contains(&"ensure".into()));
 }
