@@ -18,3 +18,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --all-targets "$@"
+summary=target/tmp/race-summary.txt
+if [ -f "$summary" ]; then
+  echo "== race harness (tests/race.rs)"
+  cat "$summary"
+fi

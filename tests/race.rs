@@ -335,7 +335,7 @@ fn randomized_races_keep_every_invariant() {
         total.add(iteration(i, &state, &config, &renewal, &root));
     }
     let elapsed = t0.elapsed();
-    println!(
+    let summary = format!(
         "iterations={n} violations={} waiters={} renew_step_calls={} issued={} reads={} time={:.1}s",
         total.violations.len(),
         total.waiters,
@@ -343,6 +343,13 @@ fn randomized_races_keep_every_invariant() {
         total.issued,
         total.reads,
         elapsed.as_secs_f64()
+    );
+    println!("{summary}");
+    // cargo test shows a passing test's output only with --nocapture:
+    // scripts/test.sh prints this file after the run.
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("race-summary.txt"),
+        format!("{summary}\n"),
     );
     assert!(
         total.violations.is_empty(),
