@@ -140,11 +140,20 @@ pub fn parse_info(out: &GuestOutput) -> Result<SwarmInfo> {
         } else {
             stderr
         };
-        return Err(anyhow::anyhow!(
-            "docker info failed (exit status {}): {}",
-            out.exitcode,
-            clip(why)
-        ));
+        // With --format, docker info exits 0 and prints the daemon error
+        // on stderr: say so rather than "failed (exit status 0)".
+        return Err(if out.exitcode == 0 {
+            anyhow::anyhow!(
+                "docker info reported an error (its exit status is 0 even so): {}",
+                clip(why)
+            )
+        } else {
+            anyhow::anyhow!(
+                "docker info failed (exit status {}): {}",
+                out.exitcode,
+                clip(why)
+            )
+        });
     }
     let raw: RawInfo = serde_json::from_str(out.stdout.trim()).with_context(|| {
         format!(
@@ -489,6 +498,7 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("Cannot connect"), "{e}");
+        assert!(e.to_string().contains("exit status is 0 even so"), "{e}");
         // Even with stderr lost, an empty state is no state.
         let e = parse_info(&out(0, r#"{"LocalNodeState":""}"#, "")).unwrap_err();
         assert!(e.to_string().contains("no usable swarm state"), "{e}");
