@@ -108,6 +108,36 @@ pub fn commit(file: File, tmp: &Path, target: &Path) -> Result<()> {
     fsync_dir(parent_dir(target))
 }
 
+/// Remove the temp files of `target` (`.phoenix-tmp.<name>.<pid>.<n>`)
+/// that this process did not make: a killed writer leaves them behind.
+/// A reader never takes them (hidden, never the target's name), but they
+/// must not pile up. Call it only where no other live process writes
+/// `target` (under the job's lock). Returns how many were removed.
+pub fn remove_stale_temps(target: &Path) -> usize {
+    let Some(name) = target.file_name() else {
+        return 0;
+    };
+    let prefix = format!("{TEMP_PREFIX}{}.", name.to_string_lossy());
+    let own = format!("{}.", std::process::id());
+    let Ok(list) = fs::read_dir(parent_dir(target)) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in list.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        match file.strip_prefix(&prefix) {
+            Some(rest) if !rest.starts_with(&own) => {
+                log::info!("removing '{}' left by a killed run", e.path().display());
+                if fs::remove_file(e.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    removed
+}
+
 /// Write `data` to `path` atomically with the given owner and mode.
 pub fn write_atomic(path: &Path, data: &[u8], opts: FileOptions) -> Result<()> {
     let (mut file, tmp) = create_temp(path, opts)?;
@@ -225,5 +255,21 @@ mod tests {
         fs::write(&f, "").unwrap();
         assert!(remove_durable(&f).unwrap());
         assert!(!remove_durable(&f).unwrap());
+    }
+
+    #[test]
+    fn stale_temps_of_other_processes_go_ours_and_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("web.crt");
+        let stale = dir.path().join(".phoenix-tmp.web.crt.999999999.0");
+        let other = dir.path().join(".phoenix-tmp.web.key.999999999.0");
+        let (_f, mine) = create_temp(&target, FileOptions::mode(0o644)).unwrap();
+        for p in [&stale, &other] {
+            fs::write(p, "x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(&target), 1);
+        assert!(!stale.exists());
+        assert!(mine.exists(), "removed this process's own temp file");
+        assert!(other.exists(), "removed another target's temp file");
     }
 }

@@ -74,6 +74,10 @@ pub fn holder(path: &Path) -> Holder {
     }
 }
 
+/// How long past its wait a run keeps trying while the holder's record
+/// is empty (see [`lock_at`]).
+const UNKNOWN_GRACE: Duration = Duration::from_secs(1);
+
 /// Take the exclusive lock of `job` in `dir`, waiting at most `wait`.
 /// Fails with [`Kind::TempFail`] (exit 75) naming the holder when the wait
 /// runs out. The directory is created (0755) if missing.
@@ -99,7 +103,11 @@ pub fn lock_at(dir: &Path, job: &str, wait: Duration) -> Result<LockGuard> {
             }
         }
         signal::check()?;
-        if Instant::now() >= deadline {
+        // An empty record is a holder between its flock and writing its
+        // pid, or one releasing: transient. Try again briefly rather than
+        // report "holder unknown" (or refuse a lock about to be free).
+        let now = Instant::now();
+        if now >= deadline && (now >= deadline + UNKNOWN_GRACE || holder(&path).pid.is_some()) {
             return Err(err(
                 Kind::TempFail,
                 format!(
@@ -151,6 +159,18 @@ mod tests {
         );
         drop(first);
         lock_at(dir.path(), "renew", Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn a_holder_without_a_record_is_waited_for_briefly_then_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("renew.lock");
+        let raw = File::create(&path).unwrap();
+        raw.lock().unwrap();
+        let t0 = Instant::now();
+        let e = lock_at(dir.path(), "renew", Duration::ZERO).unwrap_err();
+        assert!(t0.elapsed() >= UNKNOWN_GRACE);
+        assert!(e.to_string().contains("holder unknown"), "{e}");
     }
 
     #[test]

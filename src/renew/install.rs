@@ -78,6 +78,14 @@ fn ensure_parent(path: &Path) -> Result<()> {
     }
 }
 
+/// Remove the temp files a killed run left beside the entry's files.
+/// Called under the renew lock, so no live run is writing them.
+pub fn remove_stale_temps(entry: &Entry) {
+    for target in [&entry.cert_path, &entry.key_path, &entry.ca_path()] {
+        fsutil::remove_stale_temps(target);
+    }
+}
+
 /// Issue a new key and certificate and install them.
 pub fn issue(
     entry: &Entry,
@@ -101,8 +109,20 @@ pub fn issue(
     let info = verify(entry, root, &crt, &key)?;
     finish(&key, entry.uid, entry.gid, entry.key_mode)?;
     finish(&crt, entry.uid, entry.gid, CERT_MODE)?;
-    rename(&key, &entry.key_path)?;
+    // Back to back, one directory fsync after both: the instant in which
+    // a reader (or a crash) sees the new key beside the old certificate is
+    // as short as two system calls; the next run repairs it (key mismatch).
+    fs::rename(&key, &entry.key_path).with_context(|| {
+        format!(
+            "renaming '{}' to '{}'",
+            key.display(),
+            entry.key_path.display()
+        )
+    })?;
     rename(&crt, &entry.cert_path)?;
+    if entry.key_path.parent() != entry.cert_path.parent() {
+        fsutil::fsync_dir(entry.key_path.parent().unwrap_or(Path::new(".")))?;
+    }
     drop(temps);
     place_ca(entry, root, &info)?;
     Ok(info)

@@ -113,6 +113,9 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         let wait = Duration::from_secs(config.renewal.lock_wait_secs);
         Some(lock::lock_at(&config.lock_dir, "renew", wait)?)
     };
+    if !opts.dry_run {
+        crate::fsutil::remove_stale_temps(&State::path_in(&config.state_dir));
+    }
     let mut state = State::load(&config.state_dir);
     let started = std::time::Instant::now();
     let planned = plan::plan(
@@ -157,6 +160,15 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
             log::warn!("{}: {} skipped: the CA is unreachable", entry.name, action);
             continue;
         }
+        // Clear what a killed run left half-done, and mark the post-renewal
+        // action pending *before* the pair can change: a run killed after
+        // the install but before its action still gets the action run by
+        // the next one (an extra reload is harmless, a missed one is not).
+        install::remove_stale_temps(entry);
+        if action != Action::Nothing && !mine.post_pending {
+            state.entry(&entry.name).post_pending = true;
+            state.save().context("saving the renewal state")?;
+        }
         let result = handle(
             entry,
             p,
@@ -186,10 +198,12 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
             }
             Err(e) if kind_of(&e) == Kind::TempFail => {
                 log::error!("{}: {e:#}", entry.name);
+                st.post_pending = mine.post_pending;
                 ca_down = Some(e);
             }
             Err(e) => {
                 log::error!("{}: {e:#}", entry.name);
+                st.post_pending = mine.post_pending;
                 st.failed(&format!("{e:#}"), now());
                 failed.push(entry.name.clone());
             }

@@ -32,7 +32,7 @@ State lives under $PHOENIX_FAKE_PVE:
     status                 "running" (default) or "stopped"
     agent                  (VMs) present: the agent runs; "absent": it does not
     bin/                   the guest's commands: first on PATH for ARGV
-  calls.jsonl              every call: {"tool", "argv", "stdin_bytes"}
+  calls.jsonl              every call: {"tool", "argv", "stdin_bytes", "env"}
 Guest commands run with FAKE_GUEST_ID, FAKE_GUEST_DIR and FAKE_PVE set.
 """
 import grp
@@ -61,7 +61,8 @@ def state_root():
 
 def record(tool, argv, stdin_bytes=0):
     with open(os.path.join(state_root(), "calls.jsonl"), "a") as f:
-        f.write(json.dumps({"tool": tool, "argv": argv, "stdin_bytes": stdin_bytes}) + "\n")
+        f.write(json.dumps({"tool": tool, "argv": argv, "stdin_bytes": stdin_bytes,
+                            "env": dict(os.environ)}) + "\n")
 
 
 def pve_json(obj):
