@@ -198,6 +198,7 @@ fn apply_mounts_idempotently_and_check_agrees() {
         "$M" --config "$C" apply; echo "apply=$?"
         "$M" --config "$C" apply; echo "apply-again=$?"
         "$M" --config "$C" check; echo "check-after=$?"
+        echo "json=$("$M" --config "$C" check --json | tr -d ' \n')"
         test -f "$(dirname "$C")/guest/etc/step-ca/ssl/ca.ready"; echo "visible=$?"
         touch "$(dirname "$C")/guest/etc/step-ca/ssl/x" 2>/dev/null; echo "writable=$?"
         "#,
@@ -224,6 +225,21 @@ fn apply_mounts_idempotently_and_check_agrees() {
     assert!(out.contains("apply-again=0"), "{out}\n{err}");
     assert!(err.contains("already mounted"), "{err}");
     assert!(out.contains("check-after=0"), "{out}\n{err}");
+    let json = out.lines().find_map(|l| l.strip_prefix("json=")).unwrap();
+    let rows: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{json}");
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["ok"] == true && r["problem"].is_null()),
+        "{json}"
+    );
+    assert_eq!(
+        rows[0]["mount_point"],
+        v.ca_target.display().to_string(),
+        "{json}"
+    );
     assert!(out.contains("visible=0"), "{out}");
     assert!(
         out.contains("writable=1"),

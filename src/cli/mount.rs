@@ -61,7 +61,11 @@ enum Command {
         timeout: u64,
     },
     /// Exit 1 listing every volume that is not mounted as configured
-    Check,
+    Check {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// systemd runs a generator as `NAME NORMAL EARLY LATE`: with a first
@@ -120,7 +124,7 @@ impl Args {
                 };
                 mount::apply(&volumes, &opts)
             }
-            Command::Check => mount::check(&volumes, &mut std::io::stdout().lock()),
+            Command::Check { json } => mount::check(&volumes, json, &mut std::io::stdout().lock()),
         }
     }
 }
@@ -142,7 +146,7 @@ mod tests {
         let a = generator_args(argv(&["phoenix-mount", "check"]));
         assert!(matches!(
             Args::try_parse_from(a).unwrap().command,
-            Command::Check
+            Command::Check { json: false }
         ));
     }
 }

@@ -322,29 +322,61 @@ fn mount(v: &Volume, opts: &ApplyOptions) -> Result<()> {
     Ok(())
 }
 
-/// Print each volume's state; `Err` (exit 1) listing every volume that is
-/// not mounted as configured.
-pub fn check(volumes: &[Volume], out: &mut dyn std::io::Write) -> Result<()> {
+/// One volume's line of `phoenix-mount check`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckRow {
+    /// Where the volume belongs.
+    pub mount_point: PathBuf,
+    /// What should be mounted there.
+    pub source: String,
+    /// Mounted as configured.
+    pub ok: bool,
+    /// What is wrong, if anything.
+    pub problem: Option<String>,
+}
+
+/// Print each volume's state (text, or JSON with `json`); `Err` (exit 1)
+/// listing every volume that is not mounted as configured.
+pub fn check(volumes: &[Volume], json: bool, out: &mut dyn std::io::Write) -> Result<()> {
     let table = MountTable::read()?;
-    let mut bad = Vec::new();
-    for v in volumes {
-        let why = match state(v, &table) {
-            State::Ok => None,
-            State::NotMounted => Some("not mounted".to_string()),
-            State::OtherSource(other) => Some(format!("{other} is mounted there instead")),
-            State::WrongAccess { read_only } => Some(format!(
-                "mounted {}",
-                if read_only { "read-only" } else { "read-write" }
-            )),
-        };
-        match &why {
-            None => writeln!(out, "ok       {}", v.describe())?,
-            Some(w) => writeln!(out, "FAILED   {}: {w}", v.describe())?,
-        }
-        if let Some(w) = why {
-            bad.push(format!("'{}' ({w})", v.mount_point.display()));
+    let rows: Vec<CheckRow> = volumes
+        .iter()
+        .map(|v| {
+            let problem = match state(v, &table) {
+                State::Ok => None,
+                State::NotMounted => Some("not mounted".to_string()),
+                State::OtherSource(other) => Some(format!("{other} is mounted there instead")),
+                State::WrongAccess { read_only } => Some(format!(
+                    "mounted {}",
+                    if read_only { "read-only" } else { "read-write" }
+                )),
+            };
+            CheckRow {
+                mount_point: v.mount_point.clone(),
+                source: v.what.clone(),
+                ok: problem.is_none(),
+                problem,
+            }
+        })
+        .collect();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+    } else {
+        for (v, row) in volumes.iter().zip(&rows) {
+            match &row.problem {
+                None => writeln!(out, "ok       {}", v.describe())?,
+                Some(w) => writeln!(out, "FAILED   {}: {w}", v.describe())?,
+            }
         }
     }
+    let bad: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            r.problem
+                .as_ref()
+                .map(|w| format!("'{}' ({w})", r.mount_point.display()))
+        })
+        .collect();
     if bad.is_empty() {
         Ok(())
     } else {
