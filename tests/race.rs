@@ -108,7 +108,7 @@ impl Scenario {
         let cold = i % 3 == 1;
         Scenario {
             cold,
-            via_hook: i % 4 != 0,
+            via_hook: !i.is_multiple_of(4),
             stale_copy: !cold && i.is_multiple_of(2),
             renewing: i.is_multiple_of(10),
         }
