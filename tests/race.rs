@@ -21,7 +21,10 @@
 //!   back (a late writer): everything started after must wait for the new
 //!   publish;
 //! - a cold boot: the CA's post-stop withdraws the token, then its
-//!   pre-start races with the waiters and dependents.
+//!   pre-start races with the waiters and dependents; in half of them the
+//!   CA does not answer `/health` at first (a forwarder in front of it
+//!   closes connections) and comes up at a random time, before or after
+//!   the publish.
 //!
 //! The pre-start is the hookscript (`phoenix-hook 103 pre-start`, in a
 //! private mount namespace where the CA's storage is mounted) in three
@@ -99,6 +102,9 @@ struct Scenario {
     via_hook: bool,
     /// A restart that puts a copy of the old token back after the pre-start.
     stale_copy: bool,
+    /// A cold boot where the CA does not answer at first (its token may be
+    /// published before it does): the dependents wait for both.
+    ca_late: bool,
     /// Renewals and the reader run too.
     renewing: bool,
 }
@@ -110,6 +116,7 @@ impl Scenario {
             cold,
             via_hook: !i.is_multiple_of(4),
             stale_copy: !cold && i.is_multiple_of(2),
+            ca_late: i % 6 == 1,
             renewing: i.is_multiple_of(10),
         }
     }
@@ -162,6 +169,7 @@ fn iteration(
         let o = world.hook(CA_ID, "post-stop");
         assert!(o.status.success(), "post-stop: {}", stderr(&o));
         assert!(!world.ready().exists(), "post-stop left the token");
+        world.gate.set(!sc.ca_late);
     } else {
         // A restart: the previous generation is published, and its waiter
         // returns; then the pre-start.
@@ -222,6 +230,16 @@ fn iteration(
                 assert!(st.success(), "publish failed");
             });
         }
+        if sc.ca_late {
+            let events = events.clone();
+            s.spawn(move || {
+                std::thread::sleep(rand_ms(60));
+                // Noted before it is true: a dependent's health check can
+                // only pass after this time.
+                events.lock().unwrap().push(Event::CaUp(now_us()));
+                world.gate.set(true);
+            });
+        }
         if sc.renewing {
             let runs: Vec<_> = (0..3)
                 .map(|_| {
@@ -278,18 +296,19 @@ fn randomized_races_keep_every_invariant() {
     // The CA was up once before: the first restart has a generation to end.
     assert!(world.publish().status().unwrap().success());
     let mut total = Tally::default();
-    let (mut cold, mut via_hook, mut stale) = (0, 0, 0);
+    let (mut cold, mut via_hook, mut stale, mut late) = (0, 0, 0, 0);
     for i in 0..n {
         let sc = Scenario::of(i);
         cold += usize::from(sc.cold);
         via_hook += usize::from(sc.via_hook);
         stale += usize::from(sc.stale_copy);
+        late += usize::from(sc.ca_late);
         total.add(iteration(i, &world, &renewal, &root));
     }
     let elapsed = t0.elapsed();
     let summary = format!(
         "iterations={n} violations={} waiters={} dependents={} restarts={} \
-         previous_waiters={} stale_copies={stale} cold_boots={cold} hook_prestarts={via_hook} \
+         previous_waiters={} stale_copies={stale} cold_boots={cold} ca_late={late} hook_prestarts={via_hook} \
          renew_step_calls={} issued={} reads={} time={:.1}s",
         total.violations.len(),
         total.waiters,

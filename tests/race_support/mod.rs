@@ -32,6 +32,9 @@ pub enum Role {
 /// What happened, when (µs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// The CA (as the dependents' health check reaches it) came up; absent
+    /// when it was up all along.
+    CaUp(u64),
     /// The publisher was started (the token can exist from now on).
     PublishStart(u64),
     /// A waiter returned: its id, role, exit code, when; `bound`: its
@@ -88,6 +91,10 @@ pub fn check(events: &[Event]) -> Tally {
         Event::PublishStart(at) => Some(*at),
         _ => None,
     });
+    let ca_up = events.iter().find_map(|e| match e {
+        Event::CaUp(at) => Some(*at),
+        _ => None,
+    });
     let mut work: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for e in events {
         match e {
@@ -114,6 +121,12 @@ pub fn check(events: &[Event]) -> Tally {
                 if *role != Role::Previous && *code == 0 && publish.is_none_or(|p| *at < p) {
                     t.violations.push(format!(
                         "{who} {id} returned at {at} before the publish ({publish:?})"
+                    ));
+                }
+                // ...and a dependent never before the CA is healthy.
+                if *role == Role::Dependent && *code == 0 && ca_up.is_some_and(|u| *at < u) {
+                    t.violations.push(format!(
+                        "{who} {id} returned at {at} before the CA was up ({ca_up:?})"
                     ));
                 }
                 // ...and always within its bound (plus process start-up).
@@ -148,7 +161,7 @@ pub fn check(events: &[Event]) -> Tally {
                 }
             }
             Event::Failed(what) => t.violations.push(what.clone()),
-            Event::PublishStart(_) => {}
+            Event::PublishStart(_) | Event::CaUp(_) => {}
         }
     }
     // 2. two renewals never overlap.
@@ -238,6 +251,20 @@ mod tests {
         assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
         assert!(v.violations[0].starts_with("dependent 1 returned"));
         assert_eq!(check(&[ended(Role::Dependent, 50)]).violations.len(), 1);
+        // ...or after the publish but before the CA answered.
+        let v = check(&[
+            Event::PublishStart(10),
+            ended(Role::Dependent, 50),
+            Event::CaUp(100),
+        ]);
+        assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
+        assert!(v.violations[0].contains("before the CA was up"));
+        // (A waiter without health checks does not care.)
+        assert!(
+            check(&[Event::PublishStart(10), waiter(50), Event::CaUp(100)])
+                .violations
+                .is_empty()
+        );
         let gave_up = Event::WaiterEnd {
             id: 3,
             role: Role::Dependent,

@@ -3,8 +3,11 @@
 //! and gated dependents ([`CaWorld`]), and the renewal of one certificate
 //! against the real step-ca ([`Renewal`]).
 
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -35,6 +38,50 @@ pub fn rand_ms(max: u64) -> Duration {
     Duration::from_millis(u64::from_le_bytes(b) % (max + 1))
 }
 
+/// The CA as the hook's health check reaches it: a forwarder on 127.0.0.1
+/// to the real step-ca that can be switched off (connections are then
+/// closed at once, as by a CA still starting), so a fresh token with an
+/// unhealthy CA can be raced too. The thread lives as long as the test.
+pub struct Gate {
+    up: Arc<AtomicBool>,
+    pub url: String,
+}
+
+impl Gate {
+    pub fn new(target: &str) -> Gate {
+        let target = target.trim_start_matches("https://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let up = Arc::new(AtomicBool::new(true));
+        let up2 = up.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Gate { up, url }
+    }
+
+    /// Let connections through to the CA, or close them.
+    pub fn set(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+}
+
 /// The CA guest 103 and its dependents as the hookscript sees them
 /// (tests/hook_support's layout): the state directory on storage
 /// "quickOS", mounted only inside the private namespace each hook run gets;
@@ -44,12 +91,15 @@ pub struct CaWorld {
     pub layout: Layout,
     /// The real CA's root fingerprint: what every publish carries.
     pub fingerprint: String,
+    /// `ca.url`: the real CA through [`Gate`].
     pub url: String,
+    pub gate: Gate,
 }
 
 impl CaWorld {
     pub fn new(ca: &common::TestCa) -> CaWorld {
-        let url = ca.url();
+        let health_gate = Gate::new(&ca.url());
+        let url = health_gate.url.clone();
         let gate = json!({"gate_on_ca": true, "gate_timeout_secs": GATE_S});
         let layout = Layout::new(
             json!({"url": url, "health_timeout_secs": HEALTH_S}),
@@ -62,6 +112,7 @@ impl CaWorld {
             layout,
             fingerprint,
             url,
+            gate: health_gate,
         }
     }
 
