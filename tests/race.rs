@@ -3,188 +3,57 @@
 //! with four invariants checked on every iteration (tests/race_support):
 //!
 //! 1. no waiter returns before the current generation is published, and
-//!    every waiter returns within its bound;
+//!    every waiter returns within its bound; a gated dependent's pre-start
+//!    (`phoenix-hook <id> pre-start`, `guests.<id>.gate_on_ca`) exits 0 only
+//!    after that publish (and a health check of the real CA), within its
+//!    bound;
 //! 2. two renewals never overlap (each `step` call is timestamped by a
 //!    wrapper on PATH);
 //! 3. a reader polling the certificate files never sees a partial file or a
 //!    certificate that is not its key's;
 //! 4. nothing is issued before the CA is ready (published).
 //!
-//! Every iteration: the CA guest's pre-start (`phoenix-ca invalidate`: a new
-//! generation, so the previous iteration's token is stale), a publish after
-//! a random delay, three waiters (two with inotify, one poll-only) started
-//! at random. Every 10th iteration also: three renewals, each gated like a
-//! unit ordered after the CA (`phoenix-ca wait`, then `phoenix-renew run`),
-//! started at random against ONE shared real step-ca, with a threshold that
+//! Every iteration brings the CA guest up once more, one of two ways:
+//!
+//! - a restart (two iterations in three): the previous generation is
+//!   published, and a waiter of it returns; then the CA's pre-start makes a
+//!   new generation, and in half of them a copy of the old token is put
+//!   back (a late writer): everything started after must wait for the new
+//!   publish;
+//! - a cold boot: the CA's post-stop withdraws the token, then its
+//!   pre-start races with the waiters and dependents; in half of them the
+//!   CA does not answer `/health` at first (a forwarder in front of it
+//!   closes connections) and comes up at a random time, before or after
+//!   the publish.
+//!
+//! The pre-start is the hookscript (`phoenix-hook 103 pre-start`, in a
+//! private mount namespace where the CA's storage is mounted) in three
+//! iterations of four, `phoenix-ca invalidate` otherwise. Then, at random:
+//! a publish (after the pre-start) carrying the real CA's fingerprint,
+//! three waiters (two with inotify, one poll-only), two gated dependents'
+//! pre-start (a container checking its bind mount, and a VM), whose health
+//! check asks the real step-ca. Every 10th iteration also: three renewals,
+//! each gated like a unit ordered after the CA (`phoenix-ca wait`, then
+//! `phoenix-renew run`), against the same step-ca, with a threshold that
 //! makes every run renew, and a reader polling the files meanwhile.
 //!
-//! `PHOENIX_RACE_ITERATIONS` (default 200) sets the count. Prints
-//! iterations, violations and the time taken.
+//! `PHOENIX_RACE_ITERATIONS` (default 200) sets the count. Prints what was
+//! exercised, the violations and the time taken.
 
 mod common;
+mod hook_support;
 mod race_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use race_support::{check, now_us, Event, Tally};
-use serde_json::json;
+use race_support::world::{rand_ms, CaWorld, Renewal, CA_ID, DEPENDENTS, GATE_S, HEALTH_S};
+use race_support::{check, now_us, Event, Role, Tally};
 
-const CA_BIN: &str = env!("CARGO_BIN_EXE_phoenix-ca");
-const RENEW_BIN: &str = env!("CARGO_BIN_EXE_phoenix-renew");
-const FP: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const WAIT_BOUND_S: u64 = 10;
-
-fn rand_ms(max: u64) -> Duration {
-    let mut b = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .unwrap();
-    Duration::from_millis(u64::from_le_bytes(b) % (max + 1))
-}
-
-/// The shared renewal world: one real step-ca, a manifest of one
-/// certificate, a `step` wrapper that timestamps each call.
-struct Renewal {
-    ca: common::TestCa,
-    dir: tempfile::TempDir,
-}
-
-impl Renewal {
-    fn new() -> Renewal {
-        let ca = common::TestCa::start(None);
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let real_step = String::from_utf8(
-            Command::new("sh")
-                .args(["-c", "command -v step"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
-        std::fs::create_dir_all(d.join("bin")).unwrap();
-        let wrapper = d.join("bin/step");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\n# race harness: timestamp every step call of a renewal run\n\
-                 s=$(date +%s%6N)\n{} \"$@\"\nrc=$?\n\
-                 echo \"$PPID $s $(date +%s%6N) $rc $1 $2\" >> \"$RACE_STEP_LOG\"\nexit $rc\n",
-                real_step.trim()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::create_dir_all(d.join("etc")).unwrap();
-        std::fs::create_dir_all(d.join("pve")).unwrap();
-        std::fs::write(
-            d.join("etc/certificate-manifest.json"),
-            json!([{"common_name": "race.test.internal", "sans": ["race.test.internal"],
-                    "guest_id": 101, "guest_type": "lxc",
-                    "cert_path": d.join("certs/race.crt"), "key_path": d.join("certs/race.key"),
-                    "owner": "root:root"}])
-            .to_string(),
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("toolkit.json"),
-            json!({"phoenix_etc": d.join("etc"), "lock_dir": d.join("lock"),
-                   "state_dir": d.join("state"),
-                   "ca": {"url": ca.url(), "root_cert": ca.root_cert(),
-                          "provisioner": ca.provisioner(),
-                          "provisioner_password_file": ca.password_file()},
-                   // Less than 2 h left of a 1 h certificate: every run renews;
-                   "renewal": {"lifetime": "1h", "threshold": "2h", "command_timeout_secs": 30,
-                               // Queue on the lock rather than give up: every run works.
-                               "lock_wait_secs": 20}})
-            .to_string(),
-        )
-        .unwrap();
-        Renewal { ca, dir }
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.path().join("certs/race.crt")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("certs/race.key")
-    }
-
-    fn run(&self, log: &Path) -> i32 {
-        let d = self.dir.path();
-        let path = format!(
-            "{}:{}:{}",
-            d.join("bin").display(),
-            common::fakes().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        Command::new(RENEW_BIN)
-            .args(["run", "--config"])
-            .arg(d.join("toolkit.json"))
-            .env("PATH", path)
-            .env("PHOENIX_FAKE_PVE", d.join("pve"))
-            .env("STEPPATH", d.join("steppath"))
-            .env("RACE_STEP_LOG", log)
-            .env_remove("PHOENIX_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .code()
-            .unwrap_or(-1)
-    }
-
-    /// One read as a service would do it: key, cert, key again (a change
-    /// in between is a new pair being installed: read again later).
-    fn read(&self, root: &phoenix_hooks::cert::Root) -> Option<Event> {
-        let k1 = std::fs::read(self.key()).ok()?;
-        let crt = std::fs::read(self.cert()).ok()?;
-        let k2 = std::fs::read(self.key()).ok()?;
-        if k1 != k2 {
-            return None;
-        }
-        let what = match (
-            phoenix_hooks::cert::parse_bundle(&crt, root),
-            phoenix_hooks::cert::key_public_point(&k1),
-        ) {
-            (Ok(info), Ok(point)) if info.public_key == point => return Some(ok_read()),
-            (Ok(_), Ok(_)) => "a certificate that does not match its key".to_string(),
-            (c, k) => format!(
-                "an unreadable pair (cert: {:?}, key: {:?})",
-                c.err().map(|e| e.to_string()),
-                k.err().map(|e| e.to_string())
-            ),
-        };
-        Some(Event::Read { ok: false, what })
-    }
-}
-
-fn ok_read() -> Event {
-    Event::Read {
-        ok: true,
-        what: String::new(),
-    }
-}
-
-fn ca_cmd<S: AsRef<std::ffi::OsStr>>(state: &Path, config: &Path, args: &[S]) -> Command {
-    let mut c = Command::new(CA_BIN);
-    c.args(args)
-        .arg("--state-dir")
-        .arg(state)
-        .env("PHOENIX_CONFIG", config)
-        .env_remove("JOURNAL_STREAM")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    c
-}
 
 fn wait_args(poll_only: bool) -> Vec<String> {
     let mut a: Vec<String> = ["wait", "--no-health", "--timeout"]
@@ -223,18 +92,100 @@ fn step_events(log: &Path) -> Vec<Event> {
     out
 }
 
+/// How one iteration brings the CA up (a fixed pattern over `i`, so the
+/// counts the test asserts are known).
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    /// Post-stop first, then the pre-start raced; else a restart.
+    cold: bool,
+    /// The pre-start is the hookscript; else `phoenix-ca invalidate`.
+    via_hook: bool,
+    /// A restart that puts a copy of the old token back after the pre-start.
+    stale_copy: bool,
+    /// A cold boot where the CA does not answer at first (its token may be
+    /// published before it does): the dependents wait for both.
+    ca_late: bool,
+    /// Renewals and the reader run too.
+    renewing: bool,
+}
+
+impl Scenario {
+    fn of(i: usize) -> Scenario {
+        let cold = i % 3 == 1;
+        Scenario {
+            cold,
+            via_hook: !i.is_multiple_of(4),
+            stale_copy: !cold && i.is_multiple_of(2),
+            ca_late: i % 6 == 1,
+            renewing: i.is_multiple_of(10),
+        }
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The CA guest's pre-start: a new generation.
+fn pre_start(world: &CaWorld, via_hook: bool) -> Option<Event> {
+    if via_hook {
+        let o = world.hook(CA_ID, "pre-start");
+        return (!o.status.success()).then(|| {
+            Event::Failed(format!(
+                "phoenix-hook {CA_ID} pre-start exited {:?}: {}",
+                o.status.code(),
+                stderr(&o)
+            ))
+        });
+    }
+    let st = world.ca(&["invalidate"]).status().unwrap();
+    (!st.success()).then(|| Event::Failed(format!("phoenix-ca invalidate exited {st}")))
+}
+
+/// Run `f` (which returns an exit code) and say when it ended.
+fn timed(role: Role, id: usize, bound_s: u64, f: impl FnOnce() -> i32) -> Event {
+    let started = now_us();
+    let code = f();
+    Event::WaiterEnd {
+        id,
+        role,
+        code,
+        at: now_us(),
+        started,
+        bound: bound_s * 1_000_000,
+    }
+}
+
 fn iteration(
     i: usize,
-    state: &Path,
-    config: &Path,
+    world: &CaWorld,
     renewal: &Renewal,
     root: &phoenix_hooks::cert::Root,
 ) -> Tally {
-    // CA guest pre-start: a new generation.
-    let st = ca_cmd(state, config, &["invalidate"]).status().unwrap();
-    assert!(st.success(), "invalidate failed");
+    let sc = Scenario::of(i);
     let events = Arc::new(Mutex::new(Vec::new()));
-    let renewing = i.is_multiple_of(10);
+    if sc.cold {
+        // The CA guest stopped: its stop phase withdraws the token.
+        let o = world.hook(CA_ID, "post-stop");
+        assert!(o.status.success(), "post-stop: {}", stderr(&o));
+        assert!(!world.ready().exists(), "post-stop left the token");
+        world.gate.set(!sc.ca_late);
+    } else {
+        // A restart: the previous generation is published, and its waiter
+        // returns; then the pre-start.
+        let old = std::fs::read(world.ready()).expect("the previous generation's token");
+        let prev = timed(Role::Previous, 0, WAIT_BOUND_S, || {
+            let st = world.ca(&wait_args(false)).status().unwrap();
+            st.code().unwrap_or(-1)
+        });
+        let mut ev = events.lock().unwrap();
+        ev.push(prev);
+        ev.extend(pre_start(world, sc.via_hook));
+        if sc.stale_copy {
+            // A late writer puts the old token back: it is stale.
+            std::fs::write(world.ready(), &old).unwrap();
+        }
+    }
     let step_log = renewal.dir.path().join(format!("steps-{i}.log"));
     let done = AtomicBool::new(false);
     let done = &done;
@@ -242,38 +193,54 @@ fn iteration(
         for id in 0..3 {
             let events = events.clone();
             s.spawn(move || {
-                std::thread::sleep(rand_ms(5));
-                let started = now_us();
-                let code = ca_cmd(state, config, &wait_args(id == 2))
-                    .status()
-                    .unwrap()
-                    .code()
-                    .unwrap_or(-1);
-                events.lock().unwrap().push(Event::WaiterEnd {
-                    id,
-                    code,
-                    at: now_us(),
-                    started,
-                    bound: WAIT_BOUND_S * 1_000_000,
+                std::thread::sleep(rand_ms(if sc.cold { 10 } else { 5 }));
+                let e = timed(Role::Waiter, id, WAIT_BOUND_S, || {
+                    let st = world.ca(&wait_args(id == 2)).status().unwrap();
+                    st.code().unwrap_or(-1)
                 });
+                events.lock().unwrap().push(e);
+            });
+        }
+        for (id, vmid) in DEPENDENTS.into_iter().enumerate() {
+            let events = events.clone();
+            s.spawn(move || {
+                std::thread::sleep(rand_ms(10));
+                let e = timed(Role::Dependent, id, GATE_S + HEALTH_S, || {
+                    let o = world.hook(vmid, "pre-start");
+                    if !o.status.success() {
+                        eprintln!("dependent {vmid} pre-start: {}", stderr(&o));
+                    }
+                    o.status.code().unwrap_or(-1)
+                });
+                events.lock().unwrap().push(e);
             });
         }
         {
             let events = events.clone();
             s.spawn(move || {
+                if sc.cold {
+                    std::thread::sleep(rand_ms(10));
+                    let failed = pre_start(world, sc.via_hook);
+                    events.lock().unwrap().extend(failed);
+                }
+                // The CA guest publishes once it is up: after its pre-start.
                 std::thread::sleep(rand_ms(30));
                 events.lock().unwrap().push(Event::PublishStart(now_us()));
-                let st = ca_cmd(
-                    state,
-                    config,
-                    &["publish", "--no-health", "--fingerprint", FP],
-                )
-                .status()
-                .unwrap();
+                let st = world.publish().status().unwrap();
                 assert!(st.success(), "publish failed");
             });
         }
-        if renewing {
+        if sc.ca_late {
+            let events = events.clone();
+            s.spawn(move || {
+                std::thread::sleep(rand_ms(60));
+                // Noted before it is true: a dependent's health check can
+                // only pass after this time.
+                events.lock().unwrap().push(Event::CaUp(now_us()));
+                world.gate.set(true);
+            });
+        }
+        if sc.renewing {
             let runs: Vec<_> = (0..3)
                 .map(|_| {
                     let events = events.clone();
@@ -281,16 +248,16 @@ fn iteration(
                     s.spawn(move || {
                         std::thread::sleep(rand_ms(30));
                         // Ordered after the CA, as the units order it.
-                        let gate = ca_cmd(state, config, &wait_args(false)).status().unwrap();
+                        let gate = world.ca(&wait_args(false)).status().unwrap();
                         if !gate.success() {
                             return;
                         }
                         let code = renewal.run(step_log);
                         if code != 0 && code != 75 {
-                            events.lock().unwrap().push(Event::Read {
-                                ok: false,
-                                what: format!("phoenix-renew run exited {code}"),
-                            });
+                            events
+                                .lock()
+                                .unwrap()
+                                .push(Event::Failed(format!("phoenix-renew run exited {code}")));
                         }
                     })
                 })
@@ -323,22 +290,31 @@ fn randomized_races_keep_every_invariant() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let t0 = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("ssl");
-    std::fs::create_dir(&state).unwrap();
-    let config = dir.path().join("toolkit.json");
-    std::fs::write(&config, "{}").unwrap();
     let renewal = Renewal::new();
+    let world = CaWorld::new(&renewal.ca);
     let root = phoenix_hooks::cert::read_root(&renewal.ca.root_cert()).unwrap();
+    // The CA was up once before: the first restart has a generation to end.
+    assert!(world.publish().status().unwrap().success());
     let mut total = Tally::default();
+    let (mut cold, mut via_hook, mut stale, mut late) = (0, 0, 0, 0);
     for i in 0..n {
-        total.add(iteration(i, &state, &config, &renewal, &root));
+        let sc = Scenario::of(i);
+        cold += usize::from(sc.cold);
+        via_hook += usize::from(sc.via_hook);
+        stale += usize::from(sc.stale_copy);
+        late += usize::from(sc.ca_late);
+        total.add(iteration(i, &world, &renewal, &root));
     }
     let elapsed = t0.elapsed();
     let summary = format!(
-        "iterations={n} violations={} waiters={} renew_step_calls={} issued={} reads={} time={:.1}s",
+        "iterations={n} violations={} waiters={} dependents={} restarts={} \
+         previous_waiters={} stale_copies={stale} cold_boots={cold} ca_late={late} hook_prestarts={via_hook} \
+         renew_step_calls={} issued={} reads={} time={:.1}s",
         total.violations.len(),
         total.waiters,
+        total.dependents,
+        n - cold,
+        total.previous,
         total.renew_runs,
         total.issued,
         total.reads,
@@ -348,7 +324,7 @@ fn randomized_races_keep_every_invariant() {
     // cargo test shows a passing test's output only with --nocapture:
     // scripts/test.sh prints this file after the run.
     let _ = std::fs::write(
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("race-summary.txt"),
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("race-summary.txt"),
         format!("{summary}\n"),
     );
     assert!(
@@ -356,9 +332,12 @@ fn randomized_races_keep_every_invariant() {
         "violations:\n{}",
         total.violations.join("\n")
     );
-    // The harness exercised what it claims to: renewals really happened
+    // The harness exercised what it claims to: every waiter, dependent and
+    // previous-generation waiter ran to its end, renewals really happened
     // and the reader really read.
     assert_eq!(total.waiters, 3 * n);
+    assert_eq!(total.dependents, DEPENDENTS.len() * n);
+    assert_eq!(total.previous, n - cold);
     if n >= 1 {
         assert!(
             total.issued >= n.div_ceil(10),

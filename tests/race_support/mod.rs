@@ -1,7 +1,10 @@
 //! The invariant checker of the race harness (tests/race.rs): a log of
 //! timestamped events from one iteration in, the violations out. Pure, so
 //! that its own tests below can feed it logs that break each invariant.
+//! The worlds the harness races in live in [`world`].
 #![allow(dead_code)]
+
+pub mod world;
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,15 +17,31 @@ pub fn now_us() -> u64 {
         .as_micros() as u64
 }
 
+/// Who waited for the CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `phoenix-ca wait` of the current generation.
+    Waiter,
+    /// A gated dependent's `phoenix-hook <id> pre-start` (token and health).
+    Dependent,
+    /// A waiter of the previous generation, run to its end before the CA's
+    /// new pre-start: the old token was published and must satisfy it.
+    Previous,
+}
+
 /// What happened, when (µs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// The CA (as the dependents' health check reaches it) came up; absent
+    /// when it was up all along.
+    CaUp(u64),
     /// The publisher was started (the token can exist from now on).
     PublishStart(u64),
-    /// A waiter returned: its id, exit code, when; `bound`: its timeout (µs)
-    /// and when it started.
+    /// A waiter returned: its id, role, exit code, when; `bound`: its
+    /// timeout (µs) and when it started.
     WaiterEnd {
         id: usize,
+        role: Role,
         code: i32,
         at: u64,
         started: u64,
@@ -36,12 +55,17 @@ pub enum Event {
     /// A reader saw the certificate files: `ok` false when the cert did not
     /// parse or did not match the key.
     Read { ok: bool, what: String },
+    /// A step of the scenario failed that must not (a pre-start, a
+    /// renewal run): what, and how.
+    Failed(String),
 }
 
 /// Counts of what one or more iterations checked, and what broke.
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
     pub waiters: usize,
+    pub dependents: usize,
+    pub previous: usize,
     pub renew_runs: usize,
     pub issued: usize,
     pub reads: usize,
@@ -51,6 +75,8 @@ pub struct Tally {
 impl Tally {
     pub fn add(&mut self, o: Tally) {
         self.waiters += o.waiters;
+        self.dependents += o.dependents;
+        self.previous += o.previous;
         self.renew_runs += o.renew_runs;
         self.issued += o.issued;
         self.reads += o.reads;
@@ -65,28 +91,49 @@ pub fn check(events: &[Event]) -> Tally {
         Event::PublishStart(at) => Some(*at),
         _ => None,
     });
+    let ca_up = events.iter().find_map(|e| match e {
+        Event::CaUp(at) => Some(*at),
+        _ => None,
+    });
     let mut work: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for e in events {
         match e {
             Event::WaiterEnd {
                 id,
+                role,
                 code,
                 at,
                 started,
                 bound,
             } => {
-                t.waiters += 1;
-                // 1. never before the current generation is published...
-                if *code == 0 && publish.is_none_or(|p| *at < p) {
+                let who = match role {
+                    Role::Waiter => "waiter",
+                    Role::Dependent => "dependent",
+                    Role::Previous => "previous-generation waiter",
+                };
+                match role {
+                    Role::Waiter => t.waiters += 1,
+                    Role::Dependent => t.dependents += 1,
+                    Role::Previous => t.previous += 1,
+                }
+                // 1. never before the current generation is published (a
+                // waiter of the previous generation had its publish)...
+                if *role != Role::Previous && *code == 0 && publish.is_none_or(|p| *at < p) {
                     t.violations.push(format!(
-                        "waiter {id} returned at {at} before the publish ({publish:?})"
+                        "{who} {id} returned at {at} before the publish ({publish:?})"
+                    ));
+                }
+                // ...and a dependent never before the CA is healthy.
+                if *role == Role::Dependent && *code == 0 && ca_up.is_some_and(|u| *at < u) {
+                    t.violations.push(format!(
+                        "{who} {id} returned at {at} before the CA was up ({ca_up:?})"
                     ));
                 }
                 // ...and always within its bound (plus process start-up).
                 if *code != 0 || at.saturating_sub(*started) > bound + 2_000_000 {
                     t.violations.push(format!(
-                        "waiter {id} exited {code} after {} ms (bound {} ms)",
-                        (at - started) / 1000,
+                        "{who} {id} exited {code} after {} ms (bound {} ms)",
+                        at.saturating_sub(*started) / 1000,
                         bound / 1000
                     ));
                 }
@@ -113,7 +160,8 @@ pub fn check(events: &[Event]) -> Tally {
                     t.violations.push(format!("reader saw {what}"));
                 }
             }
-            Event::PublishStart(_) => {}
+            Event::Failed(what) => t.violations.push(what.clone()),
+            Event::PublishStart(_) | Event::CaUp(_) => {}
         }
     }
     // 2. two renewals never overlap.
@@ -134,8 +182,13 @@ mod tests {
     use super::*;
 
     fn waiter(at: u64) -> Event {
+        ended(Role::Waiter, at)
+    }
+
+    fn ended(role: Role, at: u64) -> Event {
         Event::WaiterEnd {
             id: 1,
+            role,
             code: 0,
             at,
             started: 0,
@@ -146,8 +199,11 @@ mod tests {
     #[test]
     fn a_clean_log_has_no_violation() {
         let t = check(&[
+            // The previous generation's waiter returned before this publish.
+            ended(Role::Previous, 20),
             Event::PublishStart(100),
             waiter(150),
+            ended(Role::Dependent, 180),
             Event::RenewWork {
                 run: "a".into(),
                 from: 200,
@@ -166,6 +222,7 @@ mod tests {
         ]);
         assert!(t.violations.is_empty(), "{:?}", t.violations);
         assert_eq!((t.waiters, t.renew_runs, t.issued, t.reads), (1, 2, 1, 1));
+        assert_eq!((t.dependents, t.previous), (1, 1));
     }
 
     #[test]
@@ -181,12 +238,61 @@ mod tests {
         assert_eq!(check(&[waiter(50)]).violations.len(), 1);
         let late = Event::WaiterEnd {
             id: 2,
+            role: Role::Waiter,
             code: 124,
             at: 20_000_000,
             started: 0,
             bound: 10_000_000,
         };
         assert_eq!(check(&[Event::PublishStart(1), late]).violations.len(), 1);
+        // 1, for a gated dependent: its pre-start exited 0 before the
+        // publish, or with no publish; or it gave up (124).
+        let v = check(&[ended(Role::Dependent, 50), Event::PublishStart(100)]);
+        assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
+        assert!(v.violations[0].starts_with("dependent 1 returned"));
+        assert_eq!(check(&[ended(Role::Dependent, 50)]).violations.len(), 1);
+        // ...or after the publish but before the CA answered.
+        let v = check(&[
+            Event::PublishStart(10),
+            ended(Role::Dependent, 50),
+            Event::CaUp(100),
+        ]);
+        assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
+        assert!(v.violations[0].contains("before the CA was up"));
+        // (A waiter without health checks does not care.)
+        assert!(
+            check(&[Event::PublishStart(10), waiter(50), Event::CaUp(100)])
+                .violations
+                .is_empty()
+        );
+        let gave_up = Event::WaiterEnd {
+            id: 3,
+            role: Role::Dependent,
+            code: 124,
+            at: 3_000_000,
+            started: 0,
+            bound: 12_000_000,
+        };
+        assert_eq!(
+            check(&[Event::PublishStart(1), gave_up]).violations.len(),
+            1
+        );
+        // 1, across a restart: a waiter of the previous generation that did
+        // not accept the published token.
+        let refused = Event::WaiterEnd {
+            id: 4,
+            role: Role::Previous,
+            code: 124,
+            at: 11_000_000,
+            started: 0,
+            bound: 10_000_000,
+        };
+        assert_eq!(
+            check(&[refused, Event::PublishStart(20_000_000)])
+                .violations
+                .len(),
+            1
+        );
         // 2: overlapping renewal work.
         let v = check(&[
             Event::RenewWork {
