@@ -172,8 +172,14 @@ pub fn remove_durable(path: &Path) -> Result<bool> {
 /// revalidates the file with the server: close-to-open consistency, which
 /// `stat()` alone does not give). At most `limit` bytes; a larger file, or
 /// something that is not a regular file, is an `InvalidData` error.
+/// Opened non-blocking: a FIFO put where a file should be is refused at
+/// once instead of blocking the reader (and its bound) until a writer
+/// comes; the flag changes nothing for a regular file.
 pub fn read_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let file = File::open(path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::new(
@@ -244,6 +250,13 @@ mod tests {
         );
         assert_eq!(
             read_limited(dir.path(), 10).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        // A FIFO without a writer: refused at once, not waited on.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(
+            read_limited(&fifo, 10).unwrap_err().kind(),
             io::ErrorKind::InvalidData
         );
     }
