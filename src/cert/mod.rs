@@ -473,6 +473,23 @@ mod tests {
             t,
         );
         assert_eq!(a.action, Action::Nothing, "{}", a.reason);
+        // Before its notBefore (a skewed clock): not valid now, issue.
+        let early = assess(
+            Ok(c.clone()),
+            Ok(k.clone()),
+            &key_public_point,
+            "web.x",
+            &want,
+            &root,
+            now - 61,
+            t,
+        );
+        assert_eq!(early.action, Action::Issue);
+        assert!(
+            early.reason.starts_with("not valid yet"),
+            "{}",
+            early.reason
+        );
         assert!(a.current.unwrap().chains_to_root);
         let late = assess(
             Ok(c.clone()),
