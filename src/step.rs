@@ -67,7 +67,19 @@ impl Step {
     }
 
     fn run(&self, cmd: Cmd) -> Result<()> {
-        let out = cmd.run()?;
+        // A CA that accepts the connection and never answers is as
+        // unreachable as one that refuses it: retry later (75), not a
+        // failed certificate.
+        let out = cmd.run().map_err(|e| {
+            if crate::exit::kind_of(&e) == Kind::Timeout {
+                err(
+                    Kind::TempFail,
+                    format!("the CA did not answer in time: {e:#}"),
+                )
+            } else {
+                e
+            }
+        })?;
         if out.status.success() {
             Ok(())
         } else {

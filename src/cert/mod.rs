@@ -262,6 +262,14 @@ pub struct Assessment {
     pub current: Option<CertInfo>,
 }
 
+/// Unix seconds as RFC 3339 (UTC, seconds).
+pub fn rfc3339(t: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+    )
+    .to_string()
+}
+
 /// The moment a certificate is due under `threshold`, Unix seconds.
 pub fn due_at(info: &CertInfo, threshold: Threshold) -> i64 {
     match threshold {
@@ -322,6 +330,12 @@ pub fn assess(
             info.subject_cn.as_deref().unwrap_or("")
         )),
         Ok(_) if now >= info.not_after => Some("expired".into()),
+        // Clients on this host's clock reject it: issue one valid now.
+        Ok(_) if now < info.not_before => Some(format!(
+            "not valid yet (valid from {}, {} s from now: clock skew?)",
+            rfc3339(info.not_before),
+            info.not_before - now
+        )),
         Ok(_) if !info.chains_to_root => Some("not issued by our root".into()),
         Ok(_) => None,
     };
@@ -459,6 +473,23 @@ mod tests {
             t,
         );
         assert_eq!(a.action, Action::Nothing, "{}", a.reason);
+        // Before its notBefore (a skewed clock): not valid now, issue.
+        let early = assess(
+            Ok(c.clone()),
+            Ok(k.clone()),
+            &key_public_point,
+            "web.x",
+            &want,
+            &root,
+            now - 61,
+            t,
+        );
+        assert_eq!(early.action, Action::Issue);
+        assert!(
+            early.reason.starts_with("not valid yet"),
+            "{}",
+            early.reason
+        );
         assert!(a.current.unwrap().chains_to_root);
         let late = assess(
             Ok(c.clone()),

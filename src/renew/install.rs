@@ -51,6 +51,19 @@ fn verify(entry: &Entry, root: &Root, crt: &Path, key: &Path) -> Result<CertInfo
     if !info.chains_to_root {
         return Err(anyhow!("the new certificate does not chain to our root"));
     }
+    // A CA whose clock runs ahead issues certificates that are not valid
+    // yet: installing one would break the service, and issuing again on
+    // every run would not help. The old pair stays; the failure backoff
+    // spaces the retries until the clocks agree.
+    let now = super::now();
+    if now < info.not_before {
+        return Err(anyhow!(
+            "the new certificate is not valid until {} ({} s from now): the CA's \
+             clock is ahead of this host's; check NTP on both",
+            cert::rfc3339(info.not_before),
+            info.not_before - now
+        ));
+    }
     Ok(info)
 }
 

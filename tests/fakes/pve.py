@@ -32,6 +32,9 @@ State lives under $PHOENIX_FAKE_PVE:
     status                 "running" (default) or "stopped"
     agent                  (VMs) present: the agent runs; "absent": it does not
     bin/                   the guest's commands: first on PATH for ARGV
+    hang                   a call whose argv contains this text (e.g.
+                           "guest exec") hangs for ever, as qm does on a
+                           wedged agent; its pid goes to hang.pid first
   calls.jsonl              every call: {"tool", "argv", "stdin_bytes", "env"}
 Guest commands run with FAKE_GUEST_ID, FAKE_GUEST_DIR and FAKE_PVE set.
 """
@@ -363,8 +366,27 @@ def pct_main(args):
     die(f"unknown command 'pct {' '.join(args[:1])}'\nUSAGE: pct <COMMAND> [ARGS] [OPTIONS]")
 
 
+def maybe_hang(tool, args):
+    """Hang for ever when the guest named in ARGS asks for it (see above)."""
+    kind = "qemu" if tool == "qm" else "lxc"
+    for a in args:
+        if not a.isdigit():
+            continue
+        d = os.path.join(state_root(), kind, a)
+        what = read(os.path.join(d, "hang"), "")
+        if what and what in " ".join(args):
+            record(tool, args)
+            with open(os.path.join(d, "hang.pid"), "w") as f:
+                f.write(f"{os.getpid()}\n")
+            while True:
+                time.sleep(3600)
+        return
+
+
 if __name__ == "__main__":
     tool = os.path.basename(sys.argv[0])
+    if tool in ("qm", "pct"):
+        maybe_hang(tool, sys.argv[1:])
     if tool == "qm":
         sys.exit(qm_main(sys.argv[1:]))
     if tool == "pct":
