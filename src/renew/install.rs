@@ -69,19 +69,8 @@ fn verify(entry: &Entry, root: &Root, crt: &Path, key: &Path) -> Result<CertInfo
 
 /// Give a temp file its final owner and mode, and make its data durable.
 fn finish(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
-    let f = fs::File::open(path).with_context(|| format!("opening '{}'", path.display()))?;
-    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
-        .with_context(|| format!("chown {uid}:{gid} '{}'", path.display()))?;
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {mode:o} '{}'", path.display()))?;
-    f.sync_all()
-        .with_context(|| format!("fsync '{}'", path.display()))
-}
-
-fn rename(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to)
-        .with_context(|| format!("renaming '{}' to '{}'", from.display(), to.display()))?;
-    fsutil::fsync_dir(to.parent().unwrap_or(Path::new(".")))
+    let owner = Some((uid, gid));
+    fsutil::seal(path, FileOptions { mode, owner })
 }
 
 fn ensure_parent(path: &Path) -> Result<()> {
@@ -125,14 +114,8 @@ pub fn issue(
     // Back to back, one directory fsync after both: the instant in which
     // a reader (or a crash) sees the new key beside the old certificate is
     // as short as two system calls; the next run repairs it (key mismatch).
-    fs::rename(&key, &entry.key_path).with_context(|| {
-        format!(
-            "renaming '{}' to '{}'",
-            key.display(),
-            entry.key_path.display()
-        )
-    })?;
-    rename(&crt, &entry.cert_path)?;
+    fsutil::rename(&key, &entry.key_path)?;
+    fsutil::rename_durable(&crt, &entry.cert_path)?;
     if entry.key_path.parent() != entry.cert_path.parent() {
         fsutil::fsync_dir(entry.key_path.parent().unwrap_or(Path::new(".")))?;
     }
@@ -148,7 +131,7 @@ pub fn renew(entry: &Entry, step: &Step, root: &Root) -> Result<CertInfo> {
     step.renew(&entry.cert_path, &entry.key_path, &crt)?;
     let info = verify(entry, root, &crt, &entry.key_path)?;
     finish(&crt, entry.uid, entry.gid, CERT_MODE)?;
-    rename(&crt, &entry.cert_path)?;
+    fsutil::rename_durable(&crt, &entry.cert_path)?;
     drop(temps);
     ensure_modes(entry)?;
     place_ca(entry, root, &info)?;
