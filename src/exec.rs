@@ -13,7 +13,6 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -39,8 +38,6 @@ pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
-    env_remove: Vec<OsString>,
-    cwd: Option<PathBuf>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
     redact: Vec<String>,
@@ -77,8 +74,6 @@ impl Cmd {
             program: program.as_ref().to_owned(),
             args: Vec::new(),
             env: Vec::new(),
-            env_remove: Vec::new(),
-            cwd: None,
             stdin: None,
             timeout: DEFAULT_TIMEOUT,
             redact: Vec::new(),
@@ -109,18 +104,6 @@ impl Cmd {
         self
     }
 
-    /// Remove an environment variable for the child.
-    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
-        self.env_remove.push(key.as_ref().to_owned());
-        self
-    }
-
-    /// Run in `dir`.
-    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cwd = Some(dir.into());
-        self
-    }
-
     /// Feed `data` on stdin (the way secrets reach a child). The data is
     /// never shown in any message.
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
@@ -141,16 +124,6 @@ impl Cmd {
             self.redact.push(s);
         }
         self
-    }
-
-    /// The program name.
-    pub fn program(&self) -> &OsStr {
-        &self.program
-    }
-
-    /// The arguments (without the program).
-    pub fn get_args(&self) -> &[OsString] {
-        &self.args
     }
 
     /// Replace every redacted string in `text`.
@@ -178,12 +151,6 @@ impl Cmd {
             .process_group(0);
         for (k, v) in &self.env {
             command.env(k, v);
-        }
-        for k in &self.env_remove {
-            command.env_remove(k);
-        }
-        if let Some(dir) = &self.cwd {
-            command.current_dir(dir);
         }
         let mut child = command
             .spawn()
