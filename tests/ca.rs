@@ -58,19 +58,7 @@ impl Env {
 
     /// A waiter in the background, its stderr lines on a channel.
     fn spawn(&self, args: &[&str]) -> Waiter {
-        let mut child = self.cmd(args).stderr(Stdio::piped()).spawn().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Waiter {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
+        Waiter::start(self.cmd(args))
     }
 
     fn generation(&self) -> String {
@@ -87,6 +75,23 @@ struct Waiter {
 }
 
 impl Waiter {
+    /// Start `cmd` with its stderr lines on a channel.
+    fn start(mut cmd: Command) -> Waiter {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Waiter {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
     /// Block until a stderr line contains `needle` (bounded).
     fn expect_line(&mut self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -274,21 +279,8 @@ fn a_remote_write_without_inotify_is_seen_by_polling() {
         .args(args)
         .args(["--state-dir", &base.join("merged").display().to_string()])
         .env("PHOENIX_CONFIG", base.join("toolkit.json"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Waiter {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
+        .stdin(Stdio::null());
+        Waiter::start(c)
     };
     let rewrite_in_place = |path: &Path, data: &[u8]| {
         use std::io::Write;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reliability_support::{figures, pair, temps_in, Pair};
-use renew_support::{stderr, Bench};
+use renew_support::{stderr, systemctl_log, Bench, SYSTEMCTL};
 use serde_json::{json, Value};
 
 /// A TCP server on 127.0.0.1 that accepts connections and never answers:
@@ -124,20 +124,6 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         }
     }
     found
-}
-
-/// A guest `systemctl` that logs "ID args" and exits with the code in
-/// the guest's `systemctl.rc` (0 when absent).
-const SYSTEMCTL: &str = "#!/bin/sh\necho \"$FAKE_GUEST_ID $*\" >> \"$FAKE_PVE/systemctl.log\"\n\
-    rc=$(cat \"$FAKE_GUEST_DIR/systemctl.rc\" 2>/dev/null || echo 0)\n\
-    [ \"$rc\" = 0 ] || echo \"Job for nginx.service failed.\" >&2\nexit \"$rc\"\n";
-
-fn systemctl_log(b: &Bench) -> Vec<String> {
-    std::fs::read_to_string(b.pve.dir.path().join("systemctl.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect()
 }
 
 #[test]

@@ -7,19 +7,8 @@ mod renew_support;
 
 use std::path::PathBuf;
 
-use renew_support::{listing, mode_owner, stderr, stdout, Bench};
+use renew_support::{listing, mode_owner, stderr, stdout, systemctl_log, Bench, SYSTEMCTL};
 use serde_json::{json, Value};
-
-/// A recording `systemctl` in the guest: appends "ID ARGS" to a log.
-const SYSTEMCTL: &str = "#!/bin/sh\necho \"$FAKE_GUEST_ID $*\" >> \"$FAKE_PVE/systemctl.log\"\n";
-
-fn systemctl_log(b: &Bench) -> Vec<String> {
-    std::fs::read_to_string(b.pve.dir.path().join("systemctl.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect()
-}
 
 fn certs(b: &Bench) -> PathBuf {
     b.path("pve/ssl")

@@ -169,6 +169,23 @@ impl Bench {
 }
 
 /// `0o644`-style mode, uid, gid of a file.
+/// A guest `systemctl` that logs "ID args" to `systemctl.log` in the fake
+/// state and exits with the code in the guest's `systemctl.rc` (0 when
+/// absent), saying "Job for nginx.service failed." when it fails.
+pub const SYSTEMCTL: &str =
+    "#!/bin/sh\necho \"$FAKE_GUEST_ID $*\" >> \"$FAKE_PVE/systemctl.log\"\n\
+    rc=$(cat \"$FAKE_GUEST_DIR/systemctl.rc\" 2>/dev/null || echo 0)\n\
+    [ \"$rc\" = 0 ] || echo \"Job for nginx.service failed.\" >&2\nexit \"$rc\"\n";
+
+/// The lines the guests' `systemctl` logged, in order.
+pub fn systemctl_log(b: &Bench) -> Vec<String> {
+    std::fs::read_to_string(b.pve.dir.path().join("systemctl.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
 pub fn mode_owner(p: &Path) -> (u32, u32, u32) {
     let m = std::fs::metadata(p).unwrap();
     (m.mode() & 0o7777, m.uid(), m.gid())
