@@ -165,6 +165,19 @@ pub enum RunState {
 }
 
 impl Proxmox {
+    /// The transport with guest commands bounded by `secs`. The same bound
+    /// caps every other call (`qm status`, the agent ping, at most the
+    /// default 30 s): a status call that hangs longer than a guest command
+    /// may run is stuck.
+    pub fn with_command_timeout(secs: u64) -> Proxmox {
+        let default = Proxmox::default();
+        Proxmox {
+            guest_timeout: secs,
+            call_timeout: Duration::from_secs(secs).min(default.call_timeout),
+            ..default
+        }
+    }
+
     fn tool(&self, kind: GuestType) -> &str {
         match kind {
             GuestType::Lxc => &self.pct,
@@ -364,6 +377,17 @@ impl Proxmox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_bound_caps_every_call() {
+        let px = Proxmox::with_command_timeout(3);
+        assert_eq!(
+            (px.guest_timeout, px.call_timeout),
+            (3, Duration::from_secs(3))
+        );
+        let px = Proxmox::with_command_timeout(120);
+        assert_eq!(px.call_timeout, Duration::from_secs(30));
+    }
     use crate::exit::kind_of;
 
     #[test]

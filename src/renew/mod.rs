@@ -96,14 +96,7 @@ fn step_for(config: &Config) -> Step {
 }
 
 fn proxmox_for(config: &Config) -> Proxmox {
-    Proxmox {
-        guest_timeout: config.renewal.command_timeout_secs,
-        // The configured bound bounds every call: a `qm status` that
-        // hangs longer than a guest command may run is stuck.
-        call_timeout: Duration::from_secs(config.renewal.command_timeout_secs)
-            .min(Proxmox::default().call_timeout),
-        ..Proxmox::default()
-    }
+    Proxmox::with_command_timeout(config.renewal.command_timeout_secs)
 }
 
 /// `phoenix-renew run`.

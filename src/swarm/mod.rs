@@ -34,10 +34,7 @@ pub fn topology(config: &Config) -> Result<Topology> {
 
 /// The `qm` transport with the swarm's deadlines.
 pub fn proxmox(config: &Config) -> Proxmox {
-    Proxmox {
-        guest_timeout: config.swarm.command_timeout_secs,
-        ..Proxmox::default()
-    }
+    Proxmox::with_command_timeout(config.swarm.command_timeout_secs)
 }
 
 /// `phoenix-swarm ensure`: one run at a time (the `swarm` lock; a dry run
