@@ -271,6 +271,9 @@ pub struct SwarmConfig {
     /// Deadline of one docker command in a VM (`qm guest exec --timeout`),
     /// seconds. dockerd gives up a join after 20 s on its own.
     pub command_timeout_secs: u64,
+    /// How long a service update that rotates secrets may take to
+    /// complete (every task replaced and past its monitor period), seconds.
+    pub update_timeout_secs: u64,
 }
 
 impl Default for SwarmConfig {
@@ -283,6 +286,7 @@ impl Default for SwarmConfig {
             state_timeout_secs: 60,
             lock_wait_secs: 0,
             command_timeout_secs: 60,
+            update_timeout_secs: 300,
         }
     }
 }
@@ -383,6 +387,9 @@ impl Config {
         }
         if self.swarm.command_timeout_secs == 0 {
             return bad("swarm.command_timeout_secs", "must be at least 1");
+        }
+        if self.swarm.update_timeout_secs == 0 {
+            return bad("swarm.update_timeout_secs", "must be at least 1");
         }
         if !self.renewal.guest_drop_dir.is_absolute() {
             return bad("renewal.guest_drop_dir", "must be an absolute path");

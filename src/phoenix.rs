@@ -133,17 +133,44 @@ pub enum GuestType {
     Vm,
 }
 
-/// The structured post-renewal action.
+/// The structured post-renewal action: a command run in the guest, or
+/// Docker Swarm secrets made from the certificate.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostRenewal {
     /// argv run inside the guest.
-    pub run: Vec<String>,
+    #[serde(default)]
+    pub run: Option<Vec<String>>,
     /// Put the new `cert.pem`, `key.pem` (and with `include_ca`, `ca.pem`)
     /// into the guest's `renewal.guest_drop_dir` before `run` (default:
     /// no; the legacy `post_renewal_command` always gets them).
     #[serde(default)]
     pub deliver: bool,
+    /// Swarm secrets to rotate on the swarm manager: the logical secret
+    /// name of each part of the pair.
+    #[serde(default)]
+    pub swarm_secrets: Option<SwarmSecretNames>,
+    /// Services that use those secrets, rolled once each onto the new
+    /// versions.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+/// The logical swarm secret names of `post_renewal.swarm_secrets`: the
+/// file name a service sees under `/run/secrets/`, and the name the old
+/// bash gave the secret itself.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmSecretNames {
+    /// The certificate (the file at `cert_path`).
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// The private key (the file at `key_path`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The CA chain (`ca.pem` beside the certificate; needs `include_ca`).
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 /// One entry of `certificate-manifest.json`.

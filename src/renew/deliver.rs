@@ -193,6 +193,7 @@ mod tests {
             include_ca,
             post: PostAction::Legacy("true".into()),
             deliver: true,
+            warnings: Vec::new(),
         }
     }
 

@@ -14,6 +14,9 @@ use crate::config::Config;
 use crate::exit::{err, Kind};
 use crate::phoenix::{self, GuestType, ManifestEntry};
 use crate::proxmox::Guest;
+use crate::swarm::secrets::{self, Part, Rotation, SecretSpec};
+
+use super::legacy;
 
 /// What to run after a certificate changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +27,8 @@ pub enum PostAction {
     Guest(Vec<String>),
     /// The legacy shell string, run on the host (deprecated).
     Legacy(String),
+    /// Swarm secrets made from the new files, rotated into services.
+    SwarmSecrets(Rotation),
 }
 
 /// A manifest entry, validated and resolved.
@@ -56,6 +61,8 @@ pub struct Entry {
     /// Put the new files into the guest before the post-renewal action
     /// (every legacy command; a structured one with `deliver: true`).
     pub deliver: bool,
+    /// What the plan warns of (a legacy command that cannot work, ...).
+    pub warnings: Vec<String>,
 }
 
 impl Entry {
@@ -139,7 +146,8 @@ pub fn load(config: &Config) -> Result<Manifest> {
         None
     };
     let mut names = HashSet::new();
-    let mut entries = Vec::with_capacity(raw.len());
+    let mut entries: Vec<Entry> = Vec::with_capacity(raw.len());
+    let mut manager: Option<u32> = None;
     for (index, e) in raw.into_iter().enumerate() {
         let bad = |field: &str, why: String| {
             err(
@@ -151,13 +159,107 @@ pub fn load(config: &Config) -> Result<Manifest> {
                 ),
             )
         };
-        let entry = check(config, index, &e, &lxc, &bad)?;
+        let mut entry = check(config, index, &e, &lxc, &bad)?;
         if !names.insert(entry.name.clone()) {
             return Err(bad("common_name", "used by an earlier entry too".into()));
+        }
+        if let PostAction::SwarmSecrets(rot) = &mut entry.post {
+            for s in &rot.secrets {
+                let field = format!("post_renewal.swarm_secrets.{}", s.part.field());
+                if let Some(other) = entries.iter().find(|o| secret_names(o).contains(&s.name)) {
+                    return Err(bad(
+                        &field,
+                        format!(
+                            "'{}' is rotated by entry [{}] ('{}') too",
+                            s.name, other.index, other.name
+                        ),
+                    ));
+                }
+            }
+            rot.manager = match manager {
+                Some(id) => id,
+                None => {
+                    let id = crate::swarm::topology(config)
+                        .map_err(|e| {
+                            bad(
+                                "post_renewal.swarm_secrets",
+                                format!("finding the swarm manager: {e:#}"),
+                            )
+                        })?
+                        .manager
+                        .vmid;
+                    *manager.get_or_insert(id)
+                }
+            };
+        }
+        for w in &entry.warnings {
+            log::warn!("{}: {w}", entry.name);
         }
         entries.push(entry);
     }
     Ok(Manifest { path, entries })
+}
+
+fn secret_names(e: &Entry) -> Vec<String> {
+    match &e.post {
+        PostAction::SwarmSecrets(r) => r.secrets.iter().map(|s| s.name.clone()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `post_renewal.swarm_secrets` and `services`, checked as Docker will
+/// check them (the manager is filled in by the caller).
+fn check_rotation(
+    e: &ManifestEntry,
+    p: &phoenix::PostRenewal,
+    names: &phoenix::SwarmSecretNames,
+    bad: &dyn Fn(&str, String) -> anyhow::Error,
+) -> Result<Rotation> {
+    if p.deliver {
+        return Err(bad(
+            "post_renewal.deliver",
+            "is for \"run\": swarm_secrets take the files themselves".into(),
+        ));
+    }
+    let mut secrets = Vec::new();
+    for (part, name) in [
+        (Part::Cert, &names.cert),
+        (Part::Key, &names.key),
+        (Part::Ca, &names.ca),
+    ] {
+        let Some(name) = name else { continue };
+        let field = format!("post_renewal.swarm_secrets.{}", part.field());
+        secrets::check_secret_name(name).map_err(|why| bad(&field, why))?;
+        if part == Part::Ca && !e.include_ca {
+            return Err(bad(
+                &field,
+                "needs \"include_ca\": true (the CA chain is written beside the certificate only then)"
+                    .into(),
+            ));
+        }
+        if secrets.iter().any(|s: &SecretSpec| &s.name == name) {
+            return Err(bad(&field, format!("'{name}' is named twice")));
+        }
+        secrets.push(SecretSpec {
+            part,
+            name: name.clone(),
+        });
+    }
+    if secrets.is_empty() {
+        return Err(bad(
+            "post_renewal.swarm_secrets",
+            "names no secret: give cert, key and/or ca".into(),
+        ));
+    }
+    for (i, s) in p.services.iter().enumerate() {
+        secrets::check_service_name(s)
+            .map_err(|why| bad(&format!("post_renewal.services[{i}]"), why))?;
+    }
+    Ok(Rotation {
+        manager: 0,
+        secrets,
+        services: p.services.clone(),
+    })
 }
 
 fn check(
@@ -202,10 +304,31 @@ fn check(
                 "give post_renewal or post_renewal_command, not both".into(),
             ))
         }
-        (Some(p), None) if p.run.is_empty() || p.run[0].is_empty() => {
-            return Err(bad("post_renewal.run", "is an empty command".into()))
-        }
-        (Some(p), None) => PostAction::Guest(p.run.clone()),
+        (Some(p), None) => match (&p.run, &p.swarm_secrets) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "post_renewal",
+                    "give run or swarm_secrets, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(bad(
+                    "post_renewal",
+                    "needs run (a command in the guest) or swarm_secrets".into(),
+                ))
+            }
+            (Some(run), None) if run.is_empty() || run[0].is_empty() => {
+                return Err(bad("post_renewal.run", "is an empty command".into()))
+            }
+            (Some(_), None) if !p.services.is_empty() => {
+                return Err(bad(
+                    "post_renewal.services",
+                    "goes with swarm_secrets, not run".into(),
+                ))
+            }
+            (Some(run), None) => PostAction::Guest(run.clone()),
+            (None, Some(names)) => PostAction::SwarmSecrets(check_rotation(e, p, names, bad)?),
+        },
         (None, Some(c)) if c.trim().is_empty() => PostAction::None,
         (None, Some(c)) => PostAction::Legacy(c.clone()),
         (None, None) => PostAction::None,
@@ -214,6 +337,10 @@ fn check(
         (PostAction::Legacy(_), _) => true,
         (PostAction::Guest(_), Some(p)) => p.deliver,
         _ => false,
+    };
+    let warnings = match &post {
+        PostAction::Legacy(c) => legacy::secret_chain_warning(c).into_iter().collect(),
+        _ => Vec::new(),
     };
     let guest = Guest {
         kind: e.guest_type,
@@ -241,6 +368,7 @@ fn check(
         include_ca: e.include_ca,
         post,
         deliver,
+        warnings,
     })
 }
 
@@ -311,6 +439,134 @@ mod tests {
         let typo = ONE.replace(r#""nginx"]}"#, r#""nginx"], "delivr": true}"#);
         let e = load_text(&typo, None).unwrap_err();
         assert!(e.to_string().contains("delivr"), "{e}");
+    }
+
+    const VMS: &str = r#"{"vms": [{"vmid": 1001, "name": "Portainer", "swarm_role": "manager",
+        "network_config": {"ip": "10.0.0.111/24"}}]}"#;
+
+    fn portainer(post: &str, include_ca: bool) -> String {
+        format!(
+            r#"[{{"common_name": "portainer.x", "guest_id": 1001, "guest_type": "vm",
+            "cert_path": "/p/portainer.crt", "key_path": "/p/portainer.key",
+            "include_ca": {include_ca}, "post_renewal": {post}}}]"#
+        )
+    }
+
+    fn load_with_vms(text: &str) -> Result<Manifest> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("certificate-manifest.json"), text).unwrap();
+        std::fs::write(dir.path().join("phoenix_vm_configs.json"), VMS).unwrap();
+        let config = Config {
+            phoenix_etc: dir.path().into(),
+            ..Config::default()
+        };
+        load(&config)
+    }
+
+    #[test]
+    fn swarm_secrets_resolve_to_the_manager() {
+        let m = load_with_vms(&portainer(
+            r#"{"swarm_secrets": {"cert": "portainer_tls_cert.pem", "key": "portainer_tls_key.pem",
+                "ca": "portainer_tls_ca.pem"}, "services": ["production_portainer_service_portainer"]}"#,
+            true,
+        ))
+        .unwrap();
+        let PostAction::SwarmSecrets(r) = &m.entries[0].post else {
+            panic!("{:?}", m.entries[0].post)
+        };
+        assert_eq!(r.manager, 1001);
+        let names: Vec<_> = r
+            .secrets
+            .iter()
+            .map(|s| (s.part, s.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (Part::Cert, "portainer_tls_cert.pem"),
+                (Part::Key, "portainer_tls_key.pem"),
+                (Part::Ca, "portainer_tls_ca.pem")
+            ]
+        );
+        assert!(!m.entries[0].deliver);
+    }
+
+    #[test]
+    fn names_docker_would_refuse_are_config_errors_at_plan_time() {
+        let cases = [
+            (
+                r#"{"swarm_secrets": {"cert": "bad name"}}"#,
+                true,
+                "[0].post_renewal.swarm_secrets.cert",
+            ),
+            (
+                &format!(r#"{{"swarm_secrets": {{"key": "{}"}}}}"#, "k".repeat(52)),
+                true,
+                "[0].post_renewal.swarm_secrets.key",
+            ),
+            (
+                r#"{"swarm_secrets": {"ca": "ca.pem"}}"#,
+                false,
+                "include_ca",
+            ),
+            (
+                r#"{"swarm_secrets": {"cert": "c.pem"}, "services": ["a.b"]}"#,
+                true,
+                "[0].post_renewal.services[0]",
+            ),
+            (r#"{"swarm_secrets": {}}"#, true, "names no secret"),
+            (
+                r#"{"swarm_secrets": {"cert": "x", "key": "x"}}"#,
+                true,
+                "named twice",
+            ),
+            (
+                r#"{"run": ["true"], "swarm_secrets": {"cert": "x"}}"#,
+                true,
+                "not both",
+            ),
+            (
+                r#"{"run": ["true"], "services": ["s"]}"#,
+                true,
+                "[0].post_renewal.services",
+            ),
+            (
+                r#"{"swarm_secrets": {"cert": "x"}, "deliver": true}"#,
+                true,
+                "[0].post_renewal.deliver",
+            ),
+            (r#"{}"#, true, "needs run"),
+        ];
+        for (post, ca, want) in cases {
+            let e = load_with_vms(&portainer(post, ca)).unwrap_err();
+            assert_eq!(crate::exit::kind_of(&e), Kind::Config, "{post}: {e}");
+            assert!(e.to_string().contains(want), "{post}: {e}");
+        }
+    }
+
+    #[test]
+    fn one_secret_name_belongs_to_one_entry() {
+        let one = portainer(r#"{"swarm_secrets": {"cert": "shared.pem"}}"#, false);
+        let two = one.replace("}]", "},") + &one[1..].replace("portainer.x", "other.x");
+        let e = load_with_vms(&two).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("[1].post_renewal.swarm_secrets.cert"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("entry [0] ('portainer.x')"), "{e}");
+    }
+
+    #[test]
+    fn the_legacy_secret_chain_is_flagged_with_its_equivalent() {
+        let legacy = ONE.replace(
+            r#""post_renewal": {"run": ["systemctl", "reload", "nginx"]}"#,
+            r#""post_renewal_command": "docker secret rm web.pem; docker secret create web.pem /tmp/cert.pem""#,
+        );
+        let m = load_text(&legacy, None).unwrap();
+        assert_eq!(m.entries[0].warnings.len(), 1);
+        assert!(m.entries[0].warnings[0].contains(r#""swarm_secrets": {"cert": "web.pem"}"#));
+        assert!(load_text(ONE, None).unwrap().entries[0].warnings.is_empty());
     }
 
     #[test]

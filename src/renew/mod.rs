@@ -10,6 +10,7 @@
 
 pub mod deliver;
 pub mod install;
+pub mod legacy;
 pub mod manifest;
 pub mod plan;
 pub mod post;
@@ -312,7 +313,11 @@ fn handle(
             )
         })
         .and_then(|()| {
-            post::run(entry, px, &manifest.path, cmd_timeout).with_context(|| {
+            let bounds = post::Bounds {
+                command: cmd_timeout,
+                update: Duration::from_secs(config.swarm.update_timeout_secs),
+            };
+            post::run(entry, px, &manifest.path, bounds).with_context(|| {
                 format!("post-renewal action for {} in {}", entry.name, entry.guest)
             })
         });

@@ -8,21 +8,38 @@
 //!   by root and writable by nobody else; deprecated (warned every run). One
 //!   that starts with `qm guest exec` has its JSON checked the same way as
 //!   the typed transport's (`qm` itself exits 0 whatever the command did).
+//! - `"post_renewal": {"swarm_secrets": {...}, "services": [...]}`: the
+//!   new files become versioned Swarm secrets on the manager VM, rolled
+//!   into the services ([`crate::swarm::secrets`]).
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 
 use crate::exec::Cmd;
-use crate::proxmox::{self, Proxmox};
+use crate::fsutil;
+use crate::phoenix::GuestType;
+use crate::proxmox::{self, Guest, Proxmox};
+use crate::swarm::docker::Docker;
+use crate::swarm::secrets::{self, Material, Part, Rotation};
 
 use super::manifest::{self, Entry, PostAction};
 
+/// Bounds of the post-renewal actions.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// A legacy command on the host.
+    pub command: Duration,
+    /// A service update that rotates secrets.
+    pub update: Duration,
+}
+
 /// Run the entry's post-renewal action.
-pub fn run(entry: &Entry, px: &Proxmox, manifest_path: &Path, timeout: Duration) -> Result<()> {
+pub fn run(entry: &Entry, px: &Proxmox, manifest_path: &Path, bounds: Bounds) -> Result<()> {
     match &entry.post {
         PostAction::None => Ok(()),
+        PostAction::SwarmSecrets(rot) => swarm_secrets(entry, rot, px, bounds.update),
         PostAction::Guest(argv) => {
             px.ensure_reachable(entry.guest)?;
             let out = px.exec_ok(entry.guest, argv, None)?;
@@ -40,8 +57,46 @@ pub fn run(entry: &Entry, px: &Proxmox, manifest_path: &Path, timeout: Duration)
             );
             Ok(())
         }
-        PostAction::Legacy(command) => legacy(entry, command, manifest_path, timeout),
+        PostAction::Legacy(command) => legacy(entry, command, manifest_path, bounds.command),
     }
+}
+
+fn swarm_secrets(entry: &Entry, rot: &Rotation, px: &Proxmox, bound: Duration) -> Result<()> {
+    let material = rot
+        .secrets
+        .iter()
+        .map(|s| {
+            let path = match s.part {
+                Part::Cert => entry.cert_path.clone(),
+                Part::Key => entry.key_path.clone(),
+                Part::Ca => entry.ca_path(),
+            };
+            let bytes =
+                fsutil::read_limited(&path, secrets::SECRET_MAX_BYTES).with_context(|| {
+                    format!("reading '{}' for swarm secret {}", path.display(), s.name)
+                })?;
+            Ok(Material::new(s.clone(), bytes))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let manager = Guest {
+        kind: GuestType::Vm,
+        id: rot.manager,
+    };
+    px.ensure_reachable(manager)?;
+    let d = Docker::new(px, manager, format!("swarm manager {manager}"));
+    let report = secrets::rotate(&d, &entry.name, &material, &rot.services, bound)?;
+    if report.unchanged() {
+        log::info!("{}: swarm secrets already current in {manager}", entry.name);
+    } else {
+        log::info!(
+            "{}: swarm secrets rotated in {manager}: {} created, {} service(s) rolled, {} old removed",
+            entry.name,
+            report.created.len(),
+            report.updated.len(),
+            report.removed.len()
+        );
+    }
+    Ok(())
 }
 
 fn legacy(entry: &Entry, command: &str, manifest_path: &Path, timeout: Duration) -> Result<()> {

@@ -45,6 +45,8 @@ pub struct Row {
     pub failures: u32,
     /// The last error.
     pub last_error: Option<String>,
+    /// What the plan warns of (a legacy command that cannot work, ...).
+    pub warnings: Vec<String>,
 }
 
 /// RFC 3339 time of Unix seconds.
@@ -96,6 +98,7 @@ pub fn rows(config: &Config) -> Result<Vec<Row>> {
                 last_success: st.last_success,
                 failures: st.failures,
                 last_error: st.last_error,
+                warnings: e.warnings.clone(),
             }
         })
         .collect())
@@ -143,6 +146,11 @@ pub fn table(rows: &[Row]) -> String {
             r.next_action,
             last
         );
+    }
+    for r in rows {
+        for w in &r.warnings {
+            let _ = writeln!(out, "\nwarning: {}: {w}", r.name);
+        }
     }
     out
 }
@@ -220,6 +228,7 @@ mod tests {
             last_success: None,
             failures: 2,
             last_error: None,
+            warnings: Vec::new(),
         };
         let text = prometheus(std::slice::from_ref(&r));
         assert!(
@@ -240,6 +249,7 @@ mod tests {
         ]);
         assert!(t.lines().nth(1).unwrap().contains(" 10m "), "{t}");
         assert!(t.lines().nth(2).unwrap().contains(" issue "), "{t}");
+        assert!(t.ends_with("\nwarning: n: cannot rotate\n"), "{t}");
     }
 
     fn row() -> Row {
@@ -257,6 +267,7 @@ mod tests {
             last_success: None,
             failures: 0,
             last_error: None,
+            warnings: vec!["cannot rotate".into()],
         }
     }
 }

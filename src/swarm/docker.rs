@@ -309,13 +309,18 @@ impl<'a> Docker<'a> {
         }
     }
 
+    /// `VM 1001 (portainer)`: the VM, for messages.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
     fn scrub(&self, text: &str) -> String {
         self.secrets
             .iter()
             .fold(text.to_string(), |t, s| t.replace(s.as_str(), "<redacted>"))
     }
 
-    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<GuestOutput> {
+    pub(super) fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<GuestOutput> {
         let argv: Vec<String> = std::iter::once("docker")
             .chain(args.iter().copied())
             .map(String::from)
@@ -324,7 +329,7 @@ impl<'a> Docker<'a> {
     }
 
     /// Run and require exit 0. `secret_stdout`: never quote stdout.
-    fn run_ok(&self, args: &[&str], secret_stdout: bool) -> Result<GuestOutput> {
+    pub(super) fn run_ok(&self, args: &[&str], secret_stdout: bool) -> Result<GuestOutput> {
         let out = self.run(args, None)?;
         if out.exitcode != 0 {
             let detail = match out.stderr.trim() {
@@ -452,7 +457,7 @@ impl<'a> Docker<'a> {
 }
 
 /// At most 500 characters of `text`, for messages.
-fn clip(text: &str) -> String {
+pub(super) fn clip(text: &str) -> String {
     let t = text.trim();
     match t.char_indices().nth(500) {
         Some((i, _)) => format!("{}...", &t[..i]),

@@ -5,9 +5,13 @@
 //! Every docker command runs inside its VM through the one `qm guest
 //! exec` transport ([`crate::proxmox`]), after the VM runs and its guest
 //! agent answers (bounded, with backoff: a cold VM's agent takes ~100 s).
+//! Swarm secrets made from certificates are rotated by [`secrets`], run
+//! by `phoenix-renew` as a post-renewal action.
 
 pub mod docker;
 pub mod ensure;
+pub mod secrets;
+pub mod service;
 pub mod status;
 pub mod topology;
 
