@@ -429,3 +429,206 @@ fn secrets_in_use_are_rotated_into_running_tasks_where_the_legacy_chain_fails_qu
     assert_eq!(creates.len(), 3, "{creates:?}");
     assert!(creates.iter().all(|c| c.stdin_bytes > 0));
 }
+
+/// The versions of `prefix`'s three secrets, sorted.
+fn versions(w: &World, prefix: &str) -> Vec<String> {
+    w.secret_names()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}_")))
+        .collect()
+}
+
+fn state_file(w: &World) -> PathBuf {
+    w.swarm.etc.path().join("state/renew-state.json")
+}
+
+#[test]
+fn three_rotations_in_a_row_then_nothing_to_do() {
+    let w = world();
+    w.write_manifest(&[w.entry("web.test", swarm_post("web", "web"))]);
+
+    // No service yet: the secrets are made, a warning, no failure.
+    let first = w.renew(&["run"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stderr).contains("service web does not exist (yet)"),
+        "{}",
+        text(&first.stderr)
+    );
+    let v0 = versions(&w, "web");
+    assert_eq!(v0.len(), 3, "{v0:?}");
+    assert!(v0.iter().all(|n| is_version(n, "web")), "{v0:?}");
+    let current = |part: &str, vs: &[String]| {
+        vs.iter()
+            .find(|n| n.starts_with(&format!("web_tls_{part}.pem-")))
+            .unwrap()
+            .clone()
+    };
+    w.create_service(
+        "web",
+        &[
+            (&current("cert", &v0), "/certs/tls-cert.pem"),
+            (&current("key", &v0), "/certs/tls-key.pem"),
+            (&current("ca", &v0), "/certs/ca.pem"),
+        ],
+    );
+
+    let mut seen = vec![v0];
+    for round in 1..=3 {
+        let o = w.renew(&["run", "--force"]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "round {round}: {}",
+            text(&o.stderr)
+        );
+        let vs = versions(&w, "web");
+        assert_eq!(
+            vs.len(),
+            3,
+            "round {round}: one version of each name: {vs:?}"
+        );
+        assert_ne!(
+            current("cert", &vs),
+            current("cert", seen.last().unwrap()),
+            "round {round}: a new certificate is a new secret"
+        );
+        let mounted: Vec<String> = w.mounted("web").into_iter().map(|(n, _)| n).collect();
+        let mut want = vs.clone();
+        want.sort();
+        let mut got = mounted.clone();
+        got.sort();
+        assert_eq!(
+            got, want,
+            "round {round}: the service mounts the current versions"
+        );
+        for (part, path) in [
+            ("cert", "/certs/tls-cert.pem"),
+            ("key", "/certs/tls-key.pem"),
+        ] {
+            let new = w.file("web.test", part);
+            let read = w.read_in_tasks("web", path);
+            assert_eq!(read.len(), 2);
+            assert!(
+                read.iter().all(|r| *r == new),
+                "round {round}: {part} not rotated"
+            );
+        }
+        seen.push(vs);
+    }
+
+    // Nothing due: no call into the swarm at all.
+    let n = w.swarm.guest_calls().len();
+    let idle = w.renew(&["run"]);
+    assert_eq!(idle.status.code(), Some(0));
+    assert_eq!(w.swarm.guest_calls_since(n), vec![]);
+
+    // The action again with the same content (a pending action after a
+    // crash, say): one read, no write.
+    let mut st: Value = serde_json::from_slice(&std::fs::read(state_file(&w)).unwrap()).unwrap();
+    st["certificates"]["web.test"]["post_pending"] = json!(true);
+    std::fs::write(state_file(&w), st.to_string()).unwrap();
+    let again = w.renew(&["run"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    let calls: Vec<Vec<String>> = w
+        .swarm
+        .guest_calls_since(n)
+        .into_iter()
+        .filter_map(|c| c.docker())
+        .collect();
+    assert_eq!(
+        calls,
+        vec![["secret", "ls", "--format", "{{json .}}"]
+            .map(String::from)
+            .to_vec()]
+    );
+}
+
+#[test]
+fn an_update_whose_tasks_cannot_start_is_rolled_back_and_retried() {
+    let w = world();
+    legacy_state(&w, "app", "app");
+    let old_cert = b"old cert of app\n".to_vec();
+    // The running tasks read the pinned content; a task with any other
+    // certificate exits at once.
+    std::fs::write(w.path("pin/cert"), &old_cert).unwrap();
+    w.write_manifest(&[w.entry("app.test", swarm_post("app", "app"))]);
+
+    let o = w.renew(&["run"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("service app: the update onto the new secrets paused"),
+        "{err}"
+    );
+    assert!(err.contains("rolled back to the old ones"), "{err}");
+    assert!(err.contains("old secret versions kept"), "{err}");
+    // Back on the old secrets, which are all still there.
+    w.swarm.wait_for(
+        "app's tasks back on the old certificate",
+        Duration::from_secs(60),
+        || {
+            let read = w.read_in_tasks("app", "/certs/tls-cert.pem");
+            read.len() == 2 && read.iter().all(|r| *r == old_cert)
+        },
+    );
+    let names = versions(&w, "app");
+    for legacy in ["app_tls_cert.pem", "app_tls_key.pem", "app_tls_ca.pem"] {
+        assert!(
+            names.contains(&legacy.to_string()),
+            "{legacy} was removed: {names:?}"
+        );
+    }
+    let status = w.renew(&["status", "--json"]);
+    let rows: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(rows[0]["last_result"], "failed", "{rows}");
+
+    // The cause goes away: the next run (nothing due, the action pending)
+    // rotates.
+    std::fs::remove_file(w.path("pin/cert")).unwrap();
+    let o = w.renew(&["run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let new = w.file("app.test", "cert");
+    let read = w.read_in_tasks("app", "/certs/tls-cert.pem");
+    assert!(read.len() == 2 && read.iter().all(|r| *r == new));
+    let names = versions(&w, "app");
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| is_version(n, "app")), "{names:?}");
+}
+
+#[test]
+fn a_name_docker_would_refuse_stops_the_plan_naming_entry_and_field() {
+    // No swarm needed: the manifest is refused before anything runs.
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path();
+    std::fs::write(
+        etc.join("phoenix_vm_configs.json"),
+        r#"{"vms": [{"vmid": 1001, "name": "p", "swarm_role": "manager",
+            "network_config": {"ip": "10.0.0.111/24"}}]}"#,
+    )
+    .unwrap();
+    let entry = json!([{"common_name": "p.test", "guest_id": 1001, "guest_type": "vm",
+        "cert_path": etc.join("p.crt"), "key_path": etc.join("p.key"),
+        "post_renewal": {"swarm_secrets": {"cert": "p cert"}, "services": ["p"]}}]);
+    std::fs::write(etc.join("certificate-manifest.json"), entry.to_string()).unwrap();
+    std::fs::write(
+        etc.join("toolkit.json"),
+        json!({"phoenix_etc": etc, "lock_dir": etc.join("lock"), "state_dir": etc.join("state")})
+            .to_string(),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_phoenix-renew"))
+        .args(["run", "--config"])
+        .arg(etc.join("toolkit.json"))
+        .env_remove("PHOENIX_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("[0].post_renewal.swarm_secrets.cert ('p.test')"),
+        "{err}"
+    );
+    assert!(err.contains("'p cert' has ' '"), "{err}");
+    assert!(!etc.join("state").exists(), "nothing written");
+}
