@@ -347,6 +347,12 @@ pub fn rotate(
             continue;
         }
         let Some(swap) = swap_for(&svc, material) else {
+            // Current already: unless an update (an earlier run's that
+            // outlived its bound, say) is still rolling or stuck, the old
+            // versions are free to go.
+            if let Err(e) = settled(d, &svc, update_bound) {
+                failures.push(e);
+            }
             continue;
         };
         match update(d, &svc, &swap, update_bound) {
@@ -396,8 +402,36 @@ pub fn rotate(
 /// One service update, waited for: `completed` is success; `paused` is
 /// rolled back; `rollback_*` and a run past the bound are failures.
 fn update(d: &Docker, svc: &ServiceInfo, swap: &Swap, bound: Duration) -> Result<()> {
-    let name = &svc.name;
-    d.swap_secrets(name, &swap.remove, &swap.add)?;
+    d.swap_secrets(&svc.name, &swap.remove, &swap.add)?;
+    wait_update(d, &svc.name, bound, true)
+}
+
+/// A service that already mounts the current versions: an update still
+/// rolling is waited for; one paused or rolled back is reported and left
+/// as it is (it may be the operator's, not ours).
+fn settled(d: &Docker, svc: &ServiceInfo, bound: Duration) -> Result<()> {
+    match svc.update.as_ref().map(|u| u.state.as_str()) {
+        Some("updating") => wait_update(d, &svc.name, bound, false),
+        Some(state @ ("paused" | "rollback_paused" | "rollback_started")) => {
+            let msg = svc
+                .update
+                .as_ref()
+                .map(|u| u.message.as_str())
+                .unwrap_or("");
+            Err(anyhow::anyhow!(
+                "service {}: mounts the new secrets, but its last update is {state} ({msg}): \
+                 left as it is; see `docker service ps {}`",
+                svc.name,
+                svc.name
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Poll the update status of `name` until it completes, bounded. A
+/// `paused` update is rolled back when `rollback` says so.
+fn wait_update(d: &Docker, name: &str, bound: Duration, rollback: bool) -> Result<()> {
     let deadline = Instant::now() + bound;
     let mut delay = Duration::from_millis(100);
     let mut last = String::from("not started");
@@ -412,13 +446,16 @@ fn update(d: &Docker, svc: &ServiceInfo, swap: &Swap, bound: Duration) -> Result
             match st.state.as_str() {
                 "completed" => return Ok(()),
                 "paused" => {
-                    let back = d.service_rollback(name);
-                    return Err(anyhow::anyhow!(
-                        "service {name}: the update onto the new secrets paused ({msg}); {}",
-                        match back {
+                    let back = if rollback {
+                        match d.service_rollback(name) {
                             Ok(()) => "rolled back to the old ones".to_string(),
                             Err(e) => format!("rolling it back failed too: {e:#}"),
                         }
+                    } else {
+                        format!("left as it is; see `docker service ps {name}`")
+                    };
+                    return Err(anyhow::anyhow!(
+                        "service {name}: the update onto the new secrets paused ({msg}); {back}"
                     ));
                 }
                 s if s.starts_with("rollback") => {
