@@ -3,6 +3,15 @@
 
 log() { printf '[phoenix] %s\n' "$*" >&2; }
 
+apt_install() {
+  ((${#@})) || return 0
+  [ "$(id -u)" -eq 0 ] || { log "need root to apt-get install $*"; return 1; }
+  log "apt-get install $*"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 # Debian packages by the command they provide.
 ensure_packages() {
   local missing=() cmd pkg
@@ -10,12 +19,24 @@ ensure_packages() {
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
-  ((${#missing[@]})) || return 0
-  [ "$(id -u)" -eq 0 ] || { log "need root to apt-get install ${missing[*]}"; return 1; }
-  log "apt-get install ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_install "${missing[@]}"
+}
+
+# The real Docker Swarm of scripts/lib/realswarm.sh: Debian's docker.io (by
+# its files: another docker CLI may be on PATH), busybox-static (its static
+# /bin/busybox is the image; the dynamic busybox package has the same
+# path), iproute2 and util-linux (nsenter, unshare, flock). docker.io's
+# postinst may start docker.service: harmless, the harness runs its own
+# daemons.
+ensure_realswarm() {
+  local missing=()
+  [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || missing+=(docker.io)
+  dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  for cmd in nsenter unshare flock; do
+    command -v "$cmd" >/dev/null 2>&1 || { missing+=(util-linux); break; }
+  done
+  apt_install "${missing[@]}"
 }
 
 # The real smallstep step CLI and step-ca: from PATH, else built from
@@ -45,6 +66,7 @@ ensure_cargo() {
 install_test_deps() {
   ensure_packages python3:python3 curl:curl jq:jq unshare:util-linux \
     systemd-analyze:systemd bash:bash
+  ensure_realswarm
   ensure_step
   ensure_cargo
 }
