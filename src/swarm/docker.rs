@@ -6,6 +6,8 @@
 //!   the error on stderr, then renders the template over an empty `Info`
 //!   (`"LocalNodeState":""`) and exits 0. An empty or unknown state, or
 //!   anything on stderr, is a failure to read the state: never "inactive".
+//!   docker 20.10's CLI (Debian bookworm's docker.io) exits 1 printing
+//!   only the template's "nil pointer" error: named for what it means.
 //! - A worker's `docker info` carries no `Cluster`: only a manager knows
 //!   the cluster id, so membership is decided by the manager's node list.
 //! - `docker swarm init` prints the worker join token on stdout and
@@ -140,18 +142,23 @@ pub fn parse_info(out: &GuestOutput) -> Result<SwarmInfo> {
         } else {
             stderr
         };
+        let why = if why.contains("nil pointer") {
+            format!("the docker daemon did not answer (no Info to render: {why})")
+        } else {
+            why.to_string()
+        };
         // With --format, docker info exits 0 and prints the daemon error
         // on stderr: say so rather than "failed (exit status 0)".
         return Err(if out.exitcode == 0 {
             anyhow::anyhow!(
                 "docker info reported an error (its exit status is 0 even so): {}",
-                clip(why)
+                clip(&why)
             )
         } else {
             anyhow::anyhow!(
                 "docker info failed (exit status {}): {}",
                 out.exitcode,
-                clip(why)
+                clip(&why)
             )
         });
     }
@@ -504,6 +511,17 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("Cannot connect"), "{e}");
         assert!(e.to_string().contains("exit status is 0 even so"), "{e}");
+        // docker 20.10's CLI: exit 1 and only the template's error.
+        let e = parse_info(&out(
+            1,
+            "\n",
+            "template: :1:7: executing \"\" at <.Swarm>: reflect: indirection through nil pointer to embedded struct field Info\n",
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("the docker daemon did not answer"),
+            "{e}"
+        );
         // Even with stderr lost, an empty state is no state.
         let e = parse_info(&out(0, r#"{"LocalNodeState":""}"#, "")).unwrap_err();
         assert!(e.to_string().contains("no usable swarm state"), "{e}");
