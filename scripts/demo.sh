@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
-# A whole Phoenix boot on loopback, with the real binaries and a real
-# step-ca; Proxmox (qm, pct) and Docker are the project's fakes
-# (tests/fakes). In order:
+# A whole Phoenix boot on loopback, with the real binaries, a real step-ca
+# and a real Docker Swarm: VMs 1001 and 1002 are two dockerd of Debian's
+# docker.io, each in its own network and UTS namespace
+# (scripts/lib/realswarm.sh). Proxmox (qm, pct) is the project's fake
+# (tests/fakes): `qm guest exec ID -- docker ...` reaches that VM's
+# daemon; the guests' systemctl is a recording stub. In order:
 #   1. the CA container's pre-start hook starts a new CA generation;
 #   2. a VM boots first: its phoenix-ca-wait waits for the CA;
 #   3. the CA container starts late; its post-start hook waits, bounded;
 #      step-ca's ExecStartPost publishes the readiness token once /health
-#      answers; the hook and the VM's wait return; the VM's Docker starts;
+#      answers; the hook and the VM's wait return; the VM's dockerd
+#      starts, then the next VM's;
 #   4. phoenix-sync.target: phoenix-swarm forms the swarm (manager, worker),
 #      then phoenix-renew issues the certificates, installs them and runs
 #      each post-renewal action in its guest;
 #   5. time passes: the certificates are due, the timer's run renews them;
 #   6. a second run of both changes nothing;
-#   7. phoenix-renew status and phoenix-swarm status.
+#   7. phoenix-renew status, phoenix-swarm status, docker node ls.
 #
 #   scripts/demo.sh            (no flags; installs what it needs; root for
-#                               apt-get and a private mount namespace)
+#                               apt-get, namespaces and the daemons)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/install.sh
 
 ensure_packages curl:curl python3:python3 unshare:util-linux
+ensure_realswarm
 ensure_step
 ensure_cargo
 log "building (release)"
@@ -30,9 +35,11 @@ FAKES=$PWD/tests/fakes
 
 W=$(mktemp -d /tmp/phoenix-demo.XXXXXX)
 PIDS=()
+REALSWARM=$PWD/scripts/lib/realswarm.sh
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  bash "$REALSWARM" down "$W/swarm" || true
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -46,12 +53,20 @@ section() { printf '\n== %s\n' "$*"; }
 STORAGE=$W/pve/quickOS                      # a Proxmox storage, /mnt/pve/quickOS
 SSL=$STORAGE/lxc-persistent-data/103/ssl    # the CA container's state directory
 ETC=$W/phoenix_etc
-export PHOENIX_FAKE_PVE=$W/fakepve          # state of the fake qm/pct/docker
-export PATH=$FAKES:$PATH                    # fake qm, pct, docker first
+export PHOENIX_FAKE_PVE=$W/fakepve          # state of the fake qm/pct
+export PATH=$FAKES:$PATH                    # fake qm, pct first
 export STEPPATH=$W/ct103/steppath           # step-ca's own files (the CA guest)
 mkdir -p "$SSL" "$ETC" "$W/ct103" "$W/host"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL=https://127.0.0.1:$PORT
+
+# The VMs' Docker: a real dockerd each, on a bridge of their own; the fake
+# qm reaches them through qemu/ID/bin/docker. Powered off until they boot.
+bash "$REALSWARM" up "$W/swarm" "$PHOENIX_FAKE_PVE" 1001:portainer 1002:drphoenix > "$W/swarm.env"
+IP1=$(sed -n 's/^VM_1001_IP=//p' "$W/swarm.env")
+IP2=$(sed -n 's/^VM_1002_IP=//p' "$W/swarm.env")
+bash "$REALSWARM" stop "$W/swarm" 1001
+bash "$REALSWARM" stop "$W/swarm" 1002
 
 # The CA: a real step-ca, initialised once (as the CA container's first boot
 # did). Claims allow the demo's 90 s certificates.
@@ -78,17 +93,17 @@ EOF
 cat > "$ETC/phoenix_vm_configs.json" <<EOF
 {"vms": [
   {"vmid": 1001, "name": "Portainer", "swarm_role": "manager",
-   "network_config": {"ip": "10.0.0.111/24", "gw": "10.0.0.1"}},
+   "network_config": {"ip": "$IP1/24"}},
   {"vmid": 1002, "name": "drphoenix", "swarm_role": "worker",
-   "network_config": {"ip": "10.0.0.102/24"}, "node_labels": ["gpu=false"]}]}
+   "network_config": {"ip": "$IP2/24"}, "node_labels": ["gpu=false"]}]}
 EOF
 CERTS=$STORAGE/vm-certs
 cat > "$ETC/certificate-manifest.json" <<EOF
-[{"common_name": "portainer.phoenix.demo", "sans": ["10.0.0.111"],
+[{"common_name": "portainer.phoenix.demo", "sans": ["$IP1"],
   "guest_id": 1001, "guest_type": "vm", "owner": "root:root", "include_ca": true,
   "cert_path": "$CERTS/1001/cert.pem", "key_path": "$CERTS/1001/key.pem",
   "post_renewal": {"run": ["systemctl", "restart", "docker"]}},
- {"common_name": "drphoenix.phoenix.demo", "sans": ["10.0.0.102"],
+ {"common_name": "drphoenix.phoenix.demo", "sans": ["$IP2"],
   "guest_id": 1002, "guest_type": "vm", "owner": "root:root",
   "cert_path": "$CERTS/1002/cert.pem", "key_path": "$CERTS/1002/key.pem",
   "post_renewal": {"run": ["systemctl", "reload", "traefik"]}}]
@@ -96,13 +111,10 @@ EOF
 for id in 1001 1002; do
   g=$PHOENIX_FAKE_PVE/qemu/$id
   mkdir -p "$g/bin"
-  ln -s "$FAKES/docker" "$g/bin/docker"
   # A recording systemctl: what the post-renewal actions did in the guest.
   printf '#!/bin/sh\necho "$FAKE_GUEST_ID systemctl $*" >> "$FAKE_PVE/systemctl.log"\n' > "$g/bin/systemctl"
   chmod 0755 "$g/bin/systemctl"
 done
-echo portainer > "$PHOENIX_FAKE_PVE/qemu/1001/hostname"
-echo drphoenix > "$PHOENIX_FAKE_PVE/qemu/1002/hostname"
 
 cat > "$W/toolkit.json" <<EOF
 {
@@ -153,7 +165,11 @@ say ct103 "ExecStartPost: phoenix-ca publish (waits for /health)"
 "$BIN/phoenix-ca" publish 2>&1 | stream ct103
 wait "$WAITER" "$POST"
 say vm1001 "docker.service starts (ordered after phoenix-ca-wait.service)"
+bash "$REALSWARM" start "$W/swarm" 1001
+say vm1001 "dockerd answers (hostname portainer, $IP1)"
 say host "Proxmox starts the next onboot guest (VM 1002)"
+bash "$REALSWARM" start "$W/swarm" 1002
+say vm1002 "dockerd answers (hostname drphoenix, $IP2)"
 
 section "4. phoenix-sync.target: the swarm, then the certificates"
 export STEPPATH=$W/host/steppath            # the host's step, not the CA's
@@ -187,3 +203,5 @@ echo "\$ phoenix-renew status"
 "$BIN/phoenix-renew" status | sed 's/^/  /'
 echo "\$ phoenix-swarm status"
 "$BIN/phoenix-swarm" status | sed 's/^/  /'
+echo "\$ docker node ls   (in VM 1001: the real engine's view)"
+"$PHOENIX_FAKE_PVE/qemu/1001/bin/docker" node ls | sed 's/^/  /'
