@@ -54,6 +54,7 @@ layout() {
   echo "units/phoenix-renew.service.d/phoenix-sync.conf usr/lib/systemd/system/phoenix-renew.service.d/phoenix-sync.conf 0644"
   echo "units/docker.service.d/phoenix-ca-wait.conf usr/share/phoenix-hooks/docker.service.d/phoenix-ca-wait.conf 0644"
   echo "units/step-ca.service.d/phoenix-ca-publish.conf usr/share/phoenix-hooks/step-ca.service.d/phoenix-ca-publish.conf 0644"
+  echo "packaging/tmpfiles.conf usr/lib/tmpfiles.d/phoenix-hooks.conf 0644"
   echo "hooks/phoenix-hook usr/share/phoenix-hooks/phoenix-hook 0755"
   echo "packaging/toolkit.json usr/share/phoenix-hooks/examples/toolkit.json 0644"
   echo "packaging/toolkit.json etc/phoenix/toolkit.json 0644"

@@ -148,6 +148,7 @@ fn package_builds_installs_verifies_and_purges() {
             "-rw-r--r-- /etc/phoenix/toolkit.json",
             "-rw-r--r-- /usr/share/doc/phoenix-hooks/copyright",
             "-rw-r--r-- /usr/share/doc/phoenix-hooks/README.md",
+            "-rw-r--r-- /usr/lib/tmpfiles.d/phoenix-hooks.conf",
         ]
         .map(String::from),
     );
@@ -192,6 +193,24 @@ fn package_builds_installs_verifies_and_purges() {
         status.contains("Conffiles:\n /etc/phoenix/toolkit.json "),
         "{status}"
     );
+
+    // The lock directory: the tmpfiles.d snippet makes it root's, 0755
+    // (postinst runs systemd-tmpfiles in the root; boot does it again).
+    let conf = std::fs::read_to_string(root.join("usr/lib/tmpfiles.d/phoenix-hooks.conf")).unwrap();
+    assert!(
+        conf.lines()
+            .any(|l| l == "d /run/lock/phoenix 0755 root root -"),
+        "{conf}"
+    );
+    let lock_dir = std::fs::symlink_metadata(root.join("run/lock/phoenix"))
+        .expect("postinst made the lock directory");
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert!(lock_dir.is_dir());
+        assert_eq!(lock_dir.mode() & 0o7777, 0o755);
+        assert_eq!(lock_dir.uid(), nix::unistd::geteuid().as_raw());
+    }
+    assert_eq!(Config::default().lock_dir, Path::new("/run/lock/phoenix"));
 
     // Nothing enabled: no .wants/.requires link anywhere in the root.
     let found = run(Command::new("find").arg(&root).args([
