@@ -7,7 +7,8 @@
 //!   [`Cmd::redact`] is replaced by `<redacted>` in every message;
 //! - output is captured (bounded), and a failure names the full command,
 //!   its exit status and its stderr;
-//! - SIGINT/SIGTERM to us stops the child too.
+//! - a stop request to us (SIGINT, SIGTERM, SIGHUP, SIGQUIT) ends the
+//!   child's whole process group too (SIGTERM, then SIGKILL after 2 s).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -41,6 +42,7 @@ pub struct Cmd {
     stdin: Option<Vec<u8>>,
     timeout: Duration,
     redact: Vec<String>,
+    secret_stdout: bool,
 }
 
 /// What a finished command left.
@@ -77,6 +79,7 @@ impl Cmd {
             stdin: None,
             timeout: DEFAULT_TIMEOUT,
             redact: Vec::new(),
+            secret_stdout: false,
         }
     }
 
@@ -123,6 +126,13 @@ impl Cmd {
         if !s.is_empty() {
             self.redact.push(s);
         }
+        self
+    }
+
+    /// The command's stdout is a secret (a join token): no message ever
+    /// quotes it, even when stderr is empty.
+    pub fn secret_stdout(mut self) -> Self {
+        self.secret_stdout = true;
         self
     }
 
@@ -231,11 +241,12 @@ impl Cmd {
         Err(anyhow::anyhow!("{}", self.failure_message(&out)))
     }
 
-    /// "`cmd` exited with status N: stderr" (scrubbed).
+    /// "`cmd` exited with status N: stderr" (scrubbed); stdout instead
+    /// when stderr is empty, unless stdout is [secret](Self::secret_stdout).
     pub fn failure_message(&self, out: &Output) -> String {
         let mut msg = format!("{self} {}", describe_status(out.status));
         let stderr = self.scrub(out.stderr_str().trim());
-        let text = if stderr.is_empty() {
+        let text = if stderr.is_empty() && !self.secret_stdout {
             self.scrub(out.stdout_str().trim())
         } else {
             stderr
@@ -373,6 +384,19 @@ mod tests {
             assert!(!marker.exists(), "grandchild survived the deadline");
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    #[test]
+    fn a_secret_stdout_is_never_quoted() {
+        // The secret is not in argv (which is shown), only in the output.
+        let script = "printf 'SWMTKN-1-abc-%s%s' top secret; exit 1";
+        let cmd = Cmd::new("sh").args(["-c", script]);
+        let out = cmd.run().unwrap();
+        assert!(cmd.failure_message(&out).contains("topsecret"));
+        let cmd = cmd.secret_stdout();
+        let e = cmd.run_ok().unwrap_err().to_string();
+        assert!(e.contains("exited with status 1"), "{e}");
+        assert!(!e.contains("topsecret"), "{e}");
     }
 
     #[test]

@@ -117,11 +117,38 @@ fn perl_bool(v: &Option<serde_json::Value>) -> bool {
 /// Turn the stdout of `qm guest exec` into a [`GuestOutput`], or the reason
 /// it is not one. `what` names the guest and command for messages.
 pub fn parse_qm_exec(stdout: &str, what: &str) -> Result<GuestOutput> {
-    let res: QmExecResult = serde_json::from_str(stdout.trim()).map_err(|e| {
-        anyhow::anyhow!(
+    parse_qm_exec_as(stdout, what, Stdout::Shown)
+}
+
+/// Whether a message may quote what a guest command printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdout {
+    /// Quoted when it helps (a reply that is no JSON, a failure with an
+    /// empty stderr).
+    Shown,
+    /// A secret (`docker swarm join-token -q`): never quoted, not even in
+    /// part. The JSON `qm` prints carries the guest's stdout, so a reply
+    /// that does not parse is not quoted either; its shape is told instead.
+    Secret,
+}
+
+/// [`parse_qm_exec`], with `stdout` quoted in messages or not.
+pub fn parse_qm_exec_as(stdout: &str, what: &str, quote: Stdout) -> Result<GuestOutput> {
+    let res: QmExecResult = serde_json::from_str(stdout.trim()).map_err(|e| match quote {
+        Stdout::Shown => anyhow::anyhow!(
             "{what}: qm guest exec printed no JSON result ({e}): {}",
             stdout.trim().chars().take(300).collect::<String>()
-        )
+        ),
+        // serde's message can quote a value ("invalid type: string
+        // \"...\""): only the kind of the error and its place are told.
+        Stdout::Secret => anyhow::anyhow!(
+            "{what}: qm guest exec printed no JSON result ({:?} error at line {} column {}; \
+             {} bytes, not shown: they may hold a secret)",
+            e.classify(),
+            e.line(),
+            e.column(),
+            stdout.len()
+        ),
     })?;
     if !perl_bool(&res.exited) {
         return Err(match res.pid {
@@ -269,6 +296,18 @@ impl Proxmox {
     /// A non-zero exit code is returned, not an error; a result that
     /// cannot be trusted (no exitcode, a signal, a bare pid) is an error.
     pub fn exec(&self, guest: Guest, argv: &[String], stdin: Option<&[u8]>) -> Result<GuestOutput> {
+        self.exec_as(guest, argv, stdin, Stdout::Shown)
+    }
+
+    /// [`Self::exec`] with the command's stdout shown in messages or
+    /// never ([`Stdout::Secret`]).
+    pub fn exec_as(
+        &self,
+        guest: Guest,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        quote: Stdout,
+    ) -> Result<GuestOutput> {
         if argv.is_empty() {
             return Err(err(Kind::Config, format!("{guest}: empty command")));
         }
@@ -311,15 +350,18 @@ impl Proxmox {
                     }
                     cmd = cmd.args(["--pass-stdin", "1"]).stdin(data);
                 }
-                let cmd = cmd
+                let mut cmd = cmd
                     .arg("--")
                     .args(argv)
                     .timeout(Duration::from_secs(self.guest_timeout) + self.call_timeout);
+                if quote == Stdout::Secret {
+                    cmd = cmd.secret_stdout();
+                }
                 let out = cmd.run().with_context(|| what.clone())?;
                 if !out.status.success() {
                     return Err(anyhow::anyhow!("{what}: {}", cmd.failure_message(&out)));
                 }
-                parse_qm_exec(&out.stdout_str(), &what)
+                parse_qm_exec_as(&out.stdout_str(), &what, quote)
             }
         }
     }
@@ -416,6 +458,23 @@ mod tests {
         assert!(e.to_string().contains("signal 9"), "{e}");
         let e = parse_qm_exec("timeout reached\n", "VM 1: x").unwrap_err();
         assert!(e.to_string().contains("no JSON"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_reply_that_does_not_parse_is_not_quoted() {
+        let reply = "{\n   \"exitcode\" : 0,\n   \"out-data\" : \"SWMTKN-1-abc-topsecret\n";
+        let e = parse_qm_exec(reply, "VM 1: x").unwrap_err();
+        assert!(e.to_string().contains("topsecret"), "{e}");
+        let e = parse_qm_exec_as(reply, "VM 1: x", Stdout::Secret).unwrap_err();
+        assert!(e.to_string().contains("no JSON result"), "{e}");
+        assert!(!e.to_string().contains("topsecret"), "{e}");
+        for reply in [
+            "SWMTKN-1-abc-topsecret",
+            r#"{"exited": 1, "exitcode": "SWMTKN-1-abc-topsecret"}"#,
+        ] {
+            let e = parse_qm_exec_as(reply, "VM 1: x", Stdout::Secret).unwrap_err();
+            assert!(!format!("{e:#}").contains("topsecret"), "{e:#}");
+        }
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //! - A worker's `docker info` carries no `Cluster`: only a manager knows
 //!   the cluster id, so membership is decided by the manager's node list.
 //! - `docker swarm init` prints the worker join token on stdout and
-//!   `join-token -q` is the token: their stdout is never logged or shown.
+//!   `join-token -q` is the token: their stdout is never logged or shown,
+//!   not even when `qm`'s reply around it does not parse
+//!   ([`Stdout::Secret`]). Every message of this layer is scrubbed of the
+//!   tokens it has seen and of anything that looks like one (`SWMTKN-...`),
+//!   wherever it came from (a guest's stderr, `qm`'s own error).
 //! - The join token reaches the worker on stdin (`qm guest exec
 //!   --pass-stdin`); a constant `sh -c` reads it and hands it to
 //!   `docker swarm join`, which has no stdin option. The host's argv and
@@ -23,7 +27,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::exit::{err, kind_of, Kind};
-use crate::proxmox::{Guest, GuestOutput, Proxmox};
+use crate::proxmox::{Guest, GuestOutput, Proxmox, Stdout};
 
 /// moby's errSwarmExists (init or join on a node already in a swarm).
 pub const ERR_SWARM_EXISTS: &str = "This node is already part of a swarm";
@@ -322,22 +326,50 @@ impl<'a> Docker<'a> {
     }
 
     fn scrub(&self, text: &str) -> String {
-        self.secrets
-            .iter()
-            .fold(text.to_string(), |t, s| t.replace(s.as_str(), "<redacted>"))
+        scrub_tokens(
+            &self
+                .secrets
+                .iter()
+                .fold(text.to_string(), |t, s| t.replace(s.as_str(), "<redacted>")),
+        )
+    }
+
+    /// `e` with every secret scrubbed from its messages. A chain that
+    /// held one is folded into one message (its kind kept); others are
+    /// returned as they are.
+    fn scrub_err(&self, e: anyhow::Error) -> anyhow::Error {
+        let text = format!("{e:#}");
+        let clean = self.scrub(&text);
+        if clean == text {
+            e
+        } else {
+            err(kind_of(&e), clean)
+        }
     }
 
     pub(super) fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<GuestOutput> {
+        self.run_as(args, stdin, Stdout::Shown)
+    }
+
+    fn run_as(&self, args: &[&str], stdin: Option<&[u8]>, quote: Stdout) -> Result<GuestOutput> {
         let argv: Vec<String> = std::iter::once("docker")
             .chain(args.iter().copied())
             .map(String::from)
             .collect();
-        self.px.exec(self.guest, &argv, stdin)
+        self.px
+            .exec_as(self.guest, &argv, stdin, quote)
+            .map_err(|e| self.scrub_err(e))
     }
 
-    /// Run and require exit 0. `secret_stdout`: never quote stdout.
+    /// Run and require exit 0. `secret_stdout`: never quote stdout, not
+    /// even when `qm`'s reply does not parse.
     pub(super) fn run_ok(&self, args: &[&str], secret_stdout: bool) -> Result<GuestOutput> {
-        let out = self.run(args, None)?;
+        let quote = if secret_stdout {
+            Stdout::Secret
+        } else {
+            Stdout::Shown
+        };
+        let out = self.run_as(args, None, quote)?;
         if out.exitcode != 0 {
             let detail = match out.stderr.trim() {
                 "" if !secret_stdout => out.stdout.trim(),
@@ -364,7 +396,7 @@ impl<'a> Docker<'a> {
     /// [--force-new-cluster]`. Its stdout carries the worker token: dropped.
     pub fn init(&self, args: &[String]) -> Result<JoinResult> {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.run(&argv, None)?;
+        let out = self.run_as(&argv, None, Stdout::Secret)?;
         if out.exitcode == 0 {
             return Ok(JoinResult::Joined);
         }
@@ -383,6 +415,7 @@ impl<'a> Docker<'a> {
     /// `docker swarm join-token -q ROLE` on a manager.
     pub fn join_token(&mut self, role: &str) -> Result<JoinToken> {
         let out = self.run_ok(&["swarm", "join-token", "-q", role], true)?;
+        // The parse error never quotes what it could not read.
         let token = JoinToken::parse(&out.stdout)
             .with_context(|| format!("{}: reading the {role} join token", self.what))?;
         self.secrets.push(token.secret().to_string());
@@ -404,7 +437,8 @@ impl<'a> Docker<'a> {
                 log::warn!("{}: {}", self.what, self.scrub(&format!("{e:#}")));
                 return Ok(JoinResult::InProgress);
             }
-            Err(e) => return Err(anyhow::anyhow!("{}", self.scrub(&format!("{e:#}")))),
+            // Folded into one message, its kind (a stop request, say) kept.
+            Err(e) => return Err(err(kind_of(&e), self.scrub(&format!("{e:#}")))),
         };
         if out.exitcode == 0 {
             return Ok(JoinResult::Joined);
@@ -463,9 +497,26 @@ impl<'a> Docker<'a> {
     }
 }
 
-/// At most 500 characters of `text`, for messages.
+/// Replace what follows every `SWMTKN-` (a swarm join token, or the
+/// start of one) up to the next character a token cannot hold.
+pub fn scrub_tokens(text: &str) -> String {
+    const MARK: &str = "SWMTKN-";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(MARK) {
+        out.push_str(&rest[..i + MARK.len()]);
+        out.push_str("<redacted>");
+        rest = rest[i + MARK.len()..].trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '-');
+    }
+    out.push_str(rest);
+    out
+}
+
+/// At most 500 characters of `text`, for messages, with anything that
+/// looks like a join token scrubbed.
 pub(super) fn clip(text: &str) -> String {
-    let t = text.trim();
+    let scrubbed = scrub_tokens(text);
+    let t = scrubbed.trim();
     match t.char_indices().nth(500) {
         Some((i, _)) => format!("{}...", &t[..i]),
         None => t.to_string(),
@@ -547,6 +598,16 @@ mod tests {
         assert_eq!(format!("{t:?}"), "JoinToken(<redacted>)");
         assert!(JoinToken::parse("SWMTKN-1-abc\nrm -rf /").is_err());
         assert!(JoinToken::parse("Error: not a manager").is_err());
+    }
+
+    #[test]
+    fn anything_like_a_token_is_scrubbed() {
+        assert_eq!(
+            scrub_tokens("bad: SWMTKN-1-abc123-def456 and \"SWMTKN-1-x\".\nSWMTKN-"),
+            "bad: SWMTKN-<redacted> and \"SWMTKN-<redacted>\".\nSWMTKN-<redacted>"
+        );
+        assert_eq!(scrub_tokens("no token"), "no token");
+        assert!(!clip("x SWMTKN-1-abc-def456 y").contains("def456"));
     }
 
     #[test]
