@@ -8,7 +8,7 @@
 //! | 2    | usage or configuration error (permanent: do not retry) |
 //! | 75   | temporary failure, retry later (`EX_TEMPFAIL`; includes "lock busy") |
 //! | 124  | timed out (as timeout(1)) |
-//! | 128+N | stopped by signal N (SIGINT 130, SIGTERM 143) |
+//! | 128+N | stopped by signal N (SIGHUP 129, SIGINT 130, SIGQUIT 131, SIGTERM 143) |
 
 use std::fmt;
 use std::process::ExitCode;
@@ -24,7 +24,8 @@ pub enum Kind {
     TempFail,
     /// A bounded wait ran out (exit 124).
     Timeout,
-    /// SIGINT or SIGTERM arrived (exit 128 + signal).
+    /// A stop request (SIGINT, SIGTERM, SIGHUP, SIGQUIT) arrived (exit 128 +
+    /// signal).
     Interrupted(i32),
 }
 

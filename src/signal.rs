@@ -1,5 +1,12 @@
-//! SIGINT/SIGTERM handling: a flag that long operations check, so that a
-//! stop request ends a wait promptly and never in the middle of a file write.
+//! Stop requests (SIGINT, SIGTERM, SIGHUP, SIGQUIT): a flag that long
+//! operations check, so that a stop request ends a wait promptly and never
+//! in the middle of a file write.
+//!
+//! All four are handled alike. Left to their default action, SIGHUP (a
+//! closed terminal or SSH session) and SIGQUIT would end us at once, and
+//! the children the runner starts in their own process group (`step`,
+//! `qm`) would go on running, orphaned: handled, the runner ends that
+//! group and the binary exits 128+N.
 //!
 //! The handler records the signal number and writes a byte into a
 //! self-pipe. A waiter that blocks in `poll()` includes the pipe's read end
@@ -36,7 +43,15 @@ pub fn wake_fd() -> Option<BorrowedFd<'static>> {
     (fd >= 0).then(|| unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
-/// Install the handlers for SIGINT and SIGTERM. Call once, early in `main`.
+/// The signals that ask us to stop.
+pub const STOP_SIGNALS: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+/// Install the handlers for [`STOP_SIGNALS`]. Call once, early in `main`.
 pub fn install() {
     if WAKE_READ.load(Ordering::SeqCst) < 0 {
         use nix::fcntl::OFlag;
@@ -53,7 +68,7 @@ pub fn install() {
         SaFlags::empty(),
         SigSet::empty(),
     );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+    for sig in STOP_SIGNALS {
         // SAFETY: the handler only stores into an atomic, which is
         // async-signal-safe.
         if let Err(e) = unsafe { sigaction(sig, &action) } {

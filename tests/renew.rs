@@ -492,7 +492,9 @@ fn a_bad_manifest_is_exit_2_naming_entry_and_value() {
     b.write_manifest(&m);
     let out = b.run(&["run"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(!certs(&b).exists(), "a bad manifest touched files");
+    // The bad entry alone is refused: the other one is still issued.
+    assert!(certs(&b).join("101/web.crt").exists(), "{}", stderr(&out));
+    assert!(!certs(&b).join("1001").exists(), "a refused entry touched files");
     let out = b.run(&["run", "--only", "nope.test"]);
     assert_eq!(out.status.code(), Some(2));
 }

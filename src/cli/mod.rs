@@ -34,7 +34,7 @@ pub struct Common {
 }
 
 impl Common {
-    /// Set up logging for the binary `ident` and SIGINT/SIGTERM handling.
+    /// Set up logging for the binary `ident` and the stop signals.
     pub fn init(&self, ident: &str) {
         let mut opts = logging::Options::new(ident);
         opts.verbosity = if self.quiet { -1 } else { self.verbose as i8 };

@@ -24,9 +24,16 @@ are left alone. New files are verified, then installed atomically with the
 manifest's owner (key 0600, or 0640 for a group; certificate 0644), and
 the post-renewal action runs in the guest. One run at a time.
 
-Exit status: 0 ok; 1 a certificate failed; 2 usage, configuration or
-manifest error (nothing touched); 75 the CA is unreachable or another run
-holds the lock (retry later); 130/143 stopped by a signal.";
+A manifest entry that fails its checks (unknown owner, bad SAN, a file
+another entry claims...) is refused alone: the others are still renewed,
+and the run exits 2 at its end. `status` shows it as a row too.
+
+Exit status: 0 every selected certificate is valid and installed; 1 a
+certificate failed, or is not valid and held back by the failure backoff;
+2 usage or configuration error, unreadable manifest (nothing touched), or
+a refused manifest entry; 75 the CA is unreachable or another run holds
+the lock (retry later); 129/130/131/143 stopped by SIGHUP, SIGINT,
+SIGQUIT, SIGTERM (no failure recorded).";
 
 /// Command line of `phoenix-renew`.
 #[derive(Debug, Parser)]
@@ -98,7 +105,7 @@ impl Args {
                 } else {
                     print!("{}", status::table(&rows));
                 }
-                Ok(())
+                status::refused(&rows)
             }
         }
     }

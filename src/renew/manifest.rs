@@ -1,16 +1,27 @@
-//! The certificate manifest, checked once before anything is done: every
-//! SAN valid, paths absolute, owners resolvable, names unique. A problem is
-//! a configuration error (exit 2) naming the file, the entry index and the
-//! field, and nothing is touched.
+//! The certificate manifest, checked before anything is done: every SAN
+//! valid, paths absolute, owners resolvable, names unique, no file claimed
+//! twice. A problem is a configuration error naming the file, the entry
+//! index and the field.
+//!
+//! A problem of one entry refuses that entry alone ([`BadEntry`]): the
+//! others are still renewed, and the run exits 2 at its end. With 24 h
+//! certificates, one typo must not let every certificate expire. Only a
+//! manifest that cannot be read or is not a JSON array (or a configuration
+//! file it needs) stops the whole run before anything.
+//!
+//! Checks across entries (a name, a file or a Swarm secret claimed by two)
+//! refuse the later entry and name the earlier one; they count every
+//! earlier entry that parsed, valid or not, so which entry is refused
+//! does not depend on what else is wrong.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use nix::unistd::{Group, Uid, User};
 
 use crate::cert::{self, San};
-use crate::config::Config;
+use crate::config::{read_json, Config};
 use crate::exit::{err, Kind};
 use crate::phoenix::{self, GuestType, ManifestEntry};
 use crate::proxmox::Guest;
@@ -73,13 +84,31 @@ impl Entry {
     }
 }
 
+/// An entry the manifest check refused: it fails alone (exit 2 at the
+/// end of the run), the others go on.
+#[derive(Debug, Clone)]
+pub struct BadEntry {
+    /// Position in the manifest.
+    pub index: usize,
+    /// Its `common_name`, or `[index]` when it has none.
+    pub name: String,
+    /// Its guest, when the entry parsed.
+    pub guest: Option<Guest>,
+    /// Its certificate file, when the entry parsed.
+    pub cert_path: Option<PathBuf>,
+    /// Why: names the file, the index, the field and the entry.
+    pub error: String,
+}
+
 /// The loaded manifest.
 #[derive(Debug, Clone)]
 pub struct Manifest {
     /// Its path.
     pub path: PathBuf,
-    /// Its entries, in order.
+    /// Its valid entries, in order.
     pub entries: Vec<Entry>,
+    /// The entries the check refused, in order.
+    pub bad: Vec<BadEntry>,
 }
 
 /// Resolve `user[:group]` (names or numbers) to host ids.
@@ -134,21 +163,154 @@ fn id_shift(config: &Config, guest: Guest, lxc: &Option<phoenix::LxcConfigs>) ->
     }
 }
 
-/// Read and check the manifest `config` names.
+/// What an earlier entry claims, for the checks across entries.
+struct Claims {
+    index: usize,
+    name: String,
+    /// (field, path): `cert_path`, `key_path`, and with `include_ca` the
+    /// `ca.pem` beside the certificate.
+    files: Vec<(&'static str, PathBuf)>,
+    /// Resolved owner, when the entry is valid.
+    owner: Option<(u32, u32)>,
+    /// (field, name) of its Swarm secrets.
+    secrets: Vec<(String, String)>,
+}
+
+/// The `include_ca` file as a field name in messages.
+const CA_FIELD: &str = "ca.pem (include_ca, beside cert_path)";
+
+fn claims_of(index: usize, e: &ManifestEntry) -> Claims {
+    let mut files = vec![
+        ("cert_path", e.cert_path.clone()),
+        ("key_path", e.key_path.clone()),
+    ];
+    if e.include_ca {
+        files.push((CA_FIELD, e.cert_path.with_file_name("ca.pem")));
+    }
+    let secrets = e
+        .post_renewal
+        .as_ref()
+        .and_then(|p| p.swarm_secrets.as_ref())
+        .map(|n| {
+            [
+                (Part::Cert, &n.cert),
+                (Part::Key, &n.key),
+                (Part::Ca, &n.ca),
+            ]
+            .into_iter()
+            .filter_map(|(part, name)| {
+                let field = format!("post_renewal.swarm_secrets.{}", part.field());
+                name.clone().map(|n| (field, n))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    Claims {
+        index,
+        name: e.common_name.clone(),
+        files,
+        owner: None,
+        secrets,
+    }
+}
+
+/// Refuse what `me` claims that an earlier entry claims too. Two
+/// `include_ca` entries in one directory share its `ca.pem` (the same
+/// chain), unless their owners differ: each run would hand it back and
+/// forth.
+fn check_claims(
+    me: &Claims,
+    earlier: &[Claims],
+    bad: &dyn Fn(&str, String) -> anyhow::Error,
+) -> Result<()> {
+    for o in earlier {
+        let other = format!("entry [{}] ('{}')", o.index, o.name);
+        if o.name == me.name {
+            return Err(bad("common_name", format!("is the name of {other} too")));
+        }
+        for (field, path) in &me.files {
+            for (ofield, opath) in &o.files {
+                if path != opath {
+                    continue;
+                }
+                let shared_ca = *field == CA_FIELD && *ofield == CA_FIELD;
+                if shared_ca && (me.owner.is_none() || o.owner.is_none() || me.owner == o.owner) {
+                    continue;
+                }
+                let why = if shared_ca {
+                    "with another owner".to_string()
+                } else {
+                    "too".to_string()
+                };
+                return Err(bad(
+                    field,
+                    format!("'{}' is the {ofield} of {other} {why}", path.display()),
+                ));
+            }
+        }
+        for (field, name) in &me.secrets {
+            if let Some((ofield, _)) = o.secrets.iter().find(|(_, n)| n == name) {
+                return Err(bad(
+                    field,
+                    format!("'{name}' is the {ofield} of {other} too"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Read and check the manifest `config` names. Only a manifest that
+/// cannot be read or is not a JSON array (or an unreadable LXC file)
+/// is an error: a bad entry lands in [`Manifest::bad`].
 pub fn load(config: &Config) -> Result<Manifest> {
     let path = config.manifest_path();
-    let raw = phoenix::read_manifest(&path)?;
+    let raw: Vec<serde_json::Value> = read_json(&path, "certificate manifest")?;
+    let mut parsed = Vec::with_capacity(raw.len());
+    let mut bad_entries = Vec::new();
+    for (index, value) in raw.into_iter().enumerate() {
+        let name = value
+            .get("common_name")
+            .and_then(|v| v.as_str())
+            .map(String::from);
+        match serde_path_to_error::deserialize::<_, ManifestEntry>(value) {
+            Ok(e) => parsed.push((index, e)),
+            Err(e) => {
+                let at = e.path().to_string();
+                let field = if at == "." || at.is_empty() {
+                    String::new()
+                } else {
+                    format!(".{at}")
+                };
+                let label = name
+                    .clone()
+                    .map(|n| format!(" ('{n}')"))
+                    .unwrap_or_default();
+                bad_entries.push(BadEntry {
+                    index,
+                    name: name.unwrap_or_else(|| format!("[{index}]")),
+                    guest: None,
+                    cert_path: None,
+                    error: format!(
+                        "certificate manifest '{}': [{index}]{field}{label}: {}",
+                        path.display(),
+                        e.into_inner()
+                    ),
+                });
+            }
+        }
+    }
     // Only needed to know which containers are unprivileged.
     let lxc_path = config.lxc_configs_path();
-    let lxc = if raw.iter().any(|e| e.guest_type == GuestType::Lxc) && lxc_path.exists() {
+    let lxc = if parsed.iter().any(|(_, e)| e.guest_type == GuestType::Lxc) && lxc_path.exists() {
         Some(phoenix::read_lxc_configs(&lxc_path)?)
     } else {
         None
     };
-    let mut names = HashSet::new();
-    let mut entries: Vec<Entry> = Vec::with_capacity(raw.len());
+    let mut seen: Vec<Claims> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::with_capacity(parsed.len());
     let mut manager: Option<u32> = None;
-    for (index, e) in raw.into_iter().enumerate() {
+    for (index, e) in parsed {
         let bad = |field: &str, why: String| {
             err(
                 Kind::Config,
@@ -159,52 +321,56 @@ pub fn load(config: &Config) -> Result<Manifest> {
                 ),
             )
         };
-        let mut entry = check(config, index, &e, &lxc, &bad)?;
-        if !names.insert(entry.name.clone()) {
-            return Err(bad("common_name", "used by an earlier entry too".into()));
-        }
-        if let PostAction::SwarmSecrets(rot) = &mut entry.post {
-            for s in &rot.secrets {
-                let field = format!("post_renewal.swarm_secrets.{}", s.part.field());
-                if let Some(other) = entries.iter().find(|o| secret_names(o).contains(&s.name)) {
-                    return Err(bad(
-                        &field,
-                        format!(
-                            "'{}' is rotated by entry [{}] ('{}') too",
-                            s.name, other.index, other.name
-                        ),
-                    ));
-                }
+        let mut claims = claims_of(index, &e);
+        let checked = check(config, index, &e, &lxc, &bad).and_then(|mut entry| {
+            claims.owner = Some((entry.uid, entry.gid));
+            check_claims(&claims, &seen, &bad)?;
+            if let PostAction::SwarmSecrets(rot) = &mut entry.post {
+                rot.manager = match manager {
+                    Some(id) => id,
+                    None => {
+                        let id = crate::swarm::topology(config)
+                            .map_err(|e| {
+                                bad(
+                                    "post_renewal.swarm_secrets",
+                                    format!("finding the swarm manager: {e:#}"),
+                                )
+                            })?
+                            .manager
+                            .vmid;
+                        *manager.get_or_insert(id)
+                    }
+                };
             }
-            rot.manager = match manager {
-                Some(id) => id,
-                None => {
-                    let id = crate::swarm::topology(config)
-                        .map_err(|e| {
-                            bad(
-                                "post_renewal.swarm_secrets",
-                                format!("finding the swarm manager: {e:#}"),
-                            )
-                        })?
-                        .manager
-                        .vmid;
-                    *manager.get_or_insert(id)
+            Ok(entry)
+        });
+        // A refused entry still claims its name, files and secrets.
+        match checked {
+            Ok(entry) => {
+                for w in &entry.warnings {
+                    log::warn!("{}: {w}", entry.name);
                 }
-            };
+                entries.push(entry);
+            }
+            Err(why) => bad_entries.push(BadEntry {
+                index,
+                name: e.common_name.clone(),
+                guest: Some(Guest {
+                    kind: e.guest_type,
+                    id: e.guest_id,
+                }),
+                cert_path: Some(e.cert_path.clone()),
+                error: format!("{why:#}"),
+            }),
         }
-        for w in &entry.warnings {
-            log::warn!("{}: {w}", entry.name);
-        }
-        entries.push(entry);
+        seen.push(claims);
     }
-    Ok(Manifest { path, entries })
-}
-
-fn secret_names(e: &Entry) -> Vec<String> {
-    match &e.post {
-        PostAction::SwarmSecrets(r) => r.secrets.iter().map(|s| s.name.clone()).collect(),
-        _ => Vec::new(),
-    }
+    bad_entries.sort_by_key(|b| b.index);
+    Ok(Manifest {
+        path,
+        entries,
+        bad: bad_entries,
+    })
 }
 
 /// `post_renewal.swarm_secrets` and `services`, checked as Docker will
@@ -284,9 +450,40 @@ fn check(
                 format!("'{}' is not an absolute file path", p.display()),
             ));
         }
+        // Paths are compared as written: `..` would hide a collision.
+        if p.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(bad(
+                field,
+                format!(
+                    "'{}' has a '..' component: write the path plainly",
+                    p.display()
+                ),
+            ));
+        }
     }
     if e.cert_path == e.key_path {
         return Err(bad("key_path", "is the same file as cert_path".into()));
+    }
+    if e.include_ca {
+        let ca = e.cert_path.with_file_name("ca.pem");
+        if e.cert_path == ca {
+            return Err(bad(
+                "cert_path",
+                format!(
+                    "'{}' is the ca.pem that include_ca writes the CA chain to",
+                    ca.display()
+                ),
+            ));
+        }
+        if e.key_path == ca {
+            return Err(bad(
+                "key_path",
+                format!(
+                    "'{}' is the ca.pem that include_ca writes beside cert_path",
+                    ca.display()
+                ),
+            ));
+        }
     }
     match e.cert_type.as_deref() {
         None | Some("server") | Some("client") => {}
@@ -394,7 +591,20 @@ pub fn trusted_for_commands(path: &Path) -> std::result::Result<(), String> {
 mod tests {
     use super::*;
 
+    /// The manifest, or its first refused entry as the error.
+    fn strict(m: Result<Manifest>) -> Result<Manifest> {
+        let m = m?;
+        match m.bad.first() {
+            Some(b) => Err(err(Kind::Config, b.error.clone())),
+            None => Ok(m),
+        }
+    }
+
     fn load_text(text: &str, lxc: Option<&str>) -> Result<Manifest> {
+        strict(load_lenient(text, lxc))
+    }
+
+    fn load_lenient(text: &str, lxc: Option<&str>) -> Result<Manifest> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("certificate-manifest.json"), text).unwrap();
         if let Some(l) = lxc {
@@ -460,7 +670,7 @@ mod tests {
             phoenix_etc: dir.path().into(),
             ..Config::default()
         };
-        load(&config)
+        strict(load(&config))
     }
 
     #[test]
@@ -547,7 +757,7 @@ mod tests {
     #[test]
     fn one_secret_name_belongs_to_one_entry() {
         let one = portainer(r#"{"swarm_secrets": {"cert": "shared.pem"}}"#, false);
-        let two = one.replace("}]", "},") + &one[1..].replace("portainer.x", "other.x");
+        let two = one.replace("}]", "},") + &one[1..].replace("portainer", "other");
         let e = load_with_vms(&two).unwrap_err();
         assert!(
             e.to_string()
@@ -606,5 +816,146 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("[1].common_name"));
+    }
+
+    /// `ONE` plus `extra` entries (JSON objects, comma-separated).
+    fn with(extra: &str) -> String {
+        ONE.replace("}]", &format!("}}, {extra}]"))
+    }
+
+    fn vm(name: &str, crt: &str, key: &str, more: &str) -> String {
+        format!(
+            r#"{{"common_name": "{name}", "guest_id": 1, "guest_type": "vm",
+            "cert_path": "{crt}", "key_path": "{key}"{more}}}"#
+        )
+    }
+
+    #[test]
+    fn a_bad_entry_is_refused_alone() {
+        let text = with(
+            &[
+                vm(
+                    "owner.x",
+                    "/o/o.crt",
+                    "/o/o.key",
+                    r#", "owner": "nobody-such-user""#,
+                ),
+                vm("typo.x", "/t/t.crt", "/t/t.key", r#", "sans": "a.x""#),
+                r#"{"guest_id": 1}"#.to_string(),
+                vm("good.x", "/g/g.crt", "/g/g.key", ""),
+            ]
+            .join(", "),
+        );
+        let m = load_lenient(&text, None).unwrap();
+        let good: Vec<_> = m
+            .entries
+            .iter()
+            .map(|e| (e.index, e.name.as_str()))
+            .collect();
+        assert_eq!(good, [(0, "web.x"), (4, "good.x")]);
+        let bad: Vec<_> = m.bad.iter().map(|b| (b.index, b.name.as_str())).collect();
+        assert_eq!(bad, [(1, "owner.x"), (2, "typo.x"), (3, "[3]")]);
+        assert!(
+            m.bad[0].error.contains("[1].owner ('owner.x')"),
+            "{}",
+            m.bad[0].error
+        );
+        assert!(
+            m.bad[1].error.contains("[2].sans ('typo.x'): invalid type"),
+            "{}",
+            m.bad[1].error
+        );
+        assert!(m.bad[2].error.contains("common_name"), "{}", m.bad[2].error);
+        // Only a manifest that is no JSON array stops everything.
+        for broken in ["[{", "{}", ""] {
+            let e = load_lenient(broken, None).unwrap_err();
+            assert_eq!(crate::exit::kind_of(&e), Kind::Config, "{broken}: {e}");
+        }
+    }
+
+    #[test]
+    fn files_claimed_twice_are_refused_naming_both_entries() {
+        let cases = [
+            // key_path is the ca.pem include_ca writes beside cert_path.
+            (
+                vm("a.x", "/a/a.crt", "/a/ca.pem", r#", "include_ca": true"#),
+                "[1].key_path ('a.x'): '/a/ca.pem' is the ca.pem",
+            ),
+            (
+                vm("a.x", "/a/ca.pem", "/a/a.key", r#", "include_ca": true"#),
+                "[1].cert_path ('a.x')",
+            ),
+            // Two entries on one pair, or one file.
+            (
+                vm("a.x", "/s/web.crt", "/s/web.key", ""),
+                "[1].cert_path ('a.x'): '/s/web.crt' is the cert_path of entry [0] ('web.x')",
+            ),
+            (
+                vm("a.x", "/a/a.crt", "/s/web.crt", ""),
+                "[1].key_path ('a.x'): '/s/web.crt' is the cert_path of entry [0] ('web.x')",
+            ),
+            (
+                vm("a.x", "/s/./web.key", "/a/a.key", ""),
+                "[1].cert_path ('a.x'): '/s/./web.key' is the key_path of entry [0] ('web.x')",
+            ),
+            (
+                vm("a.x", "/a/a.crt", "/a/../s/web.key", ""),
+                "[1].key_path ('a.x'): '/a/../s/web.key' has a '..' component",
+            ),
+            // A pair where another entry's include_ca writes its ca.pem.
+            (
+                vm("a.x", "/s/ca.pem", "/a/a.key", ""),
+                "[1].cert_path ('a.x'): '/s/ca.pem' is the ca.pem (include_ca, beside cert_path) of entry [0] ('web.x')",
+            ),
+            // One ca.pem, two owners: they would hand it back and forth.
+            (
+                vm("a.x", "/s/a.crt", "/s/a.key", r#", "include_ca": true"#),
+                "[1].ca.pem (include_ca, beside cert_path) ('a.x'): '/s/ca.pem' is the ca.pem (include_ca, beside cert_path) of entry [0] ('web.x') with another owner",
+            ),
+        ];
+        let web_ca = ONE.replace(r#""owner""#, r#""include_ca": true, "owner""#);
+        for (other, want) in cases {
+            let text = web_ca.replace("}]", &format!("}}, {other}]"));
+            let m = load_lenient(&text, None).unwrap();
+            assert_eq!(m.entries.len(), 1, "{other}");
+            assert_eq!(m.entries[0].name, "web.x");
+            assert_eq!(m.bad.len(), 1, "{other}");
+            assert!(
+                m.bad[0].error.contains(want),
+                "{other}:\n{}",
+                m.bad[0].error
+            );
+        }
+        // One ca.pem shared by two include_ca entries of one owner is fine.
+        let same = vm(
+            "a.x",
+            "/s/a.crt",
+            "/s/a.key",
+            r#", "include_ca": true, "owner": "0:33""#,
+        );
+        let m = load_lenient(&web_ca.replace("}]", &format!("}}, {same}]")), None).unwrap();
+        assert!(m.bad.is_empty(), "{:?}", m.bad);
+        // A refused entry still claims its files: the later one is refused.
+        let text = with(
+            &[
+                vm(
+                    "bad.x",
+                    "/b/b.crt",
+                    "/b/b.key",
+                    r#", "owner": "nobody-such-user""#,
+                ),
+                vm("late.x", "/b/b.crt", "/l/l.key", ""),
+            ]
+            .join(", "),
+        );
+        let m = load_lenient(&text, None).unwrap();
+        assert_eq!(m.entries.len(), 1);
+        assert!(
+            m.bad[1].error.contains(
+                "[2].cert_path ('late.x'): '/b/b.crt' is the cert_path of entry [1] ('bad.x')"
+            ),
+            "{}",
+            m.bad[1].error
+        );
     }
 }

@@ -4,9 +4,17 @@
 //! post-renewal action expects it there, and run that action.
 //!
 //! One run at a time (the `renew` lock). One certificate failing does not
-//! stop the others. Exit status: 0 all good; 1 a certificate failed; 2 a
-//! bad manifest or configuration (nothing touched); 75 the CA (or its
-//! state) is unreachable, or another run holds the lock: retry later.
+//! stop the others, nor does an entry the manifest check refuses. Exit
+//! status, the first that applies: 128+N a stop request (signal N); 75
+//! the CA (or its state) is unreachable, or another run holds the lock:
+//! retry later; 2 a manifest entry was refused (the others were handled),
+//! or the manifest or configuration is unusable (nothing touched); 1 a
+//! certificate failed, or is not good and held back by the backoff; 0
+//! every selected certificate is valid and installed.
+//!
+//! A stop request (SIGTERM, SIGINT, SIGHUP, SIGQUIT) ends the running
+//! `step` or `qm` and the run; it is not the certificate's failure: no
+//! failure or backoff is recorded for it.
 
 pub mod deliver;
 pub mod install;
@@ -28,7 +36,7 @@ use crate::proxmox::Proxmox;
 use crate::step::Step;
 use crate::{lock, signal};
 
-use manifest::{Entry, Manifest};
+use manifest::{BadEntry, Entry, Manifest};
 use state::{Outcome, State};
 
 /// Options of `phoenix-renew run`.
@@ -50,11 +58,22 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// What `--only` selects.
+#[derive(Debug)]
+pub struct Selection<'a> {
+    /// Valid entries, in manifest order.
+    pub entries: Vec<&'a Entry>,
+    /// Refused entries, in manifest order.
+    pub refused: Vec<&'a BadEntry>,
+}
+
 /// The entries `only` selects (all when empty); an unknown name is a
-/// usage error.
-pub fn select<'a>(m: &'a Manifest, only: &[String]) -> Result<Vec<&'a Entry>> {
+/// usage error. A refused entry left out by `only` is only warned about.
+pub fn select<'a>(m: &'a Manifest, only: &[String]) -> Result<Selection<'a>> {
     for name in only {
-        if !m.entries.iter().any(|e| &e.name == name) {
+        let known =
+            m.entries.iter().any(|e| &e.name == name) || m.bad.iter().any(|b| &b.name == name);
+        if !known {
             return Err(err(
                 Kind::Config,
                 format!(
@@ -64,10 +83,20 @@ pub fn select<'a>(m: &'a Manifest, only: &[String]) -> Result<Vec<&'a Entry>> {
             ));
         }
     }
-    Ok(m.entries
-        .iter()
-        .filter(|e| only.is_empty() || only.contains(&e.name))
-        .collect())
+    let wanted = |name: &String| only.is_empty() || only.contains(name);
+    let mut refused = Vec::new();
+    for b in &m.bad {
+        if wanted(&b.name) {
+            log::error!("{}: refused: {}", b.name, b.error);
+            refused.push(b);
+        } else {
+            log::warn!("{}: not selected, and refused: {}", b.name, b.error);
+        }
+    }
+    Ok(Selection {
+        entries: m.entries.iter().filter(|e| wanted(&e.name)).collect(),
+        refused,
+    })
 }
 
 /// Read our root: without it nothing can be judged. Missing means the CA
@@ -103,7 +132,12 @@ fn proxmox_for(config: &Config) -> Proxmox {
 /// `phoenix-renew run`.
 pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
     let manifest = manifest::load(config)?;
-    let entries = select(&manifest, &opts.only)?;
+    let selection = select(&manifest, &opts.only)?;
+    let entries = &selection.entries;
+    if entries.is_empty() && !selection.refused.is_empty() {
+        // Nothing valid to do: no lock, no CA state, no state file.
+        return outcome(&selection, &[], &[], &[]);
+    }
     let root = load_root(config)?;
     let _lock = if opts.dry_run {
         None
@@ -115,9 +149,10 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         crate::fsutil::remove_stale_temps(&State::path_in(&config.state_dir));
     }
     let mut state = State::load(&config.state_dir);
+    state.cap_backoffs(now());
     let started = std::time::Instant::now();
     let planned = plan::plan(
-        &entries,
+        entries,
         &root,
         &state,
         now(),
@@ -130,27 +165,37 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         started.elapsed().as_secs_f64() * 1000.0
     );
     if opts.dry_run {
-        print_plan(&manifest, &planned);
-        return Ok(());
+        print_plan(entries, &planned, &selection.refused);
+        return outcome(&selection, &planned, &[], &[]);
     }
 
     let step = step_for(config);
     let px = proxmox_for(config);
     let cmd_timeout = Duration::from_secs(config.renewal.command_timeout_secs);
     let mut failed = Vec::new();
+    let mut held_back = Vec::new();
     let mut ca_down: Option<anyhow::Error> = None;
-    for p in &planned {
-        signal::check()?;
-        let entry = &manifest.entries[p.index];
+    for (entry, p) in entries.iter().zip(&planned) {
+        if signal::received().is_some() {
+            break;
+        }
         let mine = state.entry(&entry.name).clone();
         if let Some(until) = p.deferred_until {
-            log::warn!(
+            let line = format!(
                 "{}: {} ({} failure(s) in a row; next attempt after {}, or --force)",
                 entry.name,
                 p.assessment.reason,
                 mine.failures,
-                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(until as u64))
+                status::time(until)
             );
+            // Due for renewal but still valid: it can wait. Missing,
+            // expired or not what the manifest asks: not good.
+            if p.assessment.action == Action::Issue {
+                log::error!("{line}");
+                held_back.push(entry.name.clone());
+            } else {
+                log::warn!("{line}");
+            }
             continue;
         }
         let action = p.action();
@@ -178,12 +223,32 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
             mine.post_pending,
             cmd_timeout,
         );
+        // A stop request ends the step or qm call under way: what it
+        // broke is not the certificate's failure (no failure, no backoff).
+        let stopped = signal::received().is_some();
         let st = state.entry(&entry.name);
         // The memo describes the key planned from; a new key is derived
         // afresh next time (its digest differs).
         st.key_memo = p.key_memo.clone();
         let did_work = action != Action::Nothing || mine.post_pending;
         match result {
+            Ok((_, Some(e))) if stopped => {
+                // The pair changed; its action did not finish: pending.
+                log::warn!(
+                    "{}: stopped before the post-renewal action finished ({e:#}); \
+                     it stays pending for the next run",
+                    entry.name
+                );
+                st.post_pending = true;
+            }
+            Err(e) if stopped => {
+                log::warn!(
+                    "{}: stopped ({e:#}); the files are as they were, nothing is \
+                     recorded against the certificate",
+                    entry.name
+                );
+                st.post_pending = mine.post_pending;
+            }
             Ok((outcome, changed_but_post_failed)) => {
                 if let Some(e) = changed_but_post_failed {
                     log::error!("{}: {e:#}", entry.name);
@@ -211,24 +276,61 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         }
     }
     state.save().context("saving the renewal state")?;
+    // A stop request wins over everything: systemd asked, and gets 128+N.
+    signal::check()?;
     if let Some(e) = ca_down {
+        if let Err(also) = outcome(&selection, &planned, &failed, &held_back) {
+            log::error!("{also}");
+        }
         return Err(e.context(crate::exit::Error::new(
             Kind::TempFail,
             "certificates left as they are: the CA is unreachable; retry later",
         )));
     }
-    if !failed.is_empty() {
-        return Err(err(
-            Kind::Failed,
-            format!(
-                "{} of {} certificate(s) failed: {}",
-                failed.len(),
-                planned.len(),
-                failed.join(", ")
-            ),
+    outcome(&selection, &planned, &failed, &held_back)
+}
+
+/// The end of a run: 2 when an entry was refused, 1 when a certificate
+/// failed or is not good and held back, else 0; the message names them.
+fn outcome(
+    selection: &Selection,
+    planned: &[plan::Planned],
+    failed: &[String],
+    held_back: &[String],
+) -> Result<()> {
+    let total = planned.len() + selection.refused.len();
+    let mut parts = Vec::new();
+    if !selection.refused.is_empty() {
+        let names: Vec<&str> = selection.refused.iter().map(|b| b.name.as_str()).collect();
+        parts.push(format!(
+            "{} of {total} refused by the manifest check (fix the manifest): {}",
+            names.len(),
+            names.join(", ")
         ));
     }
-    Ok(())
+    if !failed.is_empty() {
+        parts.push(format!(
+            "{} of {total} certificate(s) failed: {}",
+            failed.len(),
+            failed.join(", ")
+        ));
+    }
+    if !held_back.is_empty() {
+        parts.push(format!(
+            "{} of {total} not valid and held back by the failure backoff (--force to retry now): {}",
+            held_back.len(),
+            held_back.join(", ")
+        ));
+    }
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let kind = if selection.refused.is_empty() {
+        Kind::Failed
+    } else {
+        Kind::Config
+    };
+    Err(err(kind, parts.join("; ")))
 }
 
 /// Do what the plan says for one entry. Returns what happened, and the
@@ -268,7 +370,11 @@ fn handle(
         }
         Action::Renew => match install::renew(entry, step, root) {
             Ok(info) => (Outcome::Renewed, Some(info)),
-            Err(e) if kind_of(&e) == Kind::TempFail => return Err(e),
+            // Never fall back to issuing when the CA is down or we were
+            // asked to stop (the stop killed the renewal).
+            Err(e) if kind_of(&e) == Kind::TempFail || signal::received().is_some() => {
+                return Err(e)
+            }
             Err(e) => {
                 log::warn!(
                     "{}: renewal failed ({e:#}); issuing a new certificate",
@@ -324,10 +430,9 @@ fn handle(
     Ok((outcome, post.err()))
 }
 
-fn print_plan(manifest: &Manifest, planned: &[plan::Planned]) {
+fn print_plan(entries: &[&Entry], planned: &[plan::Planned], refused: &[&BadEntry]) {
     println!("{:<40} {:<8} {:<8} REASON", "NAME", "GUEST", "ACTION");
-    for p in planned {
-        let e = &manifest.entries[p.index];
+    for (e, p) in entries.iter().zip(planned) {
         let (action, reason) = match p.deferred_until {
             Some(t) => (
                 "deferred".to_string(),
@@ -345,6 +450,15 @@ fn print_plan(manifest: &Manifest, planned: &[plan::Planned]) {
             e.guest.to_string(),
             action,
             reason
+        );
+    }
+    for b in refused {
+        println!(
+            "{:<40} {:<8} {:<8} {}",
+            b.name,
+            b.guest.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
+            "refused",
+            b.error
         );
     }
 }

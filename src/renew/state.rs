@@ -3,6 +3,11 @@
 //! 6 h) that keeps a broken entry from hammering the CA or a guest every
 //! hour. `--force` bypasses the backoff. The file is rewritten atomically
 //! after each certificate, so a crash loses at most the current one.
+//!
+//! A stored backoff is capped when read: one stored while the clock was
+//! ahead (years, say) would otherwise hold the certificate back until the
+//! clock caught up. A `retry_after` more than [`BACKOFF_CAP`] away counts
+//! as now + the cap, and is stored so (see [`State::cap_backoffs`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -108,9 +113,25 @@ impl EntryState {
         self.retry_after = Some(now + backoff(self.failures));
     }
 
-    /// Whether the backoff holds this certificate back at `now`.
+    /// Whether the backoff holds this certificate back at `now`, and
+    /// until when: never more than [`BACKOFF_CAP`] from `now`.
     pub fn held_back(&self, now: i64) -> Option<i64> {
-        self.retry_after.filter(|&t| now < t)
+        self.retry_after
+            .filter(|&t| now < t)
+            .map(|t| t.min(now.saturating_add(BACKOFF_CAP)))
+    }
+
+    /// Bring a `retry_after` more than [`BACKOFF_CAP`] after `now` back
+    /// to now + the cap; returns the value it had.
+    pub fn cap_backoff(&mut self, now: i64) -> Option<i64> {
+        let cap = now.saturating_add(BACKOFF_CAP);
+        match self.retry_after {
+            Some(t) if t > cap => {
+                self.retry_after = Some(cap);
+                Some(t)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -152,6 +173,29 @@ impl State {
         state
     }
 
+    /// [`EntryState::cap_backoff`] on every certificate, each capped one
+    /// warned about. A run calls it once after loading, so the capped
+    /// value is what it stores: the certificate is retried at most
+    /// [`BACKOFF_CAP`] after the first run that saw it.
+    pub fn cap_backoffs(&mut self, now: i64) {
+        for (name, st) in &mut self.certificates {
+            if let Some(was) = st.cap_backoff(now) {
+                log::warn!(
+                    "{name}: the stored backoff ran until {} ({} s from now: \
+                     stored while the clock was ahead?); capped to {}",
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(was.max(0) as u64)
+                    ),
+                    was - now,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::from_secs((now + BACKOFF_CAP).max(0) as u64)
+                    ),
+                );
+            }
+        }
+    }
+
     /// The entry of `name` (created empty).
     pub fn entry(&mut self, name: &str) -> &mut EntryState {
         self.certificates.entry(name.to_string()).or_default()
@@ -190,6 +234,27 @@ mod tests {
         assert_eq!(e.last_error.as_deref(), Some("again"));
         e.succeeded(Outcome::Renewed, 2000);
         assert_eq!((e.failures, e.held_back(2000)), (0, None));
+    }
+
+    #[test]
+    fn a_backoff_from_a_clock_ahead_is_capped_on_read() {
+        let now = 1_700_000_000;
+        let mut e = EntryState::default();
+        // Failed while the clock said ten years later.
+        e.failed("boom", now + 10 * 365 * 86400);
+        assert_eq!(e.held_back(now), Some(now + BACKOFF_CAP));
+        let mut s = State::default();
+        s.certificates.insert("web.x".into(), e.clone());
+        s.cap_backoffs(now);
+        let e = &s.certificates["web.x"];
+        assert_eq!(e.retry_after, Some(now + BACKOFF_CAP));
+        // Stored capped: a later run is no longer held back.
+        assert_eq!(e.held_back(now + BACKOFF_CAP), None);
+        // A backoff within the cap is left as it is.
+        let mut e = EntryState::default();
+        e.failed("boom", now);
+        assert_eq!(e.cap_backoff(now), None);
+        assert_eq!(e.held_back(now), Some(now + BACKOFF_FIRST));
     }
 
     #[test]

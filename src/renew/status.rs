@@ -2,6 +2,11 @@
 //! lifetime used, what the next run will do and how the last one went; as
 //! a table, as JSON, and as node_exporter textfile metrics (written
 //! atomically, so the exporter never scrapes half a file).
+//!
+//! An entry the manifest check refuses is a row too (next action
+//! `refused`, its error beside it), in manifest order: the status of the
+//! others is still shown (and the metrics written), then the command
+//! exits 2 naming it, as `run` does.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -47,6 +52,10 @@ pub struct Row {
     pub last_error: Option<String>,
     /// What the plan warns of (a legacy command that cannot work, ...).
     pub warnings: Vec<String>,
+    /// Why the manifest check refused the entry (`next_action` is then
+    /// `refused`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// RFC 3339 time of Unix seconds.
@@ -57,25 +66,58 @@ pub fn time(t: i64) -> String {
 /// Compute the rows.
 pub fn rows(config: &Config) -> Result<Vec<Row>> {
     let m = manifest::load(config)?;
-    let root = load_root(config)?;
-    let state = State::load(&config.state_dir);
+    let mut state = State::load(&config.state_dir);
     let now = now();
+    state.cap_backoffs(now);
     let entries: Vec<_> = m.entries.iter().collect();
-    let planned = plan::plan(
-        &entries,
-        &root,
-        &state,
-        now,
-        config.renewal.threshold,
-        false,
-    );
-    Ok(planned
+    // Refused entries need no root: a manifest of only those is shown
+    // even while the CA state is not there.
+    let planned = if entries.is_empty() {
+        Vec::new()
+    } else {
+        let root = load_root(config)?;
+        plan::plan(
+            &entries,
+            &root,
+            &state,
+            now,
+            config.renewal.threshold,
+            false,
+        )
+    };
+    let last = |name: &str| state.certificates.get(name).cloned().unwrap_or_default();
+    let refused = m.bad.iter().map(|b| {
+        let st = last(&b.name);
+        let row = Row {
+            name: b.name.clone(),
+            guest: b.guest.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
+            cert_path: b
+                .cert_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "-".into()),
+            serial: None,
+            not_after: None,
+            seconds_left: None,
+            lifetime_used_percent: None,
+            next_action: "refused".into(),
+            reason: "refused by the manifest check".into(),
+            last_result: st.last_result,
+            last_success: st.last_success,
+            failures: st.failures,
+            last_error: st.last_error,
+            warnings: Vec::new(),
+            error: Some(b.error.clone()),
+        };
+        (b.index, row)
+    });
+    let mut rows: Vec<(usize, Row)> = entries
         .iter()
-        .map(|p| {
-            let e = &m.entries[p.index];
-            let st = state.certificates.get(&e.name).cloned().unwrap_or_default();
+        .zip(&planned)
+        .map(|(e, p)| {
+            let st = last(&e.name);
             let cur = p.assessment.current.as_ref();
-            Row {
+            let row = Row {
                 name: e.name.clone(),
                 guest: e.guest.to_string(),
                 cert_path: e.cert_path.display().to_string(),
@@ -99,9 +141,39 @@ pub fn rows(config: &Config) -> Result<Vec<Row>> {
                 failures: st.failures,
                 last_error: st.last_error,
                 warnings: e.warnings.clone(),
-            }
+                error: None,
+            };
+            (e.index, row)
         })
-        .collect())
+        .chain(refused)
+        .collect();
+    rows.sort_by_key(|(i, _)| *i);
+    Ok(rows.into_iter().map(|(_, r)| r).collect())
+}
+
+/// `Err` (exit 2) naming the rows the manifest check refused, each error
+/// logged; `Ok` when there is none.
+pub fn refused(rows: &[Row]) -> Result<()> {
+    let names: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| {
+            let e = r.error.as_ref()?;
+            log::error!("{}: refused: {e}", r.name);
+            Some(r.name.as_str())
+        })
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    Err(crate::exit::err(
+        crate::exit::Kind::Config,
+        format!(
+            "{} of {} refused by the manifest check (fix the manifest): {}",
+            names.len(),
+            rows.len(),
+            names.join(", ")
+        ),
+    ))
 }
 
 fn left(secs: i64) -> String {
@@ -152,6 +224,11 @@ pub fn table(rows: &[Row]) -> String {
             let _ = writeln!(out, "\nwarning: {}: {w}", r.name);
         }
     }
+    for r in rows {
+        if let Some(e) = &r.error {
+            let _ = writeln!(out, "\nrefused: {}: {e}", r.name);
+        }
+    }
     out
 }
 
@@ -165,7 +242,7 @@ fn label(v: &str) -> String {
 pub fn prometheus(rows: &[Row]) -> String {
     let mut out = String::new();
     type Value = dyn Fn(&Row) -> Option<f64>;
-    let metrics: [(&str, &str, &Value); 4] = [
+    let metrics: [(&str, &str, &Value); 5] = [
         (
             "phoenix_cert_not_after_seconds",
             "Expiry of the certificate, Unix time.",
@@ -185,6 +262,11 @@ pub fn prometheus(rows: &[Row]) -> String {
             "phoenix_cert_renewal_due",
             "1 when the next run will issue or renew the certificate.",
             &|r| Some(if r.next_action == "nothing" { 0.0 } else { 1.0 }),
+        ),
+        (
+            "phoenix_cert_manifest_refused",
+            "1 when the manifest check refuses the entry: it is not renewed.",
+            &|r| Some(if r.error.is_some() { 1.0 } else { 0.0 }),
         ),
     ];
     for (name, help, value) in metrics {
@@ -229,6 +311,7 @@ mod tests {
             failures: 2,
             last_error: None,
             warnings: Vec::new(),
+            error: None,
         };
         let text = prometheus(std::slice::from_ref(&r));
         assert!(
@@ -268,6 +351,7 @@ mod tests {
             failures: 0,
             last_error: None,
             warnings: vec!["cannot rotate".into()],
+            error: None,
         }
     }
 }
