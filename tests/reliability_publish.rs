@@ -1,7 +1,8 @@
 //! Crash consistency of the readiness token: `phoenix-ca publish` killed
 //! with SIGKILL at random instants (200 kills; `PHOENIX_CRASH_RUNS=N`,
 //! `PHOENIX_CRASH_SEED` to replay). After each kill `ca.ready` holds the
-//! old token or a whole new one of the current generation, never a part.
+//! old token or a whole new one of the current generation, never a part,
+//! and so does its copy in `public/`.
 
 mod common;
 mod reliability_support;
@@ -42,6 +43,7 @@ fn kill_9_publish_leaves_the_old_or_the_new_token() {
         c
     };
     let paths = phoenix_hooks::config::Config::default().ca.paths_in(&state);
+    let public = phoenix_hooks::ca::public::paths(&paths);
     assert!(publish().status().unwrap().success());
     let t0 = Instant::now();
     assert!(publish().status().unwrap().success());
@@ -61,6 +63,12 @@ fn kill_9_publish_leaves_the_old_or_the_new_token() {
             kills += 1;
         }
         let after = std::fs::read(&paths.ready).unwrap_or_default();
+        if !token::check(&public).is_fresh() {
+            violations.push(format!(
+                "attempt {attempt}: public/: {:?}",
+                token::check(&public)
+            ));
+        }
         match token::check(&paths) {
             Verdict::Fresh(t) if after == before => {
                 assert_eq!(t.fingerprint, FP);
@@ -89,7 +97,7 @@ fn kill_9_publish_leaves_the_old_or_the_new_token() {
             ),
             (
                 "crash-publish-violations",
-                "kills after which ca.ready was missing, partial or not of the current generation",
+                "kills after which ca.ready (or public/ca.ready) was missing, partial or not of the current generation",
                 violations.len().to_string(),
             ),
         ]);

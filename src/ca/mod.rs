@@ -1,6 +1,9 @@
 //! The Step-CA readiness protocol: invalidate (new generation), publish
 //! (write the token once the CA answers `/health`), wait (bounded, for a
-//! fresh token and a healthy CA), status.
+//! fresh token and a healthy CA), status. Publish also copies the public
+//! part (token, generation, root certificate, fingerprint) into the state
+//! directory's `public/` ([`public`]), the directory dependents should
+//! mount instead of the whole state with its secrets.
 //!
 //! Health is checked with `step ca health --ca-url URL --root FILE` through
 //! the runner rather than an in-process HTTPS client: `step` is already on
@@ -10,6 +13,7 @@
 //! binaries stay free of a TLS stack (the hookscript starts in a couple of
 //! milliseconds).
 
+pub mod public;
 pub mod token;
 pub mod wait;
 
@@ -67,9 +71,21 @@ pub fn default_state_dir(config: &Config) -> PathBuf {
 /// SHA-256 fingerprint (hex) of the first certificate in a PEM file, as
 /// `step certificate fingerprint` prints it.
 pub fn fingerprint_of(root: &Path) -> Result<String> {
-    let bytes = fsutil::read_limited(root, 1 << 20)
-        .with_context(|| format!("reading root certificate '{}'", root.display()))?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&bytes)
+    let bytes = read_root(root)?;
+    fingerprint_of_pem(&bytes, root)
+}
+
+/// Largest root certificate file read.
+const ROOT_LIMIT: u64 = 1 << 20;
+
+fn read_root(root: &Path) -> Result<Vec<u8>> {
+    fsutil::read_limited(root, ROOT_LIMIT)
+        .with_context(|| format!("reading root certificate '{}'", root.display()))
+}
+
+/// [`fingerprint_of`] for the content `bytes` of the file `root`.
+fn fingerprint_of_pem(bytes: &[u8], root: &Path) -> Result<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(bytes)
         .map_err(|e| anyhow::anyhow!("root certificate '{}' is not PEM: {e}", root.display()))?;
     pem.parse_x509().map_err(|e| {
         anyhow::anyhow!("root certificate '{}' does not parse: {e}", root.display())
@@ -106,7 +122,9 @@ pub fn read_fingerprint_file(path: &Path) -> Result<Option<String>> {
 
 /// Start a new generation: write `ca.generation`, then remove `ca.ready`
 /// (old bash waiters that only test for the file keep waiting too). A
-/// token of the old generation is stale from the first step on.
+/// token of the old generation is stale from the first step on. The
+/// same in `public/`, if the CA made one (never created here: it is the
+/// CA guest's directory); one that is not a directory is an error.
 pub fn invalidate(paths: &CaPaths) -> Result<Generation> {
     if !paths.dir.is_dir() {
         return Err(err(
@@ -119,11 +137,15 @@ pub fn invalidate(paths: &CaPaths) -> Result<Generation> {
     }
     let generation = token::new_generation()?;
     token::write_generation(&paths.generation, &generation)?;
+    let public = public::invalidate(paths, &generation)
+        .context("updating the public copy of the generation");
     let removed = fsutil::remove_durable(&paths.ready)?;
+    let public = public?;
     log::info!(
-        "new CA generation {} in '{}'{}",
+        "new CA generation {} in '{}'{}{}",
         token::short(&generation.generation),
         paths.dir.display(),
+        if public { " and its public/" } else { "" },
         if removed {
             "; old readiness token removed"
         } else {
@@ -131,6 +153,14 @@ pub fn invalidate(paths: &CaPaths) -> Result<Generation> {
         }
     );
     Ok(generation)
+}
+
+/// Withdraw the readiness token (the CA stops): `ca.ready` and its copy
+/// in `public/`. Whether either was there.
+pub fn withdraw(paths: &CaPaths) -> Result<bool> {
+    let main = fsutil::remove_durable(&paths.ready);
+    let public = public::withdraw(paths);
+    Ok(main? | public?)
 }
 
 /// Options of [`publish`].
@@ -151,7 +181,9 @@ pub struct PublishOptions {
 }
 
 /// Wait for the CA to answer `/health`, then write the token atomically
-/// (and the fingerprint file, if absent).
+/// (and the fingerprint file, if absent). The public copies (generation,
+/// root certificate, fingerprint, token) go to `public/` first, so a
+/// failure there leaves no token saying "ready" anywhere.
 pub fn publish(paths: &CaPaths, opts: &PublishOptions) -> Result<Token> {
     let fingerprint = resolve_fingerprint(paths, opts)?;
     if opts.health {
@@ -179,12 +211,15 @@ pub fn publish(paths: &CaPaths, opts: &PublishOptions) -> Result<Token> {
     };
     let token = Token {
         version: token::TOKEN_VERSION,
-        generation: generation.generation,
+        generation: generation.generation.clone(),
         ca_url: opts.ca_url.clone(),
         fingerprint: fingerprint.clone(),
         written_at: token::now_rfc3339(),
     };
     signal::check()?;
+    let root_pem = public_root(&opts.root, &fingerprint);
+    public::publish(paths, &generation, root_pem.as_deref(), &token)
+        .context("publishing the public copies")?;
     token::write_token(&paths.ready, &token)?;
     if read_fingerprint_file(&paths.fingerprint)?.is_none() {
         fsutil::write_atomic(
@@ -199,6 +234,37 @@ pub fn publish(paths: &CaPaths, opts: &PublishOptions) -> Result<Token> {
         paths.ready.display()
     );
     Ok(token)
+}
+
+/// The root certificate to copy into `public/`: the one at `root` if it
+/// reads, parses and has the published fingerprint (a root that does not
+/// match the token would only make dependents' checks fail: warned about
+/// and not copied).
+fn public_root(root: &Path, fingerprint: &str) -> Option<Vec<u8>> {
+    let bytes = match read_root(root) {
+        Ok(b) => b,
+        Err(e) => {
+            log::info!("no root certificate copied to public/: {e:#}");
+            return None;
+        }
+    };
+    match fingerprint_of_pem(&bytes, root) {
+        Ok(fp) if fp == fingerprint => Some(bytes),
+        Ok(fp) => {
+            log::warn!(
+                "root certificate '{}' has fingerprint {}, not the published {}: \
+                 not copied to public/",
+                root.display(),
+                token::short(&fp),
+                token::short(fingerprint)
+            );
+            None
+        }
+        Err(e) => {
+            log::warn!("root certificate not copied to public/: {e:#}");
+            None
+        }
+    }
 }
 
 fn resolve_fingerprint(paths: &CaPaths, opts: &PublishOptions) -> Result<String> {

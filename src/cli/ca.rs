@@ -23,7 +23,11 @@ when the CA container starts) and ca.ready (written by the CA once its
 generation, so a token left by an earlier boot is never taken as fresh.
 
 The state directory defaults to ca.state_dir (host view) on a Proxmox node
-and to ca.guest_state_dir (/etc/step-ca/ssl) elsewhere.
+and to ca.guest_state_dir (/etc/step-ca/ssl) elsewhere. publish also copies
+the public part (ca.ready, ca.generation, the root certificate and its
+fingerprint, no secret) into public/ inside it, and invalidate keeps that
+copy's generation current: dependents mount public/ and wait on it with the
+same commands.
 
 Exit status: 0 ok, 1 failed (status: not ready), 2 usage or configuration
 error, 75 temporary failure, 124 timed out, 130/143 stopped by a signal.";

@@ -12,8 +12,10 @@
 //! - the CA guest, post-start: wait, bounded, for the fresh token and a
 //!   healthy CA, so Proxmox's onboot order starts dependents only then;
 //! - a container with bind mounts, pre-start: every source sits on mounted
-//!   storage, else the start is refused; with `guests.<id>.gate_on_ca`,
-//!   also wait, bounded, for the CA;
+//!   storage, else the start is refused; a mount that hands the guest the
+//!   CA's secrets (the whole state directory rather than its `public/`) is
+//!   warned about; with `guests.<id>.gate_on_ca`, also wait, bounded, for
+//!   the CA;
 //! - pre-stop/post-stop: idempotent clean-up, always exit 0 (the CA guest's
 //!   readiness token is withdrawn: a stopped CA is not ready);
 //! - any other guest: nothing, at once, reading only what that takes.
@@ -21,6 +23,7 @@
 //! Every phase runs under a hard deadline ([`Watchdog`]): a hook never
 //! hangs a start task, even on a file system that stopped answering.
 
+pub mod exposure;
 pub mod secrets;
 pub mod storage;
 
@@ -32,7 +35,6 @@ use anyhow::Result;
 use crate::ca::{self, Health, WaitOptions};
 use crate::config::Config;
 use crate::exit::{err, kind_of, Kind};
-use crate::fsutil;
 use crate::mount::mountinfo::MountTable;
 use crate::phoenix::{self, Lxc};
 
@@ -207,6 +209,8 @@ fn pre_start(config: &Config, vmid: u32) -> Result<()> {
     }
     if is_ca {
         ca_checks(config, &table, &mut problems)?;
+    } else if let Some(ct) = &ct {
+        warn_exposed_secrets(config, &name, ct);
     }
     if !problems.is_empty() {
         return Err(err(
@@ -281,6 +285,25 @@ fn ca_checks(config: &Config, table: &MountTable, problems: &mut Vec<String>) ->
     Ok(())
 }
 
+/// Warn about each bind mount of a dependent container that exposes the
+/// CA's secrets (a warning only: such setups worked before, and the fix,
+/// mounting `public/`, is the operator's).
+fn warn_exposed_secrets(config: &Config, name: &str, ct: &Lxc) {
+    let secrets = secrets::secret_paths(&config.ca, &config.ca.state_dir);
+    let mounts = ct
+        .mount_points
+        .iter()
+        .map(|m| (m.host_path.as_path(), m.container_path.as_path()));
+    for found in exposure::check(mounts, &secrets) {
+        log::warn!(
+            "{name}: {found}; its root can read them. Bind-mount '{}' (the root \
+             certificate, fingerprint and readiness token only) instead: see \
+             docs/hook.md, \"The CA's public directory\"",
+            ca::public::dir_of(&config.ca.state_dir).display()
+        );
+    }
+}
+
 fn ca_post_start(config: &Config) -> Result<()> {
     let timeout = Duration::from_secs(config.ca.post_start_timeout_secs);
     log::info!(
@@ -295,11 +318,11 @@ fn stop(config: &Config, vmid: u32) -> Result<()> {
         log::debug!("not the CA guest: nothing to clean up");
         return Ok(());
     }
-    let ready = config.ca.host_paths().ready;
-    if fsutil::remove_durable(&ready)? {
+    let paths = config.ca.host_paths();
+    if ca::withdraw(&paths)? {
         log::info!(
-            "CA stopping: readiness token '{}' withdrawn",
-            ready.display()
+            "CA stopping: readiness token withdrawn from '{}' (and its public/)",
+            paths.dir.display()
         );
     }
     Ok(())
