@@ -221,6 +221,19 @@ pub fn publish(paths: &CaPaths, opts: &PublishOptions) -> Result<Token> {
     public::publish(paths, &generation, root_pem.as_deref(), &token)
         .context("publishing the public copies")?;
     token::write_token(&paths.ready, &token)?;
+    // An invalidate that ran meanwhile may have had its new generation in
+    // public/ overwritten by the copy above: carry the current one over,
+    // so the public token is exactly as stale as the state directory's.
+    if let Ok(Some(now)) = token::read_generation(&paths.generation) {
+        if now.generation != token.generation {
+            log::warn!(
+                "a new generation {} began while publishing {}: this token is stale",
+                token::short(&now.generation),
+                token::short(&token.generation)
+            );
+            public::invalidate(paths, &now)?;
+        }
+    }
     if read_fingerprint_file(&paths.fingerprint)?.is_none() {
         fsutil::write_atomic(
             &paths.fingerprint,
