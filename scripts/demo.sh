@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/install.sh
 
-ensure_packages curl:curl python3:python3 unshare:util-linux
+ensure_packages curl:curl /usr/bin/python3:python3 unshare:util-linux
 ensure_realswarm
 ensure_step
 ensure_cargo

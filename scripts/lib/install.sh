@@ -64,7 +64,7 @@ ensure_cargo() {
 }
 
 install_test_deps() {
-  ensure_packages python3:python3 curl:curl jq:jq unshare:util-linux \
+  ensure_packages /usr/bin/python3:python3 curl:curl jq:jq unshare:util-linux \
     systemd-analyze:systemd bash:bash
   ensure_realswarm
   ensure_step

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Fake Proxmox `qm` and `pct` for tests (this file, called by either name).
 
 Behaves like the real tools where the toolkit depends on it:
