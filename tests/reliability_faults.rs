@@ -480,10 +480,11 @@ fn a_certificate_not_valid_yet_is_reissued_once_and_a_ca_ahead_is_not_looped_on(
     assert_eq!(temps_in(f.0.parent().unwrap()), Vec::<String>::new());
     let calls = std::fs::read_to_string(b.path("step-calls.log")).unwrap();
     assert_eq!(calls.lines().count(), 1, "{calls}");
-    // The second run does not issue again: the backoff defers it, saying why.
+    // The second run does not issue again: the backoff defers it, saying
+    // why, and exits 1 (the certificate installed is not valid: not good).
     let out = skewed(&["run"]);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.lines().any(|l| l.contains("web.test")
             && l.contains("not valid yet")

@@ -416,8 +416,12 @@ impl<'a> Docker<'a> {
     pub fn join_token(&mut self, role: &str) -> Result<JoinToken> {
         let out = self.run_ok(&["swarm", "join-token", "-q", role], true)?;
         // The parse error never quotes what it could not read.
-        let token = JoinToken::parse(&out.stdout)
-            .with_context(|| format!("{}: reading the {role} join token", self.what))?;
+        let token = JoinToken::parse(&out.stdout).with_context(|| {
+            format!(
+                "{}: reading the {role} join token (`docker swarm join-token -q {role}`)",
+                self.what
+            )
+        })?;
         self.secrets.push(token.secret().to_string());
         Ok(token)
     }
@@ -506,7 +510,8 @@ pub fn scrub_tokens(text: &str) -> String {
     while let Some(i) = rest.find(MARK) {
         out.push_str(&rest[..i + MARK.len()]);
         out.push_str("<redacted>");
-        rest = rest[i + MARK.len()..].trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '-');
+        rest = rest[i + MARK.len()..]
+            .trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '-');
     }
     out.push_str(rest);
     out
