@@ -208,6 +208,15 @@ pub fn read_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(path)?;
+    read_open_limited(file, limit)
+}
+
+/// The bounded read itself, on a file already open (by [`read_limited`],
+/// or through a directory handle by [`crate::guestdir`]): a regular file
+/// of at most `limit` bytes, else an `InvalidData` error. A file that
+/// says it is larger is refused before a byte is read (a 64 GiB sparse
+/// file costs nothing); one that grows while read stops at `limit + 1`.
+pub fn read_open_limited(file: File, limit: u64) -> io::Result<Vec<u8>> {
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::new(
@@ -215,13 +224,19 @@ pub fn read_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
             "not a regular file",
         ));
     }
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_large());
+    }
     let mut buf = Vec::with_capacity(meta.len().min(limit) as usize);
     file.take(limit + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("larger than {limit} bytes"),
-        ));
+        return Err(too_large());
     }
     Ok(buf)
 }

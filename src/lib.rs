@@ -14,6 +14,7 @@ pub mod config;
 pub mod exec;
 pub mod exit;
 pub mod fsutil;
+pub mod guestdir;
 pub mod hook;
 pub mod lock;
 pub mod logging;
