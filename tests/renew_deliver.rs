@@ -116,22 +116,27 @@ fn a_legacy_container_command_finds_the_delivered_files() {
         listing(&b.drop_dir())
     );
 
-    // Pushed from the installed host files, into a temp directory first,
-    // before the command; only paths in argv.
+    // Pushed from our own private copies of the installed files (never
+    // the guest's paths, which the guest can swap), into a temp directory
+    // first, before the command; only paths in argv. The copies are gone.
     let calls = b.pve_calls();
     let push: Vec<&String> = calls.iter().filter(|c| c.starts_with("pct push")).collect();
     assert_eq!(push.len(), 3, "{calls:#?}");
     let tmp = format!("{}/.phoenix-renew.", b.drop_dir().display());
-    for (call, (src, name, perms)) in push.iter().zip([
-        ("101/web.crt", "cert.pem", "0644"),
-        ("101/web.key", "key.pem", "0600"),
-        ("101/ca.pem", "ca.pem", "0644"),
+    let private = std::env::temp_dir().join("phoenix-deliver.");
+    for (call, (name, perms)) in push.iter().zip([
+        ("cert.pem", "0644"),
+        ("key.pem", "0600"),
+        ("ca.pem", "0644"),
     ]) {
         let argv: Vec<&str> = call.split(' ').collect();
-        assert_eq!(
-            argv[..4],
-            ["pct", "push", "101", d.join(src).to_str().unwrap()]
+        assert_eq!(argv[..3], ["pct", "push", "101"]);
+        assert!(
+            argv[3].starts_with(private.to_str().unwrap())
+                && argv[3].ends_with(&format!("/{name}")),
+            "{call}"
         );
+        assert!(!Path::new(argv[3]).exists(), "{call}: copy left behind");
         assert!(
             argv[4].starts_with(&tmp) && argv[4].ends_with(&format!("/{name}")),
             "{call}"

@@ -22,7 +22,6 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::pem::Pem;
 
 use crate::config::Threshold;
-use crate::fsutil;
 
 pub mod san;
 
@@ -117,7 +116,9 @@ fn pems(bytes: &[u8]) -> Result<Vec<Pem>> {
 
 /// Read the root certificate.
 pub fn read_root(path: &Path) -> Result<Root> {
-    let bytes = fsutil::read_limited(path, PEM_LIMIT)
+    // In the CA state directory, which the CA container writes: no link
+    // followed, only a plain file, bounded.
+    let bytes = crate::guestdir::read_file(path, PEM_LIMIT)
         .with_context(|| format!("reading root certificate '{}'", path.display()))?;
     let pem = pems(&bytes).with_context(|| format!("root certificate '{}'", path.display()))?;
     let x = pem[0]

@@ -17,15 +17,21 @@
 //! whole, and a name planted beforehand (a symlink, say) is replaced, not
 //! followed. A failure removes the temp directory.
 //!
-//! Containers get each file with `pct push` (a host path in argv, never
-//! the content); VMs through `qm guest exec --pass-stdin` with the bytes
-//! on stdin. Both through the one transport, [`Proxmox`].
+//! What is delivered is read once, before the guest is contacted, from the
+//! installed files through [`crate::guestdir`]: no link followed, only a
+//! plain file, bounded. The certificate directory is the guest's own, and
+//! a guest that swaps its key for a link to a host file after the install
+//! gets a refusal, never the host file. Containers get each file with
+//! `pct push` of our own private copy (0600, in a directory only root can
+//! enter, removed after), never of the guest's path; VMs through `qm guest
+//! exec --pass-stdin` with the bytes on stdin. Both through the one
+//! transport, [`Proxmox`].
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::fsutil;
+use crate::guestdir::{self, PrivateDir};
 use crate::phoenix::GuestType;
 use crate::proxmox::{Guest, Proxmox, QM_STDIN_LIMIT};
 
@@ -88,13 +94,18 @@ pub fn run(entry: &Entry, px: &Proxmox, drop_dir: &Path) -> Result<()> {
         return Ok(());
     }
     let files = files(entry);
+    // Read now, through descriptors: this is what is delivered, whatever
+    // the guest does to its directory from here on.
+    let mut data = Vec::with_capacity(files.len());
     for f in &files {
-        std::fs::metadata(&f.src)
-            .with_context(|| format!("reading '{}' to deliver it", f.src.display()))?;
+        data.push(
+            guestdir::read_file(&f.src, QM_STDIN_LIMIT as u64)
+                .with_context(|| format!("reading '{}' to deliver it", f.src.display()))?,
+        );
     }
     px.ensure_reachable(entry.guest)?;
     let tmp = make_temp_dir(px, entry.guest, drop_dir)?;
-    let done = put_all(px, entry.guest, &files, &tmp, drop_dir);
+    let done = put_all(px, entry.guest, &files, &data, &tmp, drop_dir);
     if done.is_err() {
         let rm = ["rm", "-rf", "--", &tmp].map(String::from);
         if let Err(e) = px.exec_ok(entry.guest, &rm, None) {
@@ -134,16 +145,25 @@ fn put_all(
     px: &Proxmox,
     guest: Guest,
     files: &[DropFile],
+    data: &[Vec<u8>],
     tmp: &str,
     drop_dir: &Path,
 ) -> Result<()> {
-    for f in files {
+    // `pct push` reads a host path: our own copies, removed when done.
+    let private = match guest.kind {
+        GuestType::Lxc => {
+            Some(PrivateDir::new("deliver").context("making a private directory for pct push")?)
+        }
+        GuestType::Vm => None,
+    };
+    for (f, bytes) in files.iter().zip(data) {
         let dest = guest_path(Path::new(tmp), f.name);
-        match guest.kind {
-            GuestType::Lxc => px.pct_push(guest.id, &f.src, &dest, f.mode)?,
-            GuestType::Vm => {
-                let data = fsutil::read_limited(&f.src, QM_STDIN_LIMIT as u64)
-                    .with_context(|| format!("reading '{}' to deliver it", f.src.display()))?;
+        match &private {
+            Some(private) => {
+                let copy = private.write(f.name, bytes)?;
+                px.pct_push(guest.id, &copy, &dest, f.mode)?;
+            }
+            None => {
                 let argv = [
                     "sh",
                     "-c",
@@ -153,7 +173,7 @@ fn put_all(
                     &format!("{:04o}", f.mode),
                 ]
                 .map(String::from);
-                px.exec_ok(guest, &argv, Some(&data))?;
+                px.exec_ok(guest, &argv, Some(bytes))?;
             }
         }
     }

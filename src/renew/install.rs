@@ -1,19 +1,34 @@
-//! Getting a new certificate into place without ever exposing a bad pair:
-//! step writes into temp files beside the targets, the result is verified
-//! (parses, chains to our root, key matches, SANs and subject as asked),
-//! owner and mode are set, and only then are the temp files renamed over
-//! the targets, key first. A crash between the two renames leaves a key
-//! that does not match its certificate, which the next run sees and
-//! repairs by issuing again; a crash before leaves the old pair.
+//! Getting a new certificate into place without ever exposing a bad pair,
+//! and without ever following a guest's link.
+//!
+//! The certificate directory belongs to the guest (a bind mount, an NFS
+//! export): everything done there goes through [`crate::guestdir`], on
+//! descriptors. step never writes there and never reads a guest's path:
+//! it gets private copies of its inputs (the current pair, for a renewal)
+//! and writes into a private directory ([`PrivateDir`]). What it wrote is
+//! read back (bounded), verified (parses, chains to our root, key
+//! matches, SANs and subject as asked), written into temp files in the
+//! certificate directory with owner and mode set before the data, and
+//! renamed into place within that directory.
+//!
+//! A new pair is two renames, key first. The old key is kept under a temp
+//! name (a copy, made before) until the certificate's rename has
+//! succeeded: if that rename fails (EPERM from an immutable file, EIO,
+//! ...), the old key is renamed back, and the old pair is in place,
+//! matching. A crash between the two renames still leaves the new key
+//! beside the old certificate (no file system renames two files at once):
+//! the next run sees the mismatch and issues again, and removes the temp
+//! files as stale.
 
-use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 
 use crate::cert::{self, CertInfo, Root};
 use crate::fsutil::{self, FileOptions};
+use crate::guestdir::{self, Dir, PrivateDir, Staged};
 use crate::step::Step;
 
 use super::manifest::Entry;
@@ -21,25 +36,14 @@ use super::manifest::Entry;
 /// Mode of certificates and the CA chain.
 pub const CERT_MODE: u32 = 0o644;
 
-/// Temp files that are removed unless they were committed.
-struct Temps(Vec<PathBuf>);
-
-impl Drop for Temps {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = fs::remove_file(p);
-        }
-    }
-}
+/// Largest certificate bundle or key read (what step wrote, the current
+/// pair, the chain file).
+pub const PEM_LIMIT: u64 = 1 << 20;
 
 /// Check a freshly written pair against the entry.
-fn verify(entry: &Entry, root: &Root, crt: &Path, key: &Path) -> Result<CertInfo> {
-    let bytes =
-        fs::read(crt).with_context(|| format!("reading new certificate '{}'", crt.display()))?;
-    let info = cert::parse_bundle(&bytes, root).context("the new certificate does not parse")?;
-    let point = cert::key_public_point(
-        &fs::read(key).with_context(|| format!("reading key '{}'", key.display()))?,
-    )?;
+fn verify(entry: &Entry, root: &Root, crt: &[u8], key: &[u8]) -> Result<CertInfo> {
+    let info = cert::parse_bundle(crt, root).context("the new certificate does not parse")?;
+    let point = cert::key_public_point(key)?;
     if point != info.public_key {
         return Err(anyhow!("the new certificate does not match its key"));
     }
@@ -67,24 +71,30 @@ fn verify(entry: &Entry, root: &Root, crt: &Path, key: &Path) -> Result<CertInfo
     Ok(info)
 }
 
-/// Give a temp file its final owner and mode, and make its data durable.
-fn finish(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
-    let owner = Some((uid, gid));
-    fsutil::seal(path, FileOptions { mode, owner })
+/// The directory handle of `path` (no link followed on the way; with
+/// `create`, missing directories are made 0755) and its file name.
+fn dir_of(path: &Path, create: bool) -> Result<(Dir, OsString)> {
+    if create {
+        guestdir::create_parent(path, 0o755)
+    } else {
+        guestdir::open_parent(path)
+    }
+    .with_context(|| format!("opening the directory of '{}'", path.display()))
 }
 
-fn ensure_parent(path: &Path) -> Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => fsutil::ensure_dir(dir, 0o755),
-        _ => Ok(()),
-    }
+/// A file step wrote into our private directory.
+fn read_private(path: &Path) -> Result<Vec<u8>> {
+    fsutil::read_limited(path, PEM_LIMIT)
+        .with_context(|| format!("reading '{}' written by step", path.display()))
 }
 
 /// Remove the temp files a killed run left beside the entry's files.
 /// Called under the renew lock, so no live run is writing them.
 pub fn remove_stale_temps(entry: &Entry) {
     for target in [&entry.cert_path, &entry.key_path, &entry.ca_path()] {
-        fsutil::remove_stale_temps(target);
+        if let Ok((dir, name)) = guestdir::open_parent(target) {
+            dir.remove_stale_temps(&name);
+        }
     }
 }
 
@@ -95,90 +105,189 @@ pub fn issue(
     root: &Root,
     lifetime: std::time::Duration,
 ) -> Result<CertInfo> {
-    ensure_parent(&entry.cert_path)?;
-    ensure_parent(&entry.key_path)?;
-    let crt = fsutil::temp_path_for(&entry.cert_path)?;
-    let key = fsutil::temp_path_for(&entry.key_path)?;
-    let temps = Temps(vec![crt.clone(), key.clone()]);
+    // The directories first: one a guest turned into a link is refused
+    // before the CA is asked for anything.
+    let (cert_dir, cert_name) = dir_of(&entry.cert_path, true)?;
+    let (key_dir, key_name) = dir_of(&entry.key_path, true)?;
+    let private = PrivateDir::new("issue").context("making a private directory for step")?;
+    let (crt, key) = (private.join("new.crt"), private.join("new.key"));
     step.issue(&entry.name, &entry.sans, &crt, &key, lifetime)?;
-    // step creates the key 0600; make sure, before anything else.
-    if fs::metadata(&key)
-        .map(|m| m.mode() & 0o077 != 0)
-        .unwrap_or(true)
-    {
-        finish(&key, 0, 0, 0o600)?;
-    }
-    let info = verify(entry, root, &crt, &key)?;
-    finish(&key, entry.uid, entry.gid, entry.key_mode)?;
-    finish(&crt, entry.uid, entry.gid, CERT_MODE)?;
-    // Back to back, one directory fsync after both: the instant in which
-    // a reader (or a crash) sees the new key beside the old certificate is
-    // as short as two system calls; the next run repairs it (key mismatch).
-    fsutil::rename(&key, &entry.key_path)?;
-    fsutil::rename_durable(&crt, &entry.cert_path)?;
-    if entry.key_path.parent() != entry.cert_path.parent() {
-        fsutil::fsync_dir(entry.key_path.parent().unwrap_or(Path::new(".")))?;
-    }
-    drop(temps);
+    let (crt_pem, key_pem) = (read_private(&crt)?, read_private(&key)?);
+    drop(private);
+    let info = verify(entry, root, &crt_pem, &key_pem)?;
+    install_pair(
+        entry,
+        (&cert_dir, &cert_name, &crt_pem),
+        (&key_dir, &key_name, &key_pem),
+    )?;
     place_ca(entry, root, &info)?;
     Ok(info)
 }
 
+/// A copy of the key now installed at `name`, under a temp name, with its
+/// owner and mode: what is put back if the certificate cannot follow the
+/// new key. `None` when there is no key, or none we can keep (a link a
+/// guest planted is not followed: the new pair replaces it).
+fn keep_old_key<'a>(dir: &'a Dir, name: &OsStr, entry: &Entry) -> Option<Staged<'a>> {
+    let kept = dir.open_file(name).and_then(|f| {
+        let Some(f) = f else { return Ok(None) };
+        let m = f.metadata();
+        let opts = FileOptions {
+            mode: m.mode() & 0o7777,
+            owner: Some((m.uid(), m.gid())),
+        };
+        let data = f.read(PEM_LIMIT)?;
+        dir.stage(name, &data, opts).map(Some)
+    });
+    kept.unwrap_or_else(|e| {
+        log::warn!("{}: the old key is not kept: {e}", entry.name);
+        None
+    })
+}
+
+type Target<'a> = (&'a Dir, &'a OsStr, &'a [u8]);
+
+/// Put a verified pair into place: both written to temp files first, the
+/// key renamed, then the certificate; if the certificate's rename fails,
+/// the key's is undone.
+fn install_pair(entry: &Entry, (cd, cn, crt): Target, (kd, kn, key): Target) -> Result<()> {
+    let owner = Some((entry.uid, entry.gid));
+    let key_opts = FileOptions {
+        mode: entry.key_mode,
+        owner,
+    };
+    let new_key = kd.stage(kn, key, key_opts)?;
+    let new_crt = cd.stage(
+        cn,
+        crt,
+        FileOptions {
+            mode: CERT_MODE,
+            owner,
+        },
+    )?;
+    let old_key = keep_old_key(kd, kn, entry);
+    new_key.install()?;
+    if let Err(e) = new_crt.install() {
+        let undo = match old_key {
+            Some(old) => old.install_as(kn),
+            None => kd.unlink(kn).map(drop),
+        };
+        let _ = kd.sync();
+        return Err(match undo {
+            Ok(()) => anyhow!(e).context(format!(
+                "installing the new certificate '{}' failed; the new key was taken back, \
+                 the old pair is in place",
+                entry.cert_path.display()
+            )),
+            Err(u) => anyhow!(e).context(format!(
+                "installing the new certificate '{}' failed, and taking the new key back \
+                 failed too ({u}): '{}' does not match its certificate until the next run \
+                 issues again",
+                entry.cert_path.display(),
+                entry.key_path.display()
+            )),
+        });
+    }
+    drop(old_key);
+    cd.sync()?;
+    if !kd.same_as(cd) {
+        kd.sync()?;
+    }
+    Ok(())
+}
+
 /// Renew the certificate for its current key and install it.
 pub fn renew(entry: &Entry, step: &Step, root: &Root) -> Result<CertInfo> {
-    let crt = fsutil::temp_path_for(&entry.cert_path)?;
-    let temps = Temps(vec![crt.clone()]);
-    step.renew(&entry.cert_path, &entry.key_path, &crt)?;
-    let info = verify(entry, root, &crt, &entry.key_path)?;
-    finish(&crt, entry.uid, entry.gid, CERT_MODE)?;
-    fsutil::rename_durable(&crt, &entry.cert_path)?;
-    drop(temps);
+    let (cert_dir, cert_name) = dir_of(&entry.cert_path, false)?;
+    let (key_dir, key_name) = dir_of(&entry.key_path, false)?;
+    let current = cert_dir
+        .read(&cert_name, PEM_LIMIT)
+        .context("reading the current certificate")?;
+    let key = key_dir
+        .read(&key_name, PEM_LIMIT)
+        .context("reading the current key")?;
+    let private = PrivateDir::new("renew").context("making a private directory for step")?;
+    let (crt_copy, key_copy) = (
+        private.write("current.crt", &current)?,
+        private.write("current.key", &key)?,
+    );
+    let out = private.join("new.crt");
+    step.renew(&crt_copy, &key_copy, &out)?;
+    let new = read_private(&out)?;
+    drop(private);
+    let info = verify(entry, root, &new, &key)?;
+    let opts = FileOptions {
+        mode: CERT_MODE,
+        owner: Some((entry.uid, entry.gid)),
+    };
+    cert_dir
+        .write_atomic(&cert_name, &new, opts)
+        .with_context(|| format!("installing '{}'", entry.cert_path.display()))?;
     ensure_modes(entry)?;
     place_ca(entry, root, &info)?;
     Ok(info)
 }
 
 /// `include_ca`: the intermediates of the bundle and the root, `ca.pem`
-/// beside the certificate, written only when it changed.
+/// beside the certificate, written only when it changed. Whatever a guest
+/// put there instead of a plain file (a link, a FIFO, a hard link) is
+/// replaced, never followed.
 fn place_ca(entry: &Entry, root: &Root, info: &CertInfo) -> Result<()> {
     if !entry.include_ca {
         return Ok(());
     }
     let path = entry.ca_path();
+    let (dir, name) = dir_of(&path, false)?;
     let mut chain = info.chain_pem.clone();
     chain.push_str(root.pem.trim_end());
     chain.push('\n');
-    if fs::read(&path).ok().as_deref() == Some(chain.as_bytes()) {
-        return Ok(());
+    match dir.read(&name, PEM_LIMIT) {
+        Ok(now) if now == chain.as_bytes() => return Ok(()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("{}: {e}: written anew", entry.name),
     }
     let opts = FileOptions {
         mode: CERT_MODE,
         owner: Some((entry.uid, entry.gid)),
     };
-    fsutil::write_atomic(&path, chain.as_bytes(), opts)
+    dir.write_atomic(&name, chain.as_bytes(), opts)
+        .with_context(|| format!("writing '{}'", path.display()))
 }
 
 /// Bring owner and mode of the installed files to what the entry says (a
-/// key made world-readable by hand is tightened). Returns what it fixed.
+/// key made world-readable by hand is tightened), through descriptors. A
+/// certificate or key that is not a plain file (a link, a hard link, a
+/// FIFO) is refused, naming it; a chain file that is not is left to
+/// [`repair_ca`], which writes it anew. Returns what it fixed.
 pub fn ensure_modes(entry: &Entry) -> Result<Vec<String>> {
     let mut fixed = Vec::new();
-    let mut files = vec![
-        (&entry.key_path, entry.key_mode),
-        (&entry.cert_path, CERT_MODE),
-    ];
     let ca = entry.ca_path();
+    let mut files = vec![
+        (&entry.key_path, entry.key_mode, true),
+        (&entry.cert_path, CERT_MODE, true),
+    ];
     if entry.include_ca {
-        files.push((&ca, CERT_MODE));
+        files.push((&ca, CERT_MODE, false));
     }
-    for (path, mode) in files {
-        let Ok(meta) = fs::metadata(path) else {
-            continue;
+    for (path, mode, must) in files {
+        let found = guestdir::open_parent(path).and_then(|(dir, name)| dir.open_file(&name));
+        let file = match found {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if !must => {
+                log::warn!("{}: {e}: owner and mode left alone", entry.name);
+                continue;
+            }
+            Err(e) => {
+                return Err(anyhow!(e)).context("checking owner and mode");
+            }
         };
-        if meta.mode() & 0o7777 != mode || meta.uid() != entry.uid || meta.gid() != entry.gid {
-            std::os::unix::fs::chown(path, Some(entry.uid), Some(entry.gid))
-                .with_context(|| format!("chown '{}'", path.display()))?;
-            fs::set_permissions(path, fs::Permissions::from_mode(mode))
-                .with_context(|| format!("chmod '{}'", path.display()))?;
+        if file
+            .set_owner_mode(entry.uid, entry.gid, mode)
+            .context("fixing owner and mode")?
+        {
             fixed.push(format!(
                 "{} -> {}:{} {mode:o}",
                 path.display(),
@@ -190,9 +299,14 @@ pub fn ensure_modes(entry: &Entry) -> Result<Vec<String>> {
     Ok(fixed)
 }
 
-/// `include_ca` and the chain file is missing or stale.
+/// `include_ca` and the chain file is missing, or not a plain file (a
+/// link or FIFO a guest put there): [`repair_ca`] writes it.
 pub fn ca_missing(entry: &Entry) -> bool {
-    entry.include_ca && !entry.ca_path().exists()
+    entry.include_ca
+        && !matches!(
+            guestdir::open_parent(&entry.ca_path()).and_then(|(d, n)| d.open_file(&n)),
+            Ok(Some(_))
+        )
 }
 
 /// Re-place a missing CA chain for an otherwise good certificate.

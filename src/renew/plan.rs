@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cert::{self, Action, Assessment, Root};
 use crate::config::Threshold;
-use crate::fsutil;
+use crate::guestdir;
 
 use super::manifest::Entry;
 use super::state::{KeyMemo, State};
@@ -71,8 +71,9 @@ pub fn assess(
         Ok(point)
     };
     let a = cert::assess(
-        fsutil::read_limited(&entry.cert_path, FILE_LIMIT),
-        fsutil::read_limited(&entry.key_path, FILE_LIMIT),
+        // The guest's directory: no link followed, only a plain file.
+        guestdir::read_file(&entry.cert_path, FILE_LIMIT),
+        guestdir::read_file(&entry.key_path, FILE_LIMIT),
         &derive,
         &entry.name,
         &entry.wanted,
