@@ -6,15 +6,37 @@
 //! parser stops at the first positional one), runs with stdin from
 //! `/dev/null` (step prompts on a terminal) and a deadline. A CA that
 //! cannot be reached is a [`Kind::TempFail`]: the run exits 75, retry later.
+//!
+//! step reads its root and the provisioner password whole, however large,
+//! from a directory the CA container writes (one put `/dev/zero` there and
+//! step read until memory ran out). So it never gets those paths: each
+//! call gets private 0600 copies made by our bounded reader
+//! ([`crate::guestdir`]: no link followed, only a plain file, the root at
+//! most [`ROOT_LIMIT`], the password at most [`PASSWORD_LIMIT`]), in a
+//! directory only root can enter, removed when the call returns.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cert::San;
 use crate::exec::{Cmd, Output};
 use crate::exit::{err, Kind};
+use crate::guestdir::PrivateDir;
+
+/// Largest root certificate handed to step (or to `step ca health`).
+pub const ROOT_LIMIT: u64 = 1 << 20;
+
+/// Largest provisioner password file handed to step.
+pub const PASSWORD_LIMIT: u64 = 64 << 10;
+
+/// A private copy of the root certificate `root` in `dir`, for step's
+/// `--root`.
+pub fn private_root(dir: &PrivateDir, root: &Path) -> Result<PathBuf> {
+    dir.copy_of(root, ROOT_LIMIT, "root_ca.crt")
+        .context("reading the CA root certificate for step")
+}
 
 /// How to reach the CA with `step`.
 #[derive(Debug, Clone)]
@@ -64,6 +86,23 @@ fn go_duration(d: Duration) -> String {
 impl Step {
     fn cmd(&self) -> Cmd {
         Cmd::new(&self.program).timeout(self.timeout)
+    }
+
+    /// This step with private copies of its root and (with `password`)
+    /// its password file, in `dir`.
+    fn private(&self, dir: &PrivateDir, password: bool) -> Result<Step> {
+        let mut s = self.clone();
+        s.root = private_root(dir, &self.root)?;
+        if password {
+            s.password_file = dir
+                .copy_of(&self.password_file, PASSWORD_LIMIT, "password")
+                .context("reading the provisioner password file for step")?;
+        }
+        Ok(s)
+    }
+
+    fn private_dir() -> Result<PrivateDir> {
+        PrivateDir::new("step").context("making a private directory for step")
     }
 
     fn run(&self, cmd: Cmd) -> Result<()> {
@@ -126,22 +165,26 @@ impl Step {
         key: &Path,
         lifetime: Duration,
     ) -> Result<()> {
-        self.run(self.issue_cmd(subject, sans, crt, key, lifetime))
+        let dir = Self::private_dir()?;
+        let s = self.private(&dir, true)?;
+        s.run(s.issue_cmd(subject, sans, crt, key, lifetime))
     }
 
     /// `step ca renew --force --out OUT CRT KEY`: a new certificate for
     /// the same key, authenticated by the current (valid) certificate.
     pub fn renew(&self, crt: &Path, key: &Path, out: &Path) -> Result<()> {
-        let cmd = self
+        let dir = Self::private_dir()?;
+        let s = self.private(&dir, false)?;
+        let cmd = s
             .cmd()
             .args(["ca", "renew", "--force", "--out"])
             .arg(out)
-            .args(["--ca-url", &self.ca_url])
+            .args(["--ca-url", &s.ca_url])
             .arg("--root")
-            .arg(&self.root)
+            .arg(&s.root)
             .arg(crt)
             .arg(key);
-        self.run(cmd)
+        s.run(cmd)
     }
 }
 

@@ -45,10 +45,18 @@ pub struct Health {
 
 impl Health {
     /// Ask the CA once. `Err` says why it is not healthy.
+    ///
+    /// The root lives in the CA state directory, which the CA container
+    /// writes, and step reads `--root` whole: it gets a private copy made
+    /// by our bounded reader (no link followed, only a plain file, at most
+    /// 1 MiB), so a root replaced by `/dev/zero` or a huge file fails this
+    /// check at once, naming the file.
     pub fn check(&self) -> Result<(), String> {
+        let dir = crate::guestdir::PrivateDir::new("health").map_err(|e| e.to_string())?;
+        let root = crate::step::private_root(&dir, &self.root).map_err(|e| format!("{e:#}"))?;
         let cmd = Cmd::new("step")
             .args(["ca", "health", "--ca-url", &self.url, "--root"])
-            .arg(&self.root)
+            .arg(&root)
             .timeout(self.timeout);
         match cmd.run() {
             Ok(out) if out.status.success() && out.stdout_str().trim() == "ok" => Ok(()),
