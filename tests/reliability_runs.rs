@@ -429,6 +429,54 @@ fn a_stop_request_while_qm_hangs_ends_it_and_leaves_the_action_pending() {
     )]);
 }
 
+#[test]
+fn a_stop_request_while_swarm_ensure_waits_on_qm_ends_it() {
+    let lab = Lab::new();
+    let vm = lab.vm_dir(MANAGER);
+    std::fs::write(vm.join("hang"), "guest exec").unwrap();
+    let marker = format!("PHOENIX_FAKE_PVE={}", lab.pve.dir.path().display());
+    let mut violations = Vec::new();
+    for (sig, code) in STOPS {
+        let _ = std::fs::remove_file(vm.join("hang.pid"));
+        let child = Command::new(env!("CARGO_BIN_EXE_phoenix-swarm"))
+            .args(["ensure", "--config"])
+            .arg(&lab.config)
+            .envs(lab.pve.env())
+            .env_remove("PHOENIX_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pid = 0;
+        wait_for("qm hanging", Duration::from_secs(20), || {
+            pid = std::fs::read_to_string(vm.join("hang.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            pid != 0 && alive(pid)
+        });
+        let (out, took) = stop(child, sig, Duration::from_secs(10));
+        if out.status.code() != Some(code) {
+            violations.push(format!(
+                "{sig}: exit {:?}: {}",
+                out.status.code(),
+                text(&out.stderr)
+            ));
+        }
+        assert!(took < Duration::from_secs(5), "{sig}: took {took:?}");
+        let left = processes_with_env(&marker);
+        if alive(pid) || !left.is_empty() {
+            violations.push(format!("{sig}: left running: {pid} {left:?}"));
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+    figures(&[(
+        "runs-stop-swarm",
+        "SIGHUP, SIGQUIT, SIGTERM to `phoenix-swarm ensure` while its `qm guest exec` hangs: exit 129/131/143 within 5 s, the hanging `qm` gone (violations)",
+        violations.len().to_string(),
+    )]);
+}
+
 // --------------------------------------------------------------- backoff
 
 #[test]

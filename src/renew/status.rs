@@ -335,6 +335,31 @@ mod tests {
         assert!(t.ends_with("\nwarning: n: cannot rotate\n"), "{t}");
     }
 
+    #[test]
+    fn a_refused_entry_is_a_row_with_its_error_and_fails_the_status() {
+        let bad = Row {
+            next_action: "refused".into(),
+            warnings: Vec::new(),
+            error: Some("[1].owner ('n'): no user 'x' on this host".into()),
+            ..row()
+        };
+        let t = table(std::slice::from_ref(&bad));
+        assert!(t.lines().nth(1).unwrap().contains(" refused "), "{t}");
+        assert!(
+            t.ends_with("\nrefused: n: [1].owner ('n'): no user 'x' on this host\n"),
+            "{t}"
+        );
+        let m = prometheus(std::slice::from_ref(&bad));
+        assert!(
+            m.contains("phoenix_cert_manifest_refused{name=\"n\",guest=\"VM 1\"} 1\n"),
+            "{m}"
+        );
+        let e = refused(&[row(), bad]).unwrap_err();
+        assert_eq!(crate::exit::kind_of(&e), crate::exit::Kind::Config);
+        assert!(e.to_string().contains("1 of 2 refused"), "{e}");
+        assert!(refused(&[row()]).is_ok());
+    }
+
     fn row() -> Row {
         Row {
             name: "n".into(),

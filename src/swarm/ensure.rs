@@ -181,6 +181,8 @@ impl<'a> Run<'a> {
             node_ids.push((topo.manager.clone(), c.manager_node.clone()));
         }
         for m in &topo.others {
+            // A stop request ends the run (128+N), not "N steps failed".
+            signal::check()?;
             match self.member(m, cluster.as_mut()) {
                 Ok(Some(id)) => node_ids.push((m.clone(), id)),
                 Ok(None) => node_ids.push((m.clone(), String::new())),
@@ -197,6 +199,7 @@ impl<'a> Run<'a> {
                 errors.push(e);
             }
         }
+        signal::check()?;
         self.summary(cluster.as_ref(), errors.is_empty());
         combine(errors)
     }
