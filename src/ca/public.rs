@@ -13,26 +13,21 @@
 //! `invalidate` (CA pre-start) writes the new generation there too and the
 //! stop phases withdraw its token, so a waiter on `public/` never takes an
 //! earlier boot's token for a fresh one. `public/` belongs to the CA guest,
-//! which could put a symbolic link there: it is opened with `O_NOFOLLOW`
-//! and every write, rename and removal is relative to that descriptor
-//! (`openat`, `renameat`, `unlinkat`), never a path through it.
+//! which could put a symbolic link there: everything is done through
+//! [`crate::guestdir`], on a descriptor of the directory reached without
+//! following a link, never a path through it.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::ffi::OsStr;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::libc;
-use nix::sys::stat::Mode;
 
 use super::token::{Generation, Token};
 use crate::config::CaPaths;
 use crate::exit::{err, Kind};
-use crate::fsutil;
+use crate::fsutil::FileOptions;
+use crate::guestdir::Dir;
 
 /// Name of the public directory inside the state directory.
 pub const PUBLIC_DIR: &str = "public";
@@ -58,110 +53,55 @@ pub fn paths(paths: &CaPaths) -> CaPaths {
     }
 }
 
-fn file_name(path: &Path) -> Result<&str> {
+fn file_name(path: &Path) -> Result<&OsStr> {
     path.file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("'{}' has no usable file name", path.display()))
+        .with_context(|| format!("'{}' has no file name", path.display()))
 }
 
-/// `public/`, opened without following a symbolic link. `Ok(None)` when
-/// it does not exist; anything but a directory is refused, named.
-fn open(dir: &Path) -> Result<Option<File>> {
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir)
-    {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => Err(err(
+/// A refusal of `guestdir` (a link, not a directory) as an error that
+/// says what to do.
+fn refusal(e: io::Error) -> anyhow::Error {
+    if e.kind() == io::ErrorKind::InvalidData {
+        err(
             Kind::Failed,
-            format!(
-                "public CA directory '{}' is not a directory (a symbolic link or a file): \
-                     refused, not followed; remove it (`phoenix-ca publish` makes it again)",
-                dir.display()
-            ),
-        )),
-        Err(e) => Err(e).with_context(|| format!("opening '{}'", dir.display())),
+            format!("{e}: not followed; remove it (`phoenix-ca publish` makes public/ again)"),
+        )
+    } else {
+        anyhow::Error::new(e)
     }
 }
 
-/// `public/`, created (0755) if missing, then opened as [`open`] does.
-fn open_or_create(dir: &Path) -> Result<File> {
-    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
-        Ok(()) => log::info!("created public CA directory '{}'", dir.display()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("creating directory '{}'", dir.display())),
-    }
-    open(dir)?.with_context(|| format!("'{}' vanished while being opened", dir.display()))
+/// `public/` of the state directory, reached without following a link.
+/// `Ok(None)` when it does not exist.
+fn open(state: &CaPaths) -> Result<Option<Dir>> {
+    let dir = Dir::open(&state.dir)
+        .map_err(refusal)
+        .with_context(|| format!("opening CA state directory '{}'", state.dir.display()))?;
+    dir.subdir(OsStr::new(PUBLIC_DIR)).map_err(refusal)
 }
 
-/// Write `data` as `name` in the directory `dir` (at `dir_path`)
-/// atomically: a new temp file made in the directory (`O_EXCL`,
-/// `O_NOFOLLOW`), mode set before data, `fsync`, `renameat`, `fsync` of
-/// the directory.
-fn write_at(dir: &File, dir_path: &Path, name: &str, data: &[u8], mode: u32) -> Result<()> {
-    let target = dir_path.join(name);
-    let tmp_path = fsutil::temp_path_for(&target)?;
-    let tmp = file_name(&tmp_path)?.to_string();
-    let fd = nix::fcntl::openat(
-        Some(dir.as_raw_fd()),
-        tmp.as_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map_err(io::Error::from)
-    .with_context(|| format!("creating temp file '{}'", tmp_path.display()))?;
-    // SAFETY: `openat` just returned this descriptor; nothing else owns it.
-    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let result = file
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .and_then(|()| file.write_all(data))
-        .and_then(|()| file.sync_all())
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
-            nix::fcntl::renameat(
-                Some(dir.as_raw_fd()),
-                tmp.as_str(),
-                Some(dir.as_raw_fd()),
-                name,
-            )
-            .map_err(|e| anyhow::Error::from(io::Error::from(e)))
-        });
-    if let Err(e) = result {
-        let _ = nix::unistd::unlinkat(
-            Some(dir.as_raw_fd()),
-            tmp.as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
-        return Err(e.context(format!("writing '{}'", target.display())));
+/// `public/`, created 0755 (whatever the umask) if missing.
+fn open_or_create(state: &CaPaths) -> Result<Dir> {
+    if let Some(dir) = open(state)? {
+        return Ok(dir);
     }
-    dir.sync_all()
-        .with_context(|| format!("fsync directory '{}'", dir_path.display()))
-}
-
-/// Remove `name` from the directory `dir`; whether it was there.
-fn remove_at(dir: &File, dir_path: &Path, name: &str) -> Result<bool> {
-    match nix::unistd::unlinkat(
-        Some(dir.as_raw_fd()),
-        name,
-        nix::unistd::UnlinkatFlags::NoRemoveDir,
-    ) {
-        Ok(()) => {
-            dir.sync_all()
-                .with_context(|| format!("fsync directory '{}'", dir_path.display()))?;
-            Ok(true)
-        }
-        Err(Errno::ENOENT) => Ok(false),
-        Err(e) => Err(io::Error::from(e))
-            .with_context(|| format!("removing '{}'", dir_path.join(name).display())),
-    }
+    let path = dir_of(&state.dir);
+    let dir = Dir::create(&path, 0o755).map_err(refusal)?;
+    dir.set_mode(0o755)?;
+    log::info!("created public CA directory '{}'", path.display());
+    Ok(dir)
 }
 
 fn json(value: &impl serde::Serialize) -> Result<Vec<u8>> {
     let mut text = serde_json::to_vec_pretty(value)?;
     text.push(b'\n');
     Ok(text)
+}
+
+/// Write `data` as the file of `path` in `dir`, atomically, 0644.
+fn write(dir: &Dir, path: &Path, data: &[u8]) -> Result<()> {
+    dir.write_atomic(file_name(path)?, data, FileOptions::mode(0o644))
+        .with_context(|| format!("writing '{}'", path.display()))
 }
 
 /// Publisher's side: create `public/` if needed and write the generation,
@@ -174,26 +114,17 @@ pub fn publish(
     token: &Token,
 ) -> Result<()> {
     let p = paths(state);
-    let dir = open_or_create(&p.dir)?;
-    write_at(
-        &dir,
-        &p.dir,
-        file_name(&p.generation)?,
-        &json(generation)?,
-        0o644,
-    )?;
+    let dir = open_or_create(state)?;
+    write(&dir, &p.generation, &json(generation)?)?;
     if let Some(pem) = root_pem {
-        write_at(&dir, &p.dir, file_name(&p.root_cert)?, pem, 0o644)?;
+        write(&dir, &p.root_cert, pem)?;
     }
-    let fp = format!("{}\n", token.fingerprint);
-    write_at(
+    write(
         &dir,
-        &p.dir,
-        file_name(&p.fingerprint)?,
-        fp.as_bytes(),
-        0o644,
+        &p.fingerprint,
+        format!("{}\n", token.fingerprint).as_bytes(),
     )?;
-    write_at(&dir, &p.dir, file_name(&p.ready)?, &json(token)?, 0o644)?;
+    write(&dir, &p.ready, &json(token)?)?;
     log::info!("published the public copies in '{}'", p.dir.display());
     Ok(())
 }
@@ -202,27 +133,30 @@ pub fn publish(
 /// generation there, then withdraw its token. Returns whether it exists.
 pub fn invalidate(state: &CaPaths, generation: &Generation) -> Result<bool> {
     let p = paths(state);
-    let Some(dir) = open(&p.dir)? else {
+    let Some(dir) = open(state)? else {
         return Ok(false);
     };
-    write_at(
-        &dir,
-        &p.dir,
-        file_name(&p.generation)?,
-        &json(generation)?,
-        0o644,
-    )?;
-    remove_at(&dir, &p.dir, file_name(&p.ready)?)?;
+    write(&dir, &p.generation, &json(generation)?)?;
+    remove(&dir, &p.ready)?;
     Ok(true)
 }
 
 /// Withdraw `public/`'s token (the CA stops); whether there was one.
 pub fn withdraw(state: &CaPaths) -> Result<bool> {
-    let p = paths(state);
-    match open(&p.dir)? {
-        Some(dir) => remove_at(&dir, &p.dir, file_name(&p.ready)?),
+    match open(state)? {
+        Some(dir) => remove(&dir, &paths(state).ready),
         None => Ok(false),
     }
+}
+
+/// Remove the file of `path` from `dir` (a link is removed, not followed)
+/// and make that durable; whether it was there.
+fn remove(dir: &Dir, path: &Path) -> Result<bool> {
+    let removed = dir.unlink(file_name(path)?)?;
+    if removed {
+        dir.sync()?;
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -302,7 +236,8 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, dir_of(&state.dir)).unwrap();
         let g = token::new_generation().unwrap();
         let e = invalidate(&state, &g).unwrap_err();
-        assert!(e.to_string().contains("refused, not followed"), "{e}");
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        assert!(e.to_string().contains("not followed"), "{e}");
         assert!(withdraw(&state).is_err());
         assert!(publish(&state, &g, None, &sample_token(&g)).is_err());
         assert_eq!(std::fs::read(elsewhere.join("ca.ready")).unwrap(), b"keep");
