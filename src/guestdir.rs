@@ -199,24 +199,26 @@ impl Dir {
     /// Why `name` (on the way to `full`) could not be opened as a directory.
     fn dir_error(&self, name: &OsStr, full: &Path, e: Errno) -> io::Error {
         let here = self.path.join(name);
-        let what = if here == full {
-            format!("'{}'", full.display())
-        } else {
-            format!("'{}' (on the way to '{}')", here.display(), full.display())
+        let what = |kind: &str| {
+            if here == full {
+                kind.to_string()
+            } else {
+                format!("'{}' on the way is {kind}", here.display())
+            }
         };
         match e {
             Errno::ELOOP | Errno::ENOTDIR => match self.mode_of(name) {
-                Ok(Some(m)) if is_link(m) => refused(full, format!("{what} is a symbolic link")),
-                Ok(Some(m)) => refused(
-                    full,
-                    format!("{what} is not a directory but {}", kind_name(m)),
-                ),
-                _ => os_error(format!("opening {what}"), e),
+                Ok(Some(m)) if is_link(m) => refused(full, what(kind_name(m))),
+                Ok(Some(m)) => {
+                    refused(full, what(&format!("not a directory but {}", kind_name(m))))
+                }
+                _ => os_error(format!("opening '{}'", here.display()), e),
             },
-            Errno::ENOENT => {
-                io::Error::new(io::ErrorKind::NotFound, format!("{what} does not exist"))
-            }
-            e => os_error(format!("opening {what}"), e),
+            Errno::ENOENT => io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("'{}' does not exist", here.display()),
+            ),
+            e => os_error(format!("opening '{}'", here.display()), e),
         }
     }
 
@@ -732,9 +734,18 @@ mod tests {
         assert_eq!(read_file(&real.join("f"), 10).unwrap(), b"x");
         let e = read_file(&t.path().join("link/f"), 10).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("is a symbolic link"), "{msg}");
+        let link = t.path().join("link").display().to_string();
         assert!(
-            msg.contains(&t.path().join("link").display().to_string()),
+            msg.contains(&format!(
+                "refusing '{link}': a symbolic link (not followed)"
+            )),
+            "{msg}"
+        );
+        let msg = read_file(&t.path().join("link/sub/f"), 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(&format!("'{link}' on the way is a symbolic link")),
             "{msg}"
         );
         // The last component too.
@@ -833,7 +844,7 @@ mod tests {
         let msg = Dir::create(&t.path().join("certs/101"), 0o755)
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("is a symbolic link"), "{msg}");
+        assert!(msg.contains("on the way is a symbolic link"), "{msg}");
         assert!(std::fs::read_dir(&host).unwrap().next().is_none());
         let d = Dir::create(&t.path().join("a/b/c"), 0o755).unwrap();
         assert!(t.path().join("a/b/c").is_dir());
