@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 
 use crate::exec::Cmd;
-use crate::fsutil;
+use crate::guestdir;
 use crate::phoenix::GuestType;
 use crate::proxmox::{self, Guest, Proxmox};
 use crate::swarm::docker::Docker;
@@ -71,8 +71,10 @@ fn swarm_secrets(entry: &Entry, rot: &Rotation, px: &Proxmox, bound: Duration) -
                 Part::Key => entry.key_path.clone(),
                 Part::Ca => entry.ca_path(),
             };
+            // The guest's directory: through descriptors, no link
+            // followed (a link to a host file never becomes a secret).
             let bytes =
-                fsutil::read_limited(&path, secrets::SECRET_MAX_BYTES).with_context(|| {
+                guestdir::read_file(&path, secrets::SECRET_MAX_BYTES).with_context(|| {
                     format!("reading '{}' for swarm secret {}", path.display(), s.name)
                 })?;
             Ok(Material::new(s.clone(), bytes))
