@@ -19,7 +19,11 @@
 //!   regular file with one name is taken. A symbolic link, a directory, a
 //!   FIFO, a device, or a hard link (which could be a second name of a
 //!   host file) is refused, with the path and why;
-//! - owner and mode change with `fchown`/`fchmod` on that descriptor;
+//! - owner and mode change with `fchown`/`fchmod` on that descriptor.
+//!   The owner is not a criterion for taking a file: one with a single
+//!   name under the guest's directory is the guest's whatever its uid (the
+//!   guest may have made it, a manifest's owner may change), and a host
+//!   file can only appear there as a second name, which is refused;
 //! - reads go through the one bounded reader, [`fsutil::read_open_limited`];
 //! - a new file is a temp file made with `O_CREAT | O_EXCL | O_NOFOLLOW`
 //!   in the directory handle, owner and mode set before the data, `fsync`,

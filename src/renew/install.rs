@@ -313,3 +313,112 @@ pub fn ca_missing(entry: &Entry) -> bool {
 pub fn repair_ca(entry: &Entry, root: &Root, info: &CertInfo) -> Result<()> {
     place_ca(entry, root, info)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phoenix::GuestType;
+    use crate::proxmox::Guest;
+    use crate::renew::manifest::PostAction;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn entry(dir: &Path) -> Entry {
+        let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+        Entry {
+            index: 0,
+            name: "web.x".into(),
+            guest: Guest {
+                kind: GuestType::Lxc,
+                id: 101,
+            },
+            sans: Vec::new(),
+            wanted: Default::default(),
+            cert_path: dir.join("web.crt"),
+            key_path: dir.join("web.key"),
+            uid: uid.as_raw(),
+            gid: gid.as_raw(),
+            key_mode: 0o600,
+            include_ca: true,
+            post: PostAction::Legacy("true".into()),
+            deliver: true,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn install(e: &Entry, crt: &[u8], key: &[u8]) -> Result<()> {
+        let (d, cn) = dir_of(&e.cert_path, false)?;
+        let kn = e.key_path.file_name().unwrap();
+        install_pair(e, (&d, &cn, crt), (&d, kn, key))
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_pair_replaces_both_and_leaves_no_temp() {
+        let t = tempfile::tempdir().unwrap();
+        let e = entry(t.path());
+        std::fs::write(&e.key_path, "old key").unwrap();
+        std::fs::write(&e.cert_path, "old cert").unwrap();
+        install(&e, b"new cert", b"new key").unwrap();
+        assert_eq!(std::fs::read(&e.key_path).unwrap(), b"new key");
+        assert_eq!(std::fs::read(&e.cert_path).unwrap(), b"new cert");
+        let mode = std::fs::metadata(&e.key_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o600);
+        assert_eq!(names(t.path()), ["web.crt", "web.key"]);
+    }
+
+    #[test]
+    fn a_failed_certificate_rename_puts_the_old_key_back() {
+        // A directory where the certificate goes: the key's rename works,
+        // the certificate's fails (EISDIR).
+        let t = tempfile::tempdir().unwrap();
+        let e = entry(t.path());
+        std::fs::write(&e.key_path, "old key").unwrap();
+        std::fs::set_permissions(&e.key_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::create_dir(&e.cert_path).unwrap();
+        std::fs::write(e.cert_path.join("x"), "x").unwrap();
+        let err = format!("{:#}", install(&e, b"new cert", b"new key").unwrap_err());
+        assert!(
+            err.contains("the new key was taken back, the old pair is in place"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&e.key_path).unwrap(), b"old key");
+        let mode = std::fs::metadata(&e.key_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o640, "the old key's mode is kept");
+        assert_eq!(names(t.path()), ["web.crt", "web.key"]);
+        // Without an old key, the new one is taken away.
+        std::fs::remove_file(&e.key_path).unwrap();
+        assert!(install(&e, b"new cert", b"new key").is_err());
+        assert_eq!(names(t.path()), ["web.crt"]);
+    }
+
+    #[test]
+    fn a_ca_pem_link_is_left_to_the_repair_and_never_chmodded() {
+        let t = tempfile::tempdir().unwrap();
+        let host = t.path().join("host");
+        std::fs::write(&host, "host").unwrap();
+        std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let certs = t.path().join("certs");
+        std::fs::create_dir(&certs).unwrap();
+        let e = entry(&certs);
+        std::fs::write(&e.key_path, "k").unwrap();
+        std::fs::write(&e.cert_path, "c").unwrap();
+        std::os::unix::fs::symlink(&host, e.ca_path()).unwrap();
+        ensure_modes(&e).unwrap();
+        let mode = std::fs::metadata(&host).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o600);
+        assert!(ca_missing(&e));
+        // A key that is a link: refused, named.
+        std::fs::remove_file(&e.key_path).unwrap();
+        std::os::unix::fs::symlink(&host, &e.key_path).unwrap();
+        let err = format!("{:#}", ensure_modes(&e).unwrap_err());
+        assert!(err.contains("web.key': a symbolic link"), "{err}");
+    }
+}
