@@ -205,14 +205,14 @@ impl Dir {
         let here = self.path.join(name);
         let what = |kind: &str| {
             if here == full {
-                kind.to_string()
+                format!("it is {kind}")
             } else {
                 format!("'{}' on the way is {kind}", here.display())
             }
         };
         match e {
             Errno::ELOOP | Errno::ENOTDIR => match self.mode_of(name) {
-                Ok(Some(m)) if is_link(m) => refused(full, what(kind_name(m))),
+                Ok(Some(m)) if is_link(m) => refused(full, what("a symbolic link")),
                 Ok(Some(m)) => {
                     refused(full, what(&format!("not a directory but {}", kind_name(m))))
                 }
@@ -740,9 +740,7 @@ mod tests {
         let msg = e.to_string();
         let link = t.path().join("link").display().to_string();
         assert!(
-            msg.contains(&format!(
-                "refusing '{link}': a symbolic link (not followed)"
-            )),
+            msg.contains(&format!("refusing '{link}': it is a symbolic link")),
             "{msg}"
         );
         let msg = read_file(&t.path().join("link/sub/f"), 10)

@@ -177,7 +177,10 @@ fn a_certs_dir_swapped_for_a_link_gets_nothing_written_and_fails_alone() {
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(
-            err.contains(&format!("refusing '{}': a symbolic link", d.display())),
+            err.contains(&format!(
+                "refusing '{}': it is a symbolic link",
+                d.display()
+            )),
             "{args:?}: {err}"
         );
         assert!(err.contains("web.test"), "{err}");
