@@ -659,16 +659,25 @@ pub fn read_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 /// A fresh directory only this process's user can enter (`mkdtemp`, 0700)
 /// in the temp directory (`$TMPDIR`, else `/tmp`; phoenix-renew.service
 /// has its own with `PrivateTmp=`), removed with what is in it when
-/// dropped. The files other programs read in our stead go here.
+/// dropped. The files other programs read in our stead go here. Its name,
+/// `phoenix-<what>.<pid>.XXXXXX`, says whose it is: one left by a process
+/// that is gone (killed with SIGKILL: no drop ran) is removed when the
+/// next one is made.
 #[derive(Debug)]
 pub struct PrivateDir {
     path: PathBuf,
 }
 
 impl PrivateDir {
-    /// Make one; `what` goes into its name (`phoenix-<what>.XXXXXX`).
+    /// Make one; `what` goes into its name.
     pub fn new(what: &str) -> io::Result<PrivateDir> {
-        let template = std::env::temp_dir().join(format!("phoenix-{what}.XXXXXX"));
+        Self::new_in(&std::env::temp_dir(), what)
+    }
+
+    /// Make one in `base` (tests).
+    pub fn new_in(base: &Path, what: &str) -> io::Result<PrivateDir> {
+        remove_stale_private_dirs(base);
+        let template = base.join(format!("phoenix-{what}.{}.XXXXXX", std::process::id()));
         let path = nix::unistd::mkdtemp(&template).map_err(|e| {
             os_error(
                 format!("creating a private directory '{}'", template.display()),
@@ -708,6 +717,37 @@ impl PrivateDir {
     pub fn copy_of(&self, src: &Path, limit: u64, name: &str) -> io::Result<PathBuf> {
         let data = read_file(src, limit)?;
         self.write(name, &data)
+    }
+}
+
+/// Remove the private directories in `base` whose process is gone: ours
+/// (our uid, 0700, a real directory), named `phoenix-<what>.<pid>.<x>`,
+/// with no process `pid` alive. A live process's directory is never
+/// touched (a reused pid only delays the removal).
+fn remove_stale_private_dirs(base: &Path) {
+    let me = nix::unistd::geteuid().as_raw();
+    let Ok(list) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in list.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("phoenix-")) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('.').collect();
+        let pid = match parts[..] {
+            [_, pid, _] => pid.parse::<i32>().ok().filter(|p| *p > 0),
+            _ => None,
+        };
+        let Some(pid) = pid else { continue };
+        let gone =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH);
+        let ours = std::fs::symlink_metadata(e.path())
+            .is_ok_and(|m| m.is_dir() && m.uid() == me && m.mode() & 0o7777 == 0o700);
+        if gone && ours {
+            log::debug!("removing '{}' left by a killed run", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 
@@ -871,6 +911,30 @@ mod tests {
         assert!(!stale.exists());
         assert!(mine.temp_path().exists());
         assert!(Path::new("/etc/hostname").exists());
+    }
+
+    #[test]
+    fn private_dirs_of_gone_processes_are_removed_live_ones_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = t.path().join(format!("phoenix-issue.{dead}.abcdef"));
+        let live = t
+            .path()
+            .join(format!("phoenix-issue.{}.abcdef", std::process::id()));
+        let other = t.path().join(format!("phoenix-issue.{dead}.open"));
+        for d in [&stale, &live, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("new.key"), "k").unwrap();
+        }
+        for d in [&stale, &live] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = PrivateDir::new_in(t.path(), "step").unwrap();
+        assert!(!stale.exists(), "a dead process's directory stayed");
+        assert!(live.exists() && other.exists() && p.path().exists());
     }
 
     #[test]
