@@ -494,7 +494,10 @@ fn a_bad_manifest_is_exit_2_naming_entry_and_value() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     // The bad entry alone is refused: the other one is still issued.
     assert!(certs(&b).join("101/web.crt").exists(), "{}", stderr(&out));
-    assert!(!certs(&b).join("1001").exists(), "a refused entry touched files");
+    assert!(
+        !certs(&b).join("1001").exists(),
+        "a refused entry touched files"
+    );
     let out = b.run(&["run", "--only", "nope.test"]);
     assert_eq!(out.status.code(), Some(2));
 }
