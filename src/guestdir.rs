@@ -16,9 +16,9 @@
 //!   refused too (docs/renew.md says so);
 //! - a file is opened relative to that handle with `O_NOFOLLOW |
 //!   O_NONBLOCK` and judged with `fstat` ([`Dir::open_file`]): only a
-//!   regular file with one name is taken. A symbolic link, a directory, a
-//!   FIFO, a device, or a hard link (which could be a second name of a
-//!   host file) is refused, with the path and why;
+//!   regular file with no second name is taken. A symbolic link, a
+//!   directory, a FIFO, a device, or a hard link (which could be a second
+//!   name of a host file) is refused, with the path and why;
 //! - owner and mode change with `fchown`/`fchmod` on that descriptor.
 //!   The owner is not a criterion for taking a file: one with a single
 //!   name under the guest's directory is the guest's whatever its uid (the
@@ -325,7 +325,7 @@ impl Dir {
     }
 
     /// Open `name` (a link is not followed) and check it is a regular
-    /// file with one name. `Ok(None)` when absent.
+    /// file with no second name. `Ok(None)` when absent.
     pub fn open_file(&self, name: &OsStr) -> io::Result<Option<GuestFile>> {
         check_name(name)?;
         let path = self.path.join(name);
@@ -337,23 +337,7 @@ impl Dir {
         };
         // SAFETY: a new descriptor, owned by nothing else.
         let file = unsafe { File::from_raw_fd(raw) };
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(refused(
-                &path,
-                format!("not a regular file but {}", kind_name(meta.mode())),
-            ));
-        }
-        if meta.nlink() != 1 {
-            return Err(refused(
-                &path,
-                format!(
-                    "a hard link ({} names; one may be a file outside this directory)",
-                    meta.nlink()
-                ),
-            ));
-        }
-        Ok(Some(GuestFile { file, path, meta }))
+        GuestFile::take(file, path).map(Some)
     }
 
     /// Read `name` whole, at most `limit` bytes, through [`Dir::open_file`].
@@ -568,7 +552,7 @@ impl Drop for Staged<'_> {
     }
 }
 
-/// A regular file with one name, opened under a guest's directory
+/// A regular file with no second name, opened under a guest's directory
 /// without following a link.
 #[derive(Debug)]
 pub struct GuestFile {
@@ -578,6 +562,33 @@ pub struct GuestFile {
 }
 
 impl GuestFile {
+    /// Judge a file just opened without following a link: only a regular
+    /// file without a second name is taken.
+    fn take(file: File, path: PathBuf) -> io::Result<GuestFile> {
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(refused(
+                &path,
+                format!("not a regular file but {}", kind_name(meta.mode())),
+            ));
+        }
+        // No second name: a host file hard-linked into the guest's
+        // directory is not taken (defense in depth: the kernel's
+        // protected_hardlinks already keeps a guest from linking files it
+        // does not own). 0 names is fine: the guest renamed something over
+        // it since it was opened, and what is open is what was there.
+        if meta.nlink() > 1 {
+            return Err(refused(
+                &path,
+                format!(
+                    "a hard link ({} names; one may be a file outside this directory)",
+                    meta.nlink()
+                ),
+            ));
+        }
+        Ok(GuestFile { file, path, meta })
+    }
+
     /// Its path (for messages).
     pub fn path(&self) -> &Path {
         &self.path
@@ -649,7 +660,7 @@ pub fn create_parent(path: &Path, mode: u32) -> io::Result<(Dir, OsString)> {
 }
 
 /// Read `path` whole, at most `limit` bytes, following no link on the way
-/// and taking only a regular file with one name. Absent (the file or a
+/// and taking only a regular file with no second name. Absent (the file or a
 /// directory on the way) is a `NotFound` error.
 pub fn read_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let (dir, name) = open_parent(path)?;
@@ -805,6 +816,14 @@ mod tests {
     fn only_a_bounded_regular_file_with_one_name_is_read() {
         let t = tempfile::tempdir().unwrap();
         let d = Dir::open(t.path()).unwrap();
+        std::fs::write(t.path().join("a"), "12345").unwrap();
+        // Replaced between the open and the fstat (0 names left): still
+        // the file that was opened, taken.
+        let f = File::open(t.path().join("a")).unwrap();
+        std::fs::write(t.path().join("y"), "other").unwrap();
+        std::fs::rename(t.path().join("y"), t.path().join("a")).unwrap();
+        let f = GuestFile::take(f, t.path().join("a")).unwrap();
+        assert_eq!(f.read(5).unwrap(), b"12345");
         std::fs::write(t.path().join("a"), "12345").unwrap();
         assert_eq!(d.read(OsStr::new("a"), 5).unwrap(), b"12345");
         let msg = d.read(OsStr::new("a"), 4).unwrap_err().to_string();
