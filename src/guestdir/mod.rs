@@ -38,12 +38,11 @@
 
 use std::collections::hash_map::RandomState;
 use std::ffi::{OsStr, OsString};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -51,7 +50,13 @@ use nix::fcntl::{openat, renameat, AtFlags, OFlag};
 use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, Mode, SFlag};
 use nix::unistd::{fchown, fsync, unlinkat, Gid, Uid, UnlinkatFlags};
 
-use crate::fsutil::{self, FileOptions, TEMP_PREFIX};
+use crate::fsutil::{FileOptions, TEMP_PREFIX};
+
+mod file;
+mod private;
+
+pub use file::{GuestFile, Staged};
+pub use private::PrivateDir;
 
 /// Flags of every directory open: no link followed, never a terminal.
 fn dir_flags() -> OFlag {
@@ -507,132 +512,6 @@ impl Dir {
     }
 }
 
-/// A temp file written by [`Dir::stage`], removed unless installed.
-#[derive(Debug)]
-pub struct Staged<'a> {
-    dir: &'a Dir,
-    name: OsString,
-    target: OsString,
-    done: bool,
-}
-
-impl Staged<'_> {
-    /// The temp file's name in its directory.
-    pub fn name(&self) -> &OsStr {
-        &self.name
-    }
-
-    /// The temp file's path (for messages).
-    pub fn temp_path(&self) -> PathBuf {
-        self.dir.path.join(&self.name)
-    }
-
-    /// Rename the temp file over its target (not durable until the
-    /// directory is `fsync`ed: [`Dir::sync`]).
-    pub fn install(mut self) -> io::Result<()> {
-        self.dir.rename(&self.name, &self.target)?;
-        self.done = true;
-        Ok(())
-    }
-
-    /// Rename the temp file over `name` in its directory instead; it is
-    /// then no longer removed on drop.
-    pub fn install_as(mut self, name: &OsStr) -> io::Result<()> {
-        self.dir.rename(&self.name, name)?;
-        self.done = true;
-        Ok(())
-    }
-}
-
-impl Drop for Staged<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.dir.unlink(&self.name);
-        }
-    }
-}
-
-/// A regular file with no second name, opened under a guest's directory
-/// without following a link.
-#[derive(Debug)]
-pub struct GuestFile {
-    file: File,
-    path: PathBuf,
-    meta: std::fs::Metadata,
-}
-
-impl GuestFile {
-    /// Judge a file just opened without following a link: only a regular
-    /// file without a second name is taken.
-    fn take(file: File, path: PathBuf) -> io::Result<GuestFile> {
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(refused(
-                &path,
-                format!("not a regular file but {}", kind_name(meta.mode())),
-            ));
-        }
-        // No second name: a host file hard-linked into the guest's
-        // directory is not taken (defense in depth: the kernel's
-        // protected_hardlinks already keeps a guest from linking files it
-        // does not own). 0 names is fine: the guest renamed something over
-        // it since it was opened, and what is open is what was there.
-        if meta.nlink() > 1 {
-            return Err(refused(
-                &path,
-                format!(
-                    "a hard link ({} names; one may be a file outside this directory)",
-                    meta.nlink()
-                ),
-            ));
-        }
-        Ok(GuestFile { file, path, meta })
-    }
-
-    /// Its path (for messages).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// `fstat` as it was opened.
-    pub fn metadata(&self) -> &std::fs::Metadata {
-        &self.meta
-    }
-
-    /// Read it whole, at most `limit` bytes.
-    pub fn read(self, limit: u64) -> io::Result<Vec<u8>> {
-        let path = self.path;
-        fsutil::read_open_limited(self.file, limit).map_err(|e| {
-            if e.kind() == io::ErrorKind::InvalidData {
-                refused(&path, e)
-            } else {
-                io::Error::new(e.kind(), format!("reading '{}': {e}", path.display()))
-            }
-        })
-    }
-
-    /// Give it owner `uid:gid` and `mode` through its descriptor, if it
-    /// has not. Returns whether anything changed.
-    pub fn set_owner_mode(&self, uid: u32, gid: u32, mode: u32) -> io::Result<bool> {
-        let m = &self.meta;
-        if m.mode() & 0o7777 == mode && m.uid() == uid && m.gid() == gid {
-            return Ok(false);
-        }
-        let fd = self.file.as_raw_fd();
-        fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-            .map_err(|e| os_error(format!("chown {uid}:{gid} '{}'", self.path.display()), e))?;
-        fchmod(fd, Mode::from_bits_truncate(mode))
-            .map_err(|e| os_error(format!("chmod {mode:o} '{}'", self.path.display()), e))?;
-        Ok(true)
-    }
-
-    /// `fchmod` only.
-    pub fn set_mode(&self, mode: u32) -> io::Result<()> {
-        fchmod(self.file.as_raw_fd(), Mode::from_bits_truncate(mode))
-            .map_err(|e| os_error(format!("chmod {mode:o} '{}'", self.path.display()), e))
-    }
-}
-
 fn split(path: &Path) -> io::Result<(&Path, &OsStr)> {
     let name = path.file_name().ok_or_else(|| {
         io::Error::new(
@@ -667,113 +546,10 @@ pub fn read_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     dir.read(&name, limit)
 }
 
-/// A fresh directory only this process's user can enter (`mkdtemp`, 0700)
-/// in the temp directory (`$TMPDIR`, else `/tmp`; phoenix-renew.service
-/// has its own with `PrivateTmp=`), removed with what is in it when
-/// dropped. The files other programs read in our stead go here. Its name,
-/// `phoenix-<what>.<pid>.XXXXXX`, says whose it is: one left by a process
-/// that is gone (killed with SIGKILL: no drop ran) is removed when the
-/// next one is made.
-#[derive(Debug)]
-pub struct PrivateDir {
-    path: PathBuf,
-}
-
-impl PrivateDir {
-    /// Make one; `what` goes into its name.
-    pub fn new(what: &str) -> io::Result<PrivateDir> {
-        Self::new_in(&std::env::temp_dir(), what)
-    }
-
-    /// Make one in `base` (tests).
-    pub fn new_in(base: &Path, what: &str) -> io::Result<PrivateDir> {
-        remove_stale_private_dirs(base);
-        let template = base.join(format!("phoenix-{what}.{}.XXXXXX", std::process::id()));
-        let path = nix::unistd::mkdtemp(&template).map_err(|e| {
-            os_error(
-                format!("creating a private directory '{}'", template.display()),
-                e,
-            )
-        })?;
-        Ok(PrivateDir { path })
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// `name` inside it.
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-
-    /// Write `data` into a new file `name` here, mode 0600.
-    pub fn write(&self, name: &str, data: &[u8]) -> io::Result<PathBuf> {
-        let path = self.join(name);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("creating '{}': {e}", path.display())))?;
-        f.write_all(data)
-            .map_err(|e| io::Error::new(e.kind(), format!("writing '{}': {e}", path.display())))?;
-        Ok(path)
-    }
-
-    /// A private copy of `src` (a file under a directory a guest can
-    /// write) as `name`: read through [`read_file`], at most `limit` bytes.
-    pub fn copy_of(&self, src: &Path, limit: u64, name: &str) -> io::Result<PathBuf> {
-        let data = read_file(src, limit)?;
-        self.write(name, &data)
-    }
-}
-
-/// Remove the private directories in `base` whose process is gone: ours
-/// (our uid, 0700, a real directory), named `phoenix-<what>.<pid>.<x>`,
-/// with no process `pid` alive. A live process's directory is never
-/// touched (a reused pid only delays the removal).
-fn remove_stale_private_dirs(base: &Path) {
-    let me = nix::unistd::geteuid().as_raw();
-    let Ok(list) = std::fs::read_dir(base) else {
-        return;
-    };
-    for e in list.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("phoenix-")) else {
-            continue;
-        };
-        let parts: Vec<&str> = rest.split('.').collect();
-        let pid = match parts[..] {
-            [_, pid, _] => pid.parse::<i32>().ok().filter(|p| *p > 0),
-            _ => None,
-        };
-        let Some(pid) = pid else { continue };
-        let gone =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH);
-        let ours = std::fs::symlink_metadata(e.path())
-            .is_ok_and(|m| m.is_dir() && m.uid() == me && m.mode() & 0o7777 == 0o700);
-        if gone && ours {
-            log::debug!("removing '{}' left by a killed run", e.path().display());
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            log::warn!("could not remove '{}': {e}", self.path.display());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
     fn mode_of(p: &Path) -> u32 {
         std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
