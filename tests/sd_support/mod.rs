@@ -342,7 +342,7 @@ pub fn mono_now() -> u64 {
 
 /// The rewrites [`stage_units`] makes, as (what, why). Nothing else of a
 /// unit is changed.
-pub const REWRITES: [(&str, &str); 5] = [
+pub const REWRITES: [(&str, &str); 6] = [
     (
         "/usr/bin/phoenix-* -> the built binaries",
         "the tests run what cargo built",
@@ -361,10 +361,23 @@ pub const REWRITES: [(&str, &str); 5] = [
         "bootstrap installs the root into the machine's trust store",
     ),
     (
+        "PrivateTmp=yes -> PrivateTmp=no, only for a checkout under /tmp or /var/tmp",
+        "the unit's private /tmp would hide the built binaries and the test's files; \
+         the sandbox itself is checked by systemd-analyze security and the nspawn boot",
+    ),
+    (
         "a drop-in zz-test.conf per unit (Environment=, test timings)",
         "config, fakes on PATH and short RestartSec=/OnActiveSec= for a test",
     ),
 ];
+
+/// The project sits where `PrivateTmp=` replaces the view (a checkout
+/// under /tmp, as the README allows).
+fn checkout_in_tmp() -> bool {
+    let root = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR"))
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    root.starts_with("/tmp") || root.starts_with("/var/tmp")
+}
 
 /// Copy `units/` into the manager's unit directory with [`REWRITES`];
 /// `mount_standin` names the unit standing in for the CA state mount.
@@ -385,6 +398,14 @@ pub fn stage_units(m: &Manager, units: &Path, bin_dir: &Path, mount_standin: &st
             &format!("Requires={mount_standin}\nAfter={mount_standin}"),
         )
         .replace("phoenix-ca wait --bootstrap", "phoenix-ca wait")
+        .replace(
+            "PrivateTmp=yes",
+            if checkout_in_tmp() {
+                "PrivateTmp=no"
+            } else {
+                "PrivateTmp=yes"
+            },
+        )
     };
     let dst = m.unit_dir();
     for entry in std::fs::read_dir(units).unwrap() {
