@@ -40,21 +40,16 @@ ensure_realswarm() {
 }
 
 # The real smallstep step CLI and step-ca: from PATH, else built from
-# Debian's sources by ../shared/tools/install-step.sh.
+# Debian's sources by scripts/lib/install-step.sh (the project's copy of
+# the recipe; ../shared is not needed).
 ensure_step() {
   if command -v step >/dev/null 2>&1 && command -v step-ca >/dev/null 2>&1; then
     return 0
   fi
   local installer
-  installer="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/../shared/tools/install-step.sh"
-  if [ -f "$installer" ]; then
-    log "step/step-ca not on PATH: building them with $installer (1-2 minutes, once)"
-    bash "$installer"
-  else
-    log "step and step-ca are needed: install smallstep's official packages"
-    log "(step-cli and step-ca .deb from https://smallstep.com/docs/step-cli/installation)"
-    return 1
-  fi
+  installer="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/install-step.sh"
+  log "step/step-ca not on PATH: building them with $installer (1-2 minutes, once)"
+  bash "$installer"
 }
 
 ensure_cargo() {

@@ -41,8 +41,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A real step-ca started with `../shared/tools/run-test-ca.sh`, stopped
-/// when dropped. Binds 127.0.0.1 only.
+/// A real step-ca started with `scripts/lib/run-test-ca.sh` (the
+/// project's copy of the `../shared/tools` recipe), stopped when dropped.
+/// Binds 127.0.0.1 only.
 pub struct TestCa {
     pub dir: tempfile::TempDir,
     pub port: u16,
@@ -74,7 +75,7 @@ impl TestCa {
     /// Start (again) on the same port and directory.
     pub fn launch(&mut self, claims: Option<&str>) {
         let mut cmd = Command::new("bash");
-        cmd.arg(shared().join("tools/run-test-ca.sh"))
+        cmd.arg(project().join("scripts/lib/run-test-ca.sh"))
             .arg(self.dir.path())
             .arg(self.port.to_string());
         if let Some(c) = claims {
@@ -96,7 +97,7 @@ impl TestCa {
     /// Stop the server (files stay).
     pub fn stop(&self) {
         let _ = Command::new("bash")
-            .arg(shared().join("tools/run-test-ca.sh"))
+            .arg(project().join("scripts/lib/run-test-ca.sh"))
             .arg("stop")
             .arg(self.dir.path())
             .output();
