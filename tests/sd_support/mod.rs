@@ -373,7 +373,7 @@ pub const REWRITES: [(&str, &str); 6] = [
 
 /// The project sits where `PrivateTmp=` replaces the view (a checkout
 /// under /tmp, as the README allows).
-fn checkout_in_tmp() -> bool {
+pub fn checkout_in_tmp() -> bool {
     let root = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR"))
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     root.starts_with("/tmp") || root.starts_with("/var/tmp")
