@@ -13,8 +13,10 @@
 #      starts, then the next VM's;
 #   4. phoenix-sync.target: phoenix-swarm forms the swarm (manager, worker),
 #      then phoenix-renew issues the certificates, installs them and runs
-#      each post-renewal action in its guest;
-#   5. time passes: the certificates are due, the timer's run renews them;
+#      each post-renewal action in its guest; one becomes versioned Swarm
+#      secrets, which a service (standing in for Portainer) then mounts;
+#   5. time passes: the certificates are due, the timer's run renews them
+#      and rotates the secrets into the running task;
 #   6. a second run of both changes nothing;
 #   7. phoenix-renew status, phoenix-swarm status, docker node ls.
 #
@@ -106,7 +108,14 @@ cat > "$ETC/certificate-manifest.json" <<EOF
  {"common_name": "drphoenix.phoenix.demo", "sans": ["$IP2"],
   "guest_id": 1002, "guest_type": "vm", "owner": "root:root",
   "cert_path": "$CERTS/1002/cert.pem", "key_path": "$CERTS/1002/key.pem",
-  "post_renewal": {"run": ["systemctl", "reload", "traefik"]}}]
+  "post_renewal": {"run": ["systemctl", "reload", "traefik"]}},
+ {"common_name": "portainer-tls.phoenix.demo",
+  "guest_id": 1001, "guest_type": "vm", "owner": "root:root", "include_ca": true,
+  "cert_path": "$CERTS/1001/tls/cert.pem", "key_path": "$CERTS/1001/tls/key.pem",
+  "post_renewal": {"swarm_secrets": {"cert": "portainer_tls_cert.pem",
+                                     "key": "portainer_tls_key.pem",
+                                     "ca": "portainer_tls_ca.pem"},
+                   "services": ["portainer"]}}]
 EOF
 for id in 1001 1002; do
   g=$PHOENIX_FAKE_PVE/qemu/$id
@@ -178,6 +187,32 @@ say host "phoenix-swarm ensure"
 say host "phoenix-renew run"
 "$BIN/phoenix-renew" run 2>&1 | stream host
 stream guests < "$PHOENIX_FAKE_PVE/systemctl.log"
+# The Portainer stack is deployed once its secrets exist (phoenix-deploy's
+# job, issue 12): here a busybox service standing in for it, on the
+# manager as Portainer's compose file places it, mounting the current
+# versions where Portainer reads its TLS files.
+DOCKER1=$PHOENIX_FAKE_PVE/qemu/1001/bin/docker
+version() { "$DOCKER1" secret ls --filter "label=phoenix.secret=$1" --format '{{.Name}}'; }
+"$DOCKER1" service create --detach --name portainer --constraint node.role==manager \
+  --stop-grace-period 1s --update-monitor 1s \
+  --secret "source=$(version portainer_tls_cert.pem),target=/certs/tls-cert.pem,mode=0444" \
+  --secret "source=$(version portainer_tls_key.pem),target=/certs/tls-key.pem,mode=0400" \
+  --secret "source=$(version portainer_tls_ca.pem),target=/certs/ca.pem,mode=0444" \
+  local/busybox:1 sleep 1000000 > /dev/null 2>&1
+task_cert() {  # the certificate the running portainer task reads
+  local c
+  for _ in $(seq 1 100); do
+    c=$("$DOCKER1" ps -q --filter label=com.docker.swarm.service.name=portainer | head -1)
+    [ -n "$c" ] && "$DOCKER1" exec "$c" cat /certs/tls-cert.pem 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+serial() {  # the serial of the certificate on stdin
+  cat > "$W/seen.pem"
+  step certificate inspect --format json "$W/seen.pem" | python3 -c 'import json,sys; print(json.load(sys.stdin)["serial_number"])'
+}
+say vm1001 "stack deployed: service portainer reads $(version portainer_tls_cert.pem), serial $(task_cert | serial)"
 
 section "5. Time passes: the 90 s certificates are due with 80 s left"
 sleep 11
@@ -185,6 +220,11 @@ say host "phoenix-renew.timer: phoenix-renew run"
 : > "$PHOENIX_FAKE_PVE/systemctl.log"
 "$BIN/phoenix-renew" run 2>&1 | stream host
 stream guests < "$PHOENIX_FAKE_PVE/systemctl.log"
+if task_cert | cmp -s - "$CERTS/1001/tls/cert.pem"; then
+  say vm1001 "portainer's running task reads the renewed certificate, serial $(task_cert | serial)"
+else
+  say demo "UNEXPECTED: portainer's task does not read the renewed certificate"; exit 1
+fi
 
 section "6. A second run changes nothing"
 : > "$PHOENIX_FAKE_PVE/systemctl.log"
