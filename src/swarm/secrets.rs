@@ -29,7 +29,6 @@ use sha2::{Digest, Sha256};
 
 use super::docker::Docker;
 use super::service::{Removed, SecretAdd, SecretEntry, ServiceInfo};
-use crate::exit::{err, Kind};
 use crate::signal;
 
 /// Label: the logical name a version belongs to.
@@ -328,6 +327,8 @@ pub fn rotate(
 
     let mut failures = Vec::new();
     for name in services {
+        // A stop request ends the rotation here, not after one more update.
+        signal::check()?;
         let Some(svc) = d.service_inspect(name)? else {
             log::warn!(
                 "{cert}: service {name} does not exist (yet): its secrets are created, \
@@ -371,16 +372,10 @@ pub fn rotate(
         }
     }
     if !failures.is_empty() {
-        let temp = failures
-            .iter()
-            .all(|e| crate::exit::kind_of(e) == Kind::TempFail);
         let lines: Vec<String> = failures.iter().map(|e| format!("{e:#}")).collect();
-        return Err(err(
-            if temp { Kind::TempFail } else { Kind::Failed },
-            format!(
-                "{}; old secret versions kept, the next run tries again",
-                lines.join("; ")
-            ),
+        return Err(anyhow::anyhow!(
+            "{}; old secret versions kept, the next run tries again",
+            lines.join("; ")
         ));
     }
 
@@ -468,13 +463,10 @@ fn wait_update(d: &Docker, name: &str, bound: Duration, rollback: bool) -> Resul
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(err(
-                Kind::TempFail,
-                format!(
-                    "service {name}: the update onto the new secrets is not complete after {} \
-                     (last state: {last})",
-                    humantime::format_duration(Duration::from_secs(bound.as_secs().max(1)))
-                ),
+            return Err(anyhow::anyhow!(
+                "service {name}: the update onto the new secrets is not complete after {} \
+                 (last state: {last})",
+                humantime::format_duration(Duration::from_secs(bound.as_secs().max(1)))
             ));
         }
         signal::sleep(delay.min(deadline - now));

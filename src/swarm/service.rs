@@ -28,8 +28,9 @@ const ERR_EXISTS: &str = "already exists";
 const ERR_IN_USE: &str = "is in use by the following service";
 /// docker/cli's answer for an unknown service.
 const ERR_NO_SERVICE: &str = "no such service";
-/// moby's answer for an unknown secret.
-const ERR_NO_SECRET: &str = "not found";
+/// docker/cli's answer when the secret to remove is gone already
+/// ("Error: No such secret: X", docker.io 20.10).
+const ERR_NO_SECRET: &str = "No such secret";
 
 /// One line of `docker secret ls --format '{{json .}}'`.
 #[derive(Debug, Clone, PartialEq, Eq)]
