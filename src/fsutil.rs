@@ -107,33 +107,11 @@ pub fn commit(file: File, tmp: &Path, target: &Path) -> Result<()> {
     fsync_dir(parent_dir(target))
 }
 
-/// The first half of an atomic install for a temp file another program
-/// wrote (step writes certificates and keys itself): give it `opts`'
-/// owner and mode, then `fsync` its data. [`rename_durable`] is the
-/// second half.
-pub fn seal(path: &Path, opts: FileOptions) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("opening '{}'", path.display()))?;
-    if let Some((uid, gid)) = opts.owner {
-        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-            .with_context(|| format!("chown {uid}:{gid} '{}'", path.display()))?;
-    }
-    file.set_permissions(fs::Permissions::from_mode(opts.mode))
-        .with_context(|| format!("chmod {:o} '{}'", opts.mode, path.display()))?;
-    file.sync_all()
-        .with_context(|| format!("fsync '{}'", path.display()))
-}
-
 /// `rename`, with both paths in the error. Not durable by itself: a caller
 /// that renames several files back to back `fsync`s the directory once.
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to)
         .with_context(|| format!("renaming '{}' to '{}'", from.display(), to.display()))
-}
-
-/// [`rename`], then `fsync` the target's directory.
-pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
-    rename(from, to)?;
-    fsync_dir(parent_dir(to))
 }
 
 /// Remove the temp files of `target` (`.phoenix-tmp.<name>.<pid>.<n>`)
