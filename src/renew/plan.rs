@@ -19,8 +19,6 @@ const FILE_LIMIT: u64 = 1 << 20;
 /// The decision for one entry.
 #[derive(Debug, Clone)]
 pub struct Planned {
-    /// The entry's index in the manifest.
-    pub index: usize,
     /// What the files say.
     pub assessment: Assessment,
     /// Deferred by the backoff until then (Unix seconds).
@@ -94,7 +92,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Plan every entry.
+/// Plan every entry: one [`Planned`] per entry, in the same order.
 pub fn plan(
     entries: &[&Entry],
     root: &Root,
@@ -124,7 +122,6 @@ pub fn plan(
                     .and_then(|s| s.held_back(now)),
             };
             Planned {
-                index: e.index,
                 assessment,
                 deferred_until,
                 key_memo,
