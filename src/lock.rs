@@ -138,7 +138,7 @@ pub fn open_dir(dir: &Path) -> Result<File> {
         Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
             let what = match std::fs::symlink_metadata(dir) {
                 Ok(m) if m.file_type().is_symlink() => "a symbolic link".to_string(),
-                Ok(m) => format!("not a directory ({})", kind_of_file(&m)),
+                Ok(m) => format!("not a directory ({})", crate::guestdir::kind_name(m.mode())),
                 Err(e) => format!("unusable: {e}"),
             };
             err(
@@ -179,26 +179,6 @@ pub fn open_dir(dir: &Path) -> Result<File> {
     Ok(file)
 }
 
-fn kind_of_file(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_file() {
-        "a regular file"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else {
-        "of an unknown kind"
-    }
-}
-
 /// Open (creating it) the lock file `name` in the verified directory
 /// `dir`: never through a symbolic link, only a regular file.
 fn open_lock_file(dir: &File, path: &Path, name: &str) -> Result<File> {
@@ -236,7 +216,7 @@ fn open_lock_file(dir: &File, path: &Path, name: &str) -> Result<File> {
             format!(
                 "lock file '{}' is {}, not a regular file: refused (remove it)",
                 path.display(),
-                kind_of_file(&meta)
+                crate::guestdir::kind_name(meta.mode())
             ),
         ));
     }
