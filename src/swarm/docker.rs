@@ -441,8 +441,7 @@ impl<'a> Docker<'a> {
                 log::warn!("{}: {}", self.what, self.scrub(&format!("{e:#}")));
                 return Ok(JoinResult::InProgress);
             }
-            // Folded into one message, its kind (a stop request, say) kept.
-            Err(e) => return Err(err(kind_of(&e), self.scrub(&format!("{e:#}")))),
+            Err(e) => return Err(self.scrub_err(e)),
         };
         if out.exitcode == 0 {
             return Ok(JoinResult::Joined);
