@@ -83,11 +83,8 @@ pub fn fingerprint_of(root: &Path) -> Result<String> {
     fingerprint_of_pem(&bytes, root)
 }
 
-/// Largest root certificate file read.
-const ROOT_LIMIT: u64 = 1 << 20;
-
 fn read_root(root: &Path) -> Result<Vec<u8>> {
-    fsutil::read_limited(root, ROOT_LIMIT)
+    fsutil::read_limited(root, crate::step::ROOT_LIMIT)
         .with_context(|| format!("reading root certificate '{}'", root.display()))
 }
 
