@@ -252,6 +252,29 @@ const STOPS: [(Signal, i32); 3] = [
     (Signal::SIGTERM, 143),
 ];
 
+/// The pid of the `qm` that hangs in `vm` (the fake writes `hang.pid`),
+/// once it is there and alive.
+fn hanging_qm(vm: &Path) -> u32 {
+    let mut pid = 0;
+    wait_for("qm hanging", Duration::from_secs(20), || {
+        pid = std::fs::read_to_string(vm.join("hang.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        pid != 0 && alive(pid)
+    });
+    pid
+}
+
+/// Whether a certificate's state after a stop request counts nothing
+/// against it (no failure, no backoff) and has `post_pending` as given.
+fn nothing_recorded(st: &Value, post_pending: bool) -> bool {
+    st["failures"] == json!(0)
+        && st["retry_after"].is_null()
+        && st["last_result"] != json!("failed")
+        && st["post_pending"] == json!(post_pending)
+}
+
 #[test]
 fn a_stop_request_while_step_waits_ends_it_and_records_no_failure() {
     let mut b = Bench::new();
@@ -285,11 +308,7 @@ fn a_stop_request_while_step_waits_ends_it_and_records_no_failure() {
             violations.push(format!("{sig}: left running: {left:?}"));
         }
         let st = state_of(&b, "web.test");
-        if st["failures"] != json!(0)
-            || !st["retry_after"].is_null()
-            || st["last_result"] == json!("failed")
-            || st["post_pending"] != json!(false)
-        {
+        if !nothing_recorded(&st, false) {
             violations.push(format!("{sig}: state records a failure: {st}"));
         }
         assert!(err.contains("web.test: stopped"), "{sig}: {err}");
@@ -327,14 +346,7 @@ fn a_stop_request_while_qm_hangs_ends_it_and_leaves_the_action_pending() {
         let _ = std::fs::remove_file(vm.join("hang.pid"));
         // --force: a new pair is installed, then its action hangs in qm.
         let child = b.spawn(&["run", "--force"]);
-        let mut pid = 0;
-        wait_for("qm hanging", Duration::from_secs(20), || {
-            pid = std::fs::read_to_string(vm.join("hang.pid"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            pid != 0 && alive(pid)
-        });
+        let pid = hanging_qm(&vm);
         let (out, took) = stop(child, sig, Duration::from_secs(10));
         let err = stderr(&out);
         if out.status.code() != Some(code) {
@@ -351,11 +363,7 @@ fn a_stop_request_while_qm_hangs_ends_it_and_leaves_the_action_pending() {
         let st = state_of(&b, "app.test");
         // The pair changed and its action did not run: pending, and
         // nothing counted against the certificate.
-        if st["failures"] != json!(0)
-            || !st["retry_after"].is_null()
-            || st["last_result"] == json!("failed")
-            || st["post_pending"] != json!(true)
-        {
+        if !nothing_recorded(&st, true) {
             violations.push(format!("{sig}: state: {st}"));
         }
     }
@@ -400,14 +408,7 @@ fn a_stop_request_while_swarm_ensure_waits_on_qm_ends_it() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut pid = 0;
-        wait_for("qm hanging", Duration::from_secs(20), || {
-            pid = std::fs::read_to_string(vm.join("hang.pid"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            pid != 0 && alive(pid)
-        });
+        let pid = hanging_qm(&vm);
         let (out, took) = stop(child, sig, Duration::from_secs(10));
         if out.status.code() != Some(code) {
             violations.push(format!(
