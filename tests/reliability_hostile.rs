@@ -35,14 +35,7 @@ impl World {
         }
         let (rc, rk) = (w.p("ca/root_ca.crt"), w.p("rootkey/root.key"));
         std::fs::create_dir_all(w.p("rootkey")).unwrap();
-        let out = Command::new("step")
-            .args(["certificate", "create", "Hostile Root"])
-            .args([&rc, &rk])
-            .args(["--profile", "root-ca", "--no-password", "--insecure"])
-            .env("STEPPATH", w.p("steppath"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        reliability_support::step_root("Hostile Root", &rc, &rk, &w.p("steppath"));
         w.write(
             "toolkit.json",
             &json!({"phoenix_etc": w.p("etc"), "lock_dir": w.p("lock"), "state_dir": w.p("state"),

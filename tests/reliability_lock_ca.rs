@@ -26,7 +26,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hook_support::Layout;
-use reliability_support::figures;
+use reliability_support::{figures, step_root};
 use serde_json::json;
 
 const NOBODY: u32 = 65534;
@@ -61,14 +61,12 @@ impl World {
         }
         // /run/lock: anyone may create a directory in it.
         chmod(&w.p("locks"), 0o1777);
-        let out = Command::new("step")
-            .args(["certificate", "create", "Lock Test Root"])
-            .args([w.p("ca/root_ca.crt"), w.p("root.key")])
-            .args(["--profile", "root-ca", "--no-password", "--insecure"])
-            .env("STEPPATH", w.p("steppath"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        step_root(
+            "Lock Test Root",
+            &w.p("ca/root_ca.crt"),
+            &w.p("root.key"),
+            &w.p("steppath"),
+        );
         w.write(
             "toolkit.json",
             &json!({"phoenix_etc": w.p("etc"), "lock_dir": w.lock_dir(),
@@ -464,17 +462,16 @@ impl Ca {
         std::fs::write(state.join("provisioner_password.txt"), "s3cret\n").unwrap();
         std::fs::write(state.join("secrets/root_ca_key"), "KEY\n").unwrap();
         match root {
-            Some(r) => std::fs::copy(r, state.join("phoenix_root_ca.crt")).map(|_| ()),
-            None => Command::new("step")
-                .args(["certificate", "create", "Public Test Root"])
-                .arg(state.join("phoenix_root_ca.crt"))
-                .arg(ca.dir.path().join("root.key"))
-                .args(["--profile", "root-ca", "--no-password", "--insecure"])
-                .env("STEPPATH", ca.dir.path().join("steppath"))
-                .output()
-                .map(|o| assert!(o.status.success(), "{o:?}")),
+            Some(r) => {
+                std::fs::copy(r, state.join("phoenix_root_ca.crt")).unwrap();
+            }
+            None => step_root(
+                "Public Test Root",
+                &state.join("phoenix_root_ca.crt"),
+                &ca.dir.path().join("root.key"),
+                &ca.dir.path().join("steppath"),
+            ),
         }
-        .unwrap();
         std::fs::write(
             ca.dir.path().join("toolkit.json"),
             json!({"lock_dir": ca.dir.path().join("lock"), "state_dir": ca.dir.path().join("st"),

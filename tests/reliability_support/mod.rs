@@ -243,3 +243,16 @@ impl Drop for Silent {
         }
     }
 }
+
+/// A self-signed root certificate made by the real `step` (its key
+/// unencrypted), as the reliability suites' stand-in for the CA's root.
+pub fn step_root(name: &str, crt: &Path, key: &Path, steppath: &Path) {
+    let out = std::process::Command::new("step")
+        .args(["certificate", "create", name])
+        .args([crt, key])
+        .args(["--profile", "root-ca", "--no-password", "--insecure"])
+        .env("STEPPATH", steppath)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
