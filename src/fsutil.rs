@@ -161,19 +161,6 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("fsync directory '{}'", dir.display()))
 }
 
-/// Remove `path` if it exists and make the removal durable. Returns whether
-/// a file was there.
-pub fn remove_durable(path: &Path) -> Result<bool> {
-    match fs::remove_file(path) {
-        Ok(()) => {
-            fsync_dir(parent_dir(path))?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("removing '{}'", path.display())),
-    }
-}
-
 /// Read a small regular file with `open()` + `read()` (on NFS, `open()`
 /// revalidates the file with the server: close-to-open consistency, which
 /// `stat()` alone does not give). At most `limit` bytes; a larger file, or
@@ -280,15 +267,6 @@ mod tests {
             read_limited(&fifo, 10).unwrap_err().kind(),
             io::ErrorKind::InvalidData
         );
-    }
-
-    #[test]
-    fn remove_durable_is_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("ca.ready");
-        fs::write(&f, "").unwrap();
-        assert!(remove_durable(&f).unwrap());
-        assert!(!remove_durable(&f).unwrap());
     }
 
     #[test]

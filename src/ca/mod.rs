@@ -144,7 +144,7 @@ pub fn invalidate(paths: &CaPaths) -> Result<Generation> {
     token::write_generation(&paths.generation, &generation)?;
     let public = public::invalidate(paths, &generation)
         .context("updating the public copy of the generation");
-    let removed = fsutil::remove_durable(&paths.ready)?;
+    let removed = remove_token(&paths.ready)?;
     let public = public?;
     log::info!(
         "new CA generation {} in '{}'{}{}",
@@ -163,9 +163,15 @@ pub fn invalidate(paths: &CaPaths) -> Result<Generation> {
 /// Withdraw the readiness token (the CA stops): `ca.ready` and its copy
 /// in `public/`. Whether either was there.
 pub fn withdraw(paths: &CaPaths) -> Result<bool> {
-    let main = fsutil::remove_durable(&paths.ready);
+    let main = remove_token(&paths.ready);
     let public = public::withdraw(paths);
     Ok(main? | public?)
+}
+
+/// Remove a readiness token from the CA guest's directory (the host does
+/// it): through its directory handle, a link removed, never followed.
+fn remove_token(path: &Path) -> Result<bool> {
+    crate::guestdir::remove_file(path).with_context(|| format!("removing '{}'", path.display()))
 }
 
 /// Options of [`publish`].
@@ -554,5 +560,39 @@ impl std::fmt::Display for Status {
             writeln!(f, "{k:<14} {v}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[test]
+    fn invalidate_and_withdraw_never_follow_the_guests_links() {
+        let root = tempfile::tempdir().unwrap();
+        let host = root.path().join("host-file");
+        std::fs::write(&host, "host\n").unwrap();
+        std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let dir = root.path().join("ssl");
+        std::fs::create_dir(&dir).unwrap();
+        let paths = crate::config::CaConfig::default().paths_in(&dir);
+        // The CA guest planted links where the host writes and removes.
+        symlink(&host, &paths.ready).unwrap();
+        symlink(&host, &paths.generation).unwrap();
+        invalidate(&paths).unwrap();
+        assert_eq!(std::fs::read_to_string(&host).unwrap(), "host\n");
+        assert!(!paths.ready.exists() && std::fs::symlink_metadata(&paths.ready).is_err());
+        let meta = std::fs::symlink_metadata(&paths.generation).unwrap();
+        assert!(meta.is_file(), "the link was replaced by a new file");
+        symlink(&host, &paths.ready).unwrap();
+        assert!(withdraw(&paths).unwrap());
+        assert_eq!(std::fs::read_to_string(&host).unwrap(), "host\n");
+        // A state directory that is itself a link is refused.
+        let linked = root.path().join("linked");
+        symlink(&dir, &linked).unwrap();
+        let via = crate::config::CaConfig::default().paths_in(&linked);
+        let e = invalidate(&via).unwrap_err();
+        assert!(format!("{e:#}").contains("symbolic link"), "{e:#}");
     }
 }

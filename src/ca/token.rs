@@ -134,7 +134,9 @@ pub fn new_generation() -> Result<Generation> {
 pub fn write_generation(path: &Path, generation: &Generation) -> Result<()> {
     let mut text = serde_json::to_vec_pretty(generation)?;
     text.push(b'\n');
-    fsutil::write_atomic(path, &text, FileOptions::mode(0o644))
+    // The host writes it into the CA guest's directory: no link followed.
+    crate::guestdir::write_file(path, &text, FileOptions::mode(0o644))
+        .with_context(|| format!("writing '{}'", path.display()))
 }
 
 /// Write `ca.ready` atomically.

@@ -546,6 +546,28 @@ pub fn read_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     dir.read(&name, limit)
 }
 
+/// Write `path` atomically with `opts`' owner and mode ([`Dir::write_atomic`]),
+/// its directory reached without following a link.
+pub fn write_file(path: &Path, data: &[u8], opts: FileOptions) -> io::Result<()> {
+    let (dir, name) = open_parent(path)?;
+    dir.write_atomic(&name, data, opts)
+}
+
+/// Remove `path` (a link there is removed, never followed) and `fsync` its
+/// directory; `Ok(false)` when it, or its directory, was absent.
+pub fn remove_file(path: &Path) -> io::Result<bool> {
+    let (dir, name) = match open_parent(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let removed = dir.unlink(&name)?;
+    if removed {
+        dir.sync()?;
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
