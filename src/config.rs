@@ -46,6 +46,8 @@ pub struct Config {
     pub renewal: RenewalConfig,
     /// Docker Swarm.
     pub swarm: SwarmConfig,
+    /// Stack deployment (`phoenix-deploy`).
+    pub deploy: DeployConfig,
     /// Free text for the operator; ignored.
     #[serde(rename = "$comment")]
     pub comment: Option<serde_json::Value>,
@@ -66,6 +68,7 @@ impl Default for Config {
             mounts: Vec::new(),
             renewal: RenewalConfig::default(),
             swarm: SwarmConfig::default(),
+            deploy: DeployConfig::default(),
             comment: None,
             storage_root: "/mnt/pve".into(),
         }
@@ -291,6 +294,80 @@ impl Default for SwarmConfig {
     }
 }
 
+/// The `deploy` section: what `phoenix-deploy` deploys and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// `phoenix_stacks_config.json`; default `<phoenix_etc>/phoenix_stacks_config.json`.
+    pub stacks_config: Option<PathBuf>,
+    /// Which of each stack's `environments` is deployed.
+    pub environment: String,
+    /// The directory the stacks' `compose_file_path` and files' `source`
+    /// are relative to.
+    pub stacks_root: PathBuf,
+    /// Per stack (by its key in `docker_stacks`): its name in the swarm.
+    pub stacks: BTreeMap<String, StackOverride>,
+    /// Networks the stacks expect to exist, created when missing.
+    pub networks: BTreeMap<String, NetworkSpec>,
+    /// Swarm secrets the stacks expect, made from host files.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// How long a stack's services may take to converge (every task
+    /// running, every update completed), seconds.
+    pub converge_timeout_secs: u64,
+    /// How long a second run waits for the `deploy` lock before exit 75.
+    pub lock_wait_secs: u64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            stacks_config: None,
+            environment: "production".into(),
+            stacks_root: "/mnt/pve/quickOS".into(),
+            stacks: BTreeMap::new(),
+            networks: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            converge_timeout_secs: 300,
+            lock_wait_secs: 0,
+        }
+    }
+}
+
+/// One stack's settings under `deploy.stacks`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StackOverride {
+    /// The stack's name in the swarm (default: its key).
+    pub name: Option<String>,
+}
+
+/// A network under `deploy.networks`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSpec {
+    /// `docker network create --driver`.
+    pub driver: String,
+    /// `--attachable`: standalone containers may join it too.
+    pub attachable: bool,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            driver: "overlay".into(),
+            attachable: true,
+        }
+    }
+}
+
+/// A secret under `deploy.secrets`: its content is a host file's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// The file (absolute; read with a bound, never echoed).
+    pub file: PathBuf,
+}
+
 /// A duration written the human way (`"24h"`, `"90m"`, `"1h 30m"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -349,6 +426,14 @@ impl Config {
         self.phoenix_etc.join("phoenix_vm_configs.json")
     }
 
+    /// `phoenix_stacks_config.json`.
+    pub fn stacks_config_path(&self) -> PathBuf {
+        self.deploy
+            .stacks_config
+            .clone()
+            .unwrap_or_else(|| self.phoenix_etc.join("phoenix_stacks_config.json"))
+    }
+
     /// `phoenix_lxc_configs.json`.
     pub fn lxc_configs_path(&self) -> PathBuf {
         self.phoenix_etc.join("phoenix_lxc_configs.json")
@@ -390,6 +475,23 @@ impl Config {
         }
         if self.swarm.update_timeout_secs == 0 {
             return bad("swarm.update_timeout_secs", "must be at least 1");
+        }
+        if self.deploy.converge_timeout_secs == 0 {
+            return bad("deploy.converge_timeout_secs", "must be at least 1");
+        }
+        if !self.deploy.stacks_root.is_absolute() {
+            return bad("deploy.stacks_root", "must be an absolute path");
+        }
+        if self.deploy.environment.is_empty() {
+            return bad("deploy.environment", "is empty");
+        }
+        for (name, s) in &self.deploy.secrets {
+            if !s.file.is_absolute() {
+                return bad(
+                    &format!("deploy.secrets.{name}.file"),
+                    "must be an absolute path",
+                );
+            }
         }
         if !self.renewal.guest_drop_dir.is_absolute() {
             return bad("renewal.guest_drop_dir", "must be an absolute path");

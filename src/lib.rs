@@ -11,6 +11,7 @@ pub mod ca;
 pub mod cert;
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod exec;
 pub mod exit;
 pub mod fsutil;

@@ -105,6 +105,70 @@ pub struct Vm {
     /// Volumes the VM mounts itself.
     #[serde(default)]
     pub volumes: Vec<VmVolume>,
+    /// Keys of `phoenix_stacks_config.json`'s `docker_stacks` deployed on
+    /// this VM's node (`null` means none).
+    #[serde(default)]
+    pub docker_stacks: Option<Vec<String>>,
+}
+
+/// `phoenix_stacks_config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StacksConfig {
+    /// The stacks, by key.
+    pub docker_stacks: BTreeMap<String, StackDef>,
+}
+
+/// One stack of `docker_stacks`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StackDef {
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The compose file, relative to `deploy.stacks_root`.
+    pub compose_file_path: PathBuf,
+    /// Settings per environment (`production`, `testing`, ...).
+    #[serde(default)]
+    pub environments: BTreeMap<String, StackEnvironment>,
+}
+
+/// A stack's settings in one environment.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StackEnvironment {
+    /// Environment variables for every service.
+    #[serde(default)]
+    pub variables: Vec<StackVariable>,
+    /// Host files put into every service.
+    #[serde(default)]
+    pub files: Vec<StackFile>,
+    /// Per service (its key in the compose file).
+    #[serde(default)]
+    pub services: BTreeMap<String, StackService>,
+}
+
+/// One of `variables`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StackVariable {
+    /// Its name.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+}
+
+/// One of `files`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StackFile {
+    /// The host file, relative to `deploy.stacks_root`.
+    pub source: PathBuf,
+    /// Where it appears in each container (absolute).
+    pub destination_in_container: String,
+}
+
+/// One service of an environment's `services`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StackService {
+    /// `key=value` labels for Traefik, put into `deploy.labels`.
+    #[serde(default)]
+    pub traefik_labels: Vec<String>,
 }
 
 /// A volume a VM mounts itself.
@@ -214,6 +278,11 @@ pub fn read_lxc_configs(path: &Path) -> Result<LxcConfigs> {
 /// Read `phoenix_vm_configs.json`.
 pub fn read_vm_configs(path: &Path) -> Result<VmConfigs> {
     read_json(path, "VM configuration")
+}
+
+/// Read `phoenix_stacks_config.json`.
+pub fn read_stacks_config(path: &Path) -> Result<StacksConfig> {
+    read_json(path, "stacks configuration")
 }
 
 /// Read `certificate-manifest.json`.

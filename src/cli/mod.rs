@@ -2,6 +2,7 @@
 //! man pages and completions can be generated from the same clap types.
 
 pub mod ca;
+pub mod deploy;
 pub mod hook;
 pub mod mount;
 pub mod renew;

@@ -12,6 +12,7 @@ pub mod docker;
 pub mod ensure;
 pub mod secrets;
 pub mod service;
+pub mod stack;
 pub mod status;
 pub mod topology;
 

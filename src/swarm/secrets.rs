@@ -148,6 +148,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The versioned name of `logical` holding `bytes`, and the bytes'
+/// SHA-256 (hex).
+pub fn version_name(logical: &str, bytes: &[u8]) -> (String, String) {
+    let sha256 = hex(&Sha256::digest(bytes));
+    (format!("{logical}-{}", &sha256[..DIGEST_LEN]), sha256)
+}
+
 /// One secret's content, read from the installed file.
 pub struct Material {
     /// What it is.
@@ -162,8 +169,7 @@ pub struct Material {
 impl Material {
     /// The content of `spec`: its versioned name follows from it.
     pub fn new(spec: SecretSpec, bytes: Vec<u8>) -> Material {
-        let sha256 = hex(&Sha256::digest(&bytes));
-        let version = format!("{}-{}", spec.name, &sha256[..DIGEST_LEN]);
+        let (version, sha256) = version_name(&spec.name, &bytes);
         Material {
             spec,
             version,

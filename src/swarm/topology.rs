@@ -10,6 +10,10 @@ use crate::config::SwarmConfig;
 use crate::exit::{err, Kind};
 use crate::phoenix::{SwarmRole, VmConfigs};
 
+/// The node label every member gets, its VMID: what `phoenix-deploy`
+/// places a VM's stacks by (`node.labels.phoenix.vmid == 1002`).
+pub const VMID_LABEL: &str = "phoenix.vmid";
+
 /// One VM of the swarm.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -21,7 +25,8 @@ pub struct Member {
     pub role: SwarmRole,
     /// Its static address, if any.
     pub addr: Option<IpAddr>,
-    /// `key=value` node labels, checked.
+    /// `key=value` node labels, checked: `node_labels`, then
+    /// [`VMID_LABEL`].
     pub labels: Vec<String>,
 }
 
@@ -76,15 +81,22 @@ impl Topology {
             if vm.is_template {
                 continue;
             }
-            let labels = vm.node_labels.clone().unwrap_or_default();
+            let mut labels = vm.node_labels.clone().unwrap_or_default();
             for (j, l) in labels.iter().enumerate() {
-                check_label(l).map_err(|why| {
-                    err(
-                        Kind::Config,
-                        format!("VM configuration '{file}': vms[{i}].node_labels[{j}]: {why}"),
-                    )
-                })?;
+                let why = match check_label(l) {
+                    Err(why) => why,
+                    Ok(()) if l.split('=').next() == Some(VMID_LABEL) => format!(
+                        "{l:?}: the label {VMID_LABEL} is the toolkit's (the node's VMID, \
+                         which phoenix-deploy places stacks by)"
+                    ),
+                    Ok(()) => continue,
+                };
+                return Err(err(
+                    Kind::Config,
+                    format!("VM configuration '{file}': vms[{i}].node_labels[{j}]: {why}"),
+                ));
             }
+            labels.push(format!("{VMID_LABEL}={}", vm.vmid));
             members.push(Member {
                 vmid: vm.vmid,
                 name: vm.name.clone(),
@@ -252,8 +264,12 @@ mod tests {
         assert_eq!(t.others.len(), 1);
         assert_eq!(
             t.others[0].label_pairs(),
-            vec![("gpu".into(), "false".into())]
+            vec![
+                ("gpu".into(), "false".into()),
+                ("phoenix.vmid".into(), "1002".into())
+            ]
         );
+        assert_eq!(t.manager.labels, ["phoenix.vmid=1001"]);
         assert_eq!(
             t.init_args(false),
             ["swarm", "init", "--advertise-addr", "10.0.0.111"]
@@ -306,6 +322,11 @@ mod tests {
         let e =
             Topology::build(&vms(bad), &SwarmConfig::default(), Path::new("v.json")).unwrap_err();
         assert!(e.to_string().contains("vms[0].node_labels[0]"), "{e}");
+        let ours = r#"{"vms": [{"vmid": 1, "name": "a", "swarm_role": "manager", "network_config": {"ip": "10.0.0.1/24"},
+                                "node_labels": ["phoenix.vmid=2"]}]}"#;
+        let e =
+            Topology::build(&vms(ours), &SwarmConfig::default(), Path::new("v.json")).unwrap_err();
+        assert!(e.to_string().contains("is the toolkit's"), "{e}");
         let none = r#"{"vms": [{"vmid": 1, "name": "a"}]}"#;
         let e =
             Topology::build(&vms(none), &SwarmConfig::default(), Path::new("v.json")).unwrap_err();

@@ -113,7 +113,8 @@ impl GuestCall {
 
     /// The call changes a swarm: init, join, leave, unlock, `node rm`,
     /// `node update`, `node promote/demote`, `swarm update`, a token
-    /// rotation.
+    /// rotation; a stack deployed or removed; a service, secret, config or
+    /// network created, updated, rolled back or removed.
     pub fn is_mutating(&self) -> bool {
         let Some(d) = self.docker() else {
             return false;
@@ -123,6 +124,13 @@ impl GuestCall {
             a.as_slice(),
             ["swarm", "init" | "join" | "leave" | "unlock" | "update", ..]
                 | ["node", "rm" | "update" | "promote" | "demote", ..]
+                | ["stack", "deploy" | "rm", ..]
+                | [
+                    "service",
+                    "create" | "update" | "rollback" | "rm" | "scale",
+                    ..
+                ]
+                | ["secret" | "config" | "network", "create" | "rm", ..]
         ) || (a.starts_with(&["swarm", "join-token"]) && a.contains(&"--rotate"))
     }
 
@@ -381,10 +389,18 @@ impl RealSwarm {
     /// is its harness address /24 (the manager's is the advertise address).
     /// A started VM left out is no Phoenix member.
     pub fn write_vm_configs(&self, members: &[(u32, &[&str])]) {
+        let with: Vec<(u32, &[&str], &[&str])> =
+            members.iter().map(|(id, l)| (*id, *l, &[][..])).collect();
+        self.write_vm_configs_with_stacks(&with);
+    }
+
+    /// Like [`RealSwarm::write_vm_configs`], each member with its
+    /// `docker_stacks` too.
+    pub fn write_vm_configs_with_stacks(&self, members: &[(u32, &[&str], &[&str])]) {
         let vms: Vec<Value> = members
             .iter()
             .enumerate()
-            .map(|(i, (id, labels))| {
+            .map(|(i, (id, labels, stacks))| {
                 let vm = self.vm(*id);
                 json!({
                     "vmid": id,
@@ -392,6 +408,7 @@ impl RealSwarm {
                     "swarm_role": if i == 0 { "manager" } else { "worker" },
                     "network_config": {"ip": format!("{}/24", vm.ip)},
                     "node_labels": if labels.is_empty() { Value::Null } else { json!(labels) },
+                    "docker_stacks": if stacks.is_empty() { Value::Null } else { json!(stacks) },
                 })
             })
             .collect();
@@ -440,6 +457,11 @@ impl RealSwarm {
     /// `phoenix-renew ARGS`.
     pub fn renew(&self, args: &[&str]) -> Output {
         self.run(env!("CARGO_BIN_EXE_phoenix-renew"), args)
+    }
+
+    /// `phoenix-deploy ARGS`.
+    pub fn deploy(&self, args: &[&str]) -> Output {
+        self.run(env!("CARGO_BIN_EXE_phoenix-deploy"), args)
     }
 
     /// Form the swarm: `phoenix-swarm ensure`, which must succeed.
