@@ -52,9 +52,13 @@ fn fresh_cluster_is_formed_labelled_and_a_second_run_changes_nothing() {
             "would run on VM 1003 (vm1003): docker swarm join --token <worker token from \
              VM 1001 (vm1001), on stdin> {ip1}:2377"
         ),
-        "docker node update --label-add zone=b --label-add gpu=false <node id of VM 1003 (vm1003)>"
+        "docker node update --label-add zone=b --label-add gpu=false \
+         --label-add phoenix.vmid=1003 <node id of VM 1003 (vm1003)>"
             .into(),
-        "dry run: 4 command(s) would run".into(),
+        "docker node update --label-add phoenix.vmid=1001 <node id of VM 1001 (vm1001)>".into(),
+        "docker node update --label-add phoenix.vmid=1002 <node id of VM 1002 (vm1002)>".into(),
+        // init, two joins, a label update per node.
+        "dry run: 6 command(s) would run".into(),
     ] {
         assert!(out.contains(&line), "no {line:?} in:\n{}", both(&o));
     }
@@ -69,7 +73,7 @@ fn fresh_cluster_is_formed_labelled_and_a_second_run_changes_nothing() {
         "VM 1001 (vm1001): initialised the swarm",
         "VM 1002 (vm1002): joined the swarm as a worker",
         "VM 1003 (vm1003): joined the swarm as a worker",
-        "labelled node of VM 1003 (vm1003) with zone=b, gpu=false",
+        "labelled node of VM 1003 (vm1003) with zone=b, gpu=false, phoenix.vmid=1003",
     ] {
         assert!(out.contains(line), "no {line:?} in:\n{}", both(&o));
     }
@@ -85,11 +89,15 @@ fn fresh_cluster_is_formed_labelled_and_a_second_run_changes_nothing() {
         let want = if vm.id == 1001 { "Leader" } else { "" };
         assert_eq!(n[0]["ManagerStatus"], want, "{nodes:?}");
     }
+    // Every node carries its VMID (what phoenix-deploy places stacks by).
     assert_eq!(
         rs.node_labels(1001, "vm1003"),
-        json!({"zone": "b", "gpu": "false"})
+        json!({"zone": "b", "gpu": "false", "phoenix.vmid": "1003"})
     );
-    assert_eq!(rs.node_labels(1001, "vm1002"), json!({}));
+    assert_eq!(
+        rs.node_labels(1001, "vm1002"),
+        json!({"phoenix.vmid": "1002"})
+    );
     // The manager advertises its Phoenix address; the workers know it.
     let manager_addr = format!("{ip1}:2377");
     for id in [1002, 1003] {
@@ -145,7 +153,10 @@ fn fresh_cluster_is_formed_labelled_and_a_second_run_changes_nothing() {
     let members = st["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
     assert!(members.iter().all(|m| m["state"] == "active"), "{st}");
-    assert_eq!(members[2]["labels"], json!({"zone": "b", "gpu": "false"}));
+    assert_eq!(
+        members[2]["labels"],
+        json!({"zone": "b", "gpu": "false", "phoenix.vmid": "1003"})
+    );
 }
 
 #[test]
@@ -175,7 +186,10 @@ fn a_down_twin_is_removed_once_down_and_nothing_else() {
     );
     let new_id = rs.swarm_info(1002)["NodeID"].as_str().unwrap().to_string();
     assert_ne!(new_id, old_id);
-    assert_eq!(rs.node_labels(1001, &new_id), json!({"gpu": "false"}));
+    assert_eq!(
+        rs.node_labels(1001, &new_id),
+        json!({"gpu": "false", "phoenix.vmid": "1002"})
+    );
     assert_eq!(
         entries(&rs, "vm1002").len(),
         2,
@@ -278,6 +292,11 @@ fn a_member_of_another_swarm_is_refused_unless_repair() {
                     .unwrap()
                     .argv[2],
                 rs.vm(1001).ip
+            ),
+            // Its node is a new one: it gets its VMID label again.
+            format!(
+                "1001: docker node update --label-add phoenix.vmid=1003 {}",
+                rs.swarm_info(1003)["NodeID"].as_str().unwrap()
             ),
         ]
     );

@@ -179,6 +179,9 @@ impl<'a> Run<'a> {
         let mut node_ids = Vec::new();
         if let Some(c) = &cluster {
             node_ids.push((topo.manager.clone(), c.manager_node.clone()));
+        } else if self.opts.dry_run {
+            // The swarm the real run would make: its manager's node too.
+            node_ids.push((topo.manager.clone(), String::new()));
         }
         for m in &topo.others {
             // A stop request ends the run (128+N), not "N steps failed".
