@@ -518,6 +518,10 @@ pub fn run(config: &Config, opts: &RunOptions, out: &mut dyn Write) -> Result<()
             Err(e) => errors.push(e),
         }
     }
+    if ready.is_empty() && !errors.is_empty() {
+        // Nothing can be deployed: the manager is not even asked.
+        return combine(errors);
+    }
     let mut declared = Vec::new();
     for (name, src) in &config.deploy.secrets {
         check_secret_name(name)
