@@ -23,7 +23,7 @@ while (($#)); do
   esac
 done
 
-BINARIES=(phoenix-ca phoenix-hook phoenix-mount phoenix-renew phoenix-swarm)
+BINARIES=(phoenix-ca phoenix-deploy phoenix-hook phoenix-mount phoenix-renew phoenix-swarm)
 
 if [ -z "$bin_dir" ]; then
   cargo build --release --locked --quiet
@@ -61,6 +61,7 @@ layout() {
   echo "README.md usr/share/doc/phoenix-hooks/README.md 0644"
   for d in docs/*.md; do echo "$d usr/share/doc/phoenix-hooks/${d#docs/} 0644"; done
   echo "packaging/copyright usr/share/doc/phoenix-hooks/copyright 0644"
+  echo "packaging/lintian-overrides usr/share/lintian/overrides/phoenix-hooks 0644"
   for m in "$docs"/man/man1/*.1; do echo "$m usr/share/man/man1/${m##*/} 0644"; done
   for b in "${BINARIES[@]}"; do
     echo "$docs/completions/bash/$b usr/share/bash-completion/completions/$b 0644"
@@ -105,7 +106,8 @@ Description: boot-order hooks for a Proxmox VE private cloud
  the guests that trust it, their TLS certificates and a Docker Swarm come
  up in the right order on every boot: a readiness token bound to the CA's
  boot generation, bounded waits, atomic certificate renewal, an idempotent
- swarm. Installing the package enables nothing; see README.md.
+ swarm and the stacks deployed on it. Installing the package enables
+ nothing; see README.md.
 CONTROL
 
 mkdir -p "$out"

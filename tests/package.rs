@@ -18,8 +18,9 @@ use std::process::{Command, Output};
 
 use phoenix_hooks::config::Config;
 
-const BINARIES: [&str; 5] = [
+const BINARIES: [&str; 6] = [
     "phoenix-ca",
+    "phoenix-deploy",
     "phoenix-hook",
     "phoenix-mount",
     "phoenix-renew",
@@ -124,11 +125,19 @@ fn package_builds_installs_verifies_and_purges() {
             "-rw-r--r-- /usr/share/fish/vendor_completions.d/{b}.fish"
         ));
     }
-    for sub in ["ca-wait", "ca-publish", "renew-run", "swarm-status"] {
+    for sub in [
+        "ca-wait",
+        "ca-publish",
+        "deploy-run",
+        "deploy-status",
+        "renew-run",
+        "swarm-status",
+    ] {
         want.push(format!("-rw-r--r-- /usr/share/man/man1/phoenix-{sub}.1.gz"));
     }
     for u in [
         "phoenix-ca-wait.service",
+        "phoenix-deploy.service",
         "phoenix-renew.service",
         "phoenix-renew.timer",
         "phoenix-renew-sync.service",
@@ -147,7 +156,10 @@ fn package_builds_installs_verifies_and_purges() {
             "-rw-r--r-- /usr/share/phoenix-hooks/step-ca.service.d/phoenix-ca-publish.conf",
             "-rw-r--r-- /etc/phoenix/toolkit.json",
             "-rw-r--r-- /usr/share/doc/phoenix-hooks/copyright",
+            "-rw-r--r-- /usr/share/lintian/overrides/phoenix-hooks",
             "-rw-r--r-- /usr/share/doc/phoenix-hooks/README.md",
+            "-rw-r--r-- /usr/share/doc/phoenix-hooks/swarm.md",
+            "-rw-r--r-- /usr/share/doc/phoenix-hooks/deploy.md",
             "-rw-r--r-- /usr/lib/tmpfiles.d/phoenix-hooks.conf",
         ]
         .map(String::from),
@@ -245,7 +257,7 @@ fn package_builds_installs_verifies_and_purges() {
     )
     .unwrap();
     let names = units(&root);
-    assert_eq!(names.len(), 6, "{names:?}");
+    assert_eq!(names.len(), 7, "{names:?}");
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(format!("--root={}", root.display()))
@@ -326,7 +338,7 @@ fn shipped_example_config_loads_and_is_the_defaults() {
             continue;
         }
         let present = json.as_object().unwrap().contains_key(key)
-            || ["ca", "renewal", "swarm"]
+            || ["ca", "renewal", "swarm", "deploy"]
                 .iter()
                 .any(|s| json[s].as_object().unwrap().contains_key(key));
         assert!(present, "key '{key}' missing from packaging/toolkit.json");

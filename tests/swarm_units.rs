@@ -1,7 +1,8 @@
-//! The swarm's systemd units: `systemd-analyze verify` finds nothing to
+//! The sync's systemd units: `systemd-analyze verify` finds nothing to
 //! say (any output fails), and the dependency design holds: within
-//! phoenix-sync.target the renewal requires the swarm, the hourly
-//! renewal (phoenix-renew.service) never does.
+//! phoenix-sync.target the renewal requires the swarm and the deployment
+//! requires the renewal; the hourly renewal (phoenix-renew.service)
+//! requires neither.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::process::Command;
 const OURS: &[&str] = &[
     "phoenix-swarm.service",
     "phoenix-renew-sync.service",
+    "phoenix-deploy.service",
     "phoenix-sync.target",
 ];
 
@@ -147,4 +149,60 @@ fn renewal_requires_the_swarm_only_within_the_sync() {
     // restart is not waited for by the sync (tests/systemd.rs shows it).
     assert!(values(&swarm, "Restart").is_empty());
     assert!(values(&swarm, "ExecStart").contains(&"ensure".into()));
+}
+
+#[test]
+fn deployment_requires_the_renewal_step_within_the_sync() {
+    let sync = read("phoenix-sync.target");
+    let steps = [
+        "phoenix-swarm.service",
+        "phoenix-renew-sync.service",
+        "phoenix-deploy.service",
+    ];
+    // The target waits for every step (a target is reached whatever its
+    // Wants= did; After= makes it reached only once they ended).
+    assert_eq!(values(&sync, "Wants"), steps);
+    assert_eq!(values(&sync, "After"), steps);
+
+    let deploy = read("phoenix-deploy.service");
+    assert_eq!(values(&deploy, "Requires"), ["phoenix-renew-sync.service"]);
+    assert_eq!(
+        values(&deploy, "After"),
+        ["phoenix-renew-sync.service", "phoenix-renew.service"]
+    );
+    assert_eq!(values(&deploy, "PartOf"), ["phoenix-sync.target"]);
+    assert_eq!(values(&deploy, "Type"), ["oneshot"]);
+    assert_eq!(
+        values(&deploy, "ExecStart"),
+        ["/usr/bin/phoenix-deploy", "run"]
+    );
+    // No Restart=, as the swarm step: a restart is not waited for.
+    assert!(values(&deploy, "Restart").is_empty());
+    // Pulled in by the target, not by an [Install] of its own.
+    assert!(values(&deploy, "WantedBy").is_empty());
+
+    // The start job outlasts the tool's own bounds for a few stacks: it
+    // ends first and says what is still converging.
+    let timeout = values(&deploy, "TimeoutStartSec");
+    let timeout = humantime::parse_duration(&timeout.concat()).unwrap();
+    let d = phoenix_hooks::config::Config::default();
+    let stacks = 5;
+    assert!(
+        timeout.as_secs() >= stacks * d.deploy.converge_timeout_secs + d.swarm.agent_timeout_secs,
+        "TimeoutStartSec={timeout:?}"
+    );
+
+    // Nothing the timer runs and no earlier step depends on the deployment.
+    for unit in [
+        "phoenix-swarm.service",
+        "phoenix-renew-sync.service",
+        "phoenix-renew.service",
+        "phoenix-renew.service.d/phoenix-sync.conf",
+    ] {
+        let text = read(unit);
+        assert!(
+            !text.contains("phoenix-deploy"),
+            "{unit} names the deployment"
+        );
+    }
 }

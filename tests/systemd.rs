@@ -1,7 +1,7 @@
 //! The project's units in a real `systemd --user` manager (tests/sd_support):
 //! the guest chain (CA state mount -> phoenix-ca-wait -> docker) against a
-//! late publish, and the host's sync (swarm -> renewal) and renewal timer
-//! against the fake swarm and a real step-ca.
+//! late publish, and the host's sync (swarm -> renewal -> deployment) and
+//! renewal timer against the fake swarm and a real step-ca.
 //!
 //! One manager per test: a boot takes about 0.2 s here (printed by each
 //! test), less than sharing one and keeping unit names apart would cost
@@ -187,7 +187,8 @@ fn guest_chain_starts_docker_only_after_a_late_publish() {
 
 /// The host's world: the fake swarm (Lab), a real CA, one certificate in a
 /// manifest, every file under the manager's BASE (phoenix-renew.service has
-/// PrivateTmp=yes and would not see /tmp).
+/// PrivateTmp=yes and would not see /tmp). No VM lists a stack: the
+/// deployment checks the manager and deploys nothing.
 struct Host {
     m: Manager,
     lab: Lab,
@@ -230,6 +231,34 @@ fn host(swarm_extra: serde_json::Value) -> Host {
     )
     .unwrap();
     std::fs::create_dir_all(b.join("pve")).unwrap();
+    // The deployment works on the swarm's VMs, so on the Lab's fake
+    // Proxmox, and shares its lock directory; it keeps its state under
+    // BASE and reads a stacks file with no stack.
+    let mut deploy: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&lab.config).unwrap()).unwrap();
+    deploy["state_dir"] = json!(b.join("state-deploy"));
+    deploy["deploy"] = json!({"stacks_config": b.join("phoenix_stacks_config.json")});
+    std::fs::write(b.join("deploy.json"), deploy.to_string()).unwrap();
+    std::fs::write(
+        b.join("phoenix_stacks_config.json"),
+        json!({"docker_stacks": {}}).to_string(),
+    )
+    .unwrap();
+    // The fake docker knows the swarm's commands, not `secret ls`, which
+    // a deployment reads first: in the manager VM, a wrapper answers it
+    // as docker does for a swarm with no secret (nothing, exit 0) and
+    // hands every other command to the fake.
+    let docker = lab.vm_dir(MANAGER).join("bin/docker");
+    std::fs::remove_file(&docker).unwrap();
+    std::fs::write(
+        &docker,
+        format!(
+            "#!/bin/sh\n[ \"$1 $2\" = 'secret ls' ] && exit 0\nexec {} \"$@\"\n",
+            common::fakes().join("docker").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     stage_units(
         &m,
         &common::project().join("units"),
@@ -256,6 +285,19 @@ fn host(swarm_extra: serde_json::Value) -> Host {
             b.join("renew.json").display(),
             b.join("pve").display(),
             b.join("steppath").display()
+        ),
+    );
+    // The Lab (its fake Proxmox and etc) is under /tmp, which the unit's
+    // PrivateTmp=yes hides: bound into its view, the only addition.
+    dropin(
+        &m,
+        "phoenix-deploy.service",
+        &format!(
+            "[Service]\nEnvironment=PHOENIX_CONFIG={}\nEnvironment=PATH={path}\n\
+             Environment=PHOENIX_FAKE_PVE={pve}\nBindPaths={pve} {etc}\n",
+            b.join("deploy.json").display(),
+            pve = lab.pve.dir.path().display(),
+            etc = lab.etc.path().display()
         ),
     );
     dropin(
@@ -290,6 +332,54 @@ fn assert_swarm_before_renewal(m: &Manager) {
     );
 }
 
+/// The deployment started once the sync's renewal step ended with
+/// success, and succeeded with nothing to deploy (no VM lists a stack).
+fn assert_renewal_before_deployment(m: &Manager) {
+    let step_end = m.mono(
+        "phoenix-renew-sync.service",
+        "ExecMainExitTimestampMonotonic",
+    );
+    let deploy_start = *starts(m, "phoenix-deploy.service").last().unwrap_or(&0);
+    assert!(
+        step_end > 0 && deploy_start > step_end,
+        "renewal step ended at {step_end}, deployment started at {deploy_start}\n{}",
+        m.journal_text()
+    );
+    let fin = manager_line(m, "phoenix-renew-sync.service", "Finished");
+    let start = manager_line(m, "phoenix-deploy.service", "Starting");
+    assert!(
+        fin.is_some() && start.is_some() && fin < start,
+        "journal order:\n{}",
+        m.journal_text()
+    );
+    assert_eq!(m.show("phoenix-deploy.service", "Result"), "success");
+    assert!(
+        m.journal()
+            .iter()
+            .any(|e| e.unit == "phoenix-deploy.service" && e.message.contains("no change")),
+        "{}",
+        m.journal_text()
+    );
+}
+
+/// The deployment's start job failed because a step before it did: it
+/// never ran.
+fn assert_no_deployment(m: &Manager) {
+    assert!(
+        starts(m, "phoenix-deploy.service").is_empty(),
+        "deployed although a step failed:\n{}",
+        m.journal_text()
+    );
+    assert_eq!(m.show("phoenix-deploy.service", "ActiveState"), "inactive");
+    assert!(
+        m.journal()
+            .iter()
+            .any(|e| e.unit == "phoenix-deploy.service" && e.message.contains("'dependency'")),
+        "{}",
+        m.journal_text()
+    );
+}
+
 #[test]
 fn sync_runs_swarm_then_renewal_and_runs_again_when_started_again() {
     let h = host(json!({}));
@@ -304,21 +394,33 @@ fn sync_runs_swarm_then_renewal_and_runs_again_when_started_again() {
     assert!(h.cert.is_file(), "no certificate:\n{}", m.journal_text());
     assert_eq!(m.show("phoenix-renew-sync.service", "Result"), "success");
     assert_swarm_before_renewal(m);
+    assert_renewal_before_deployment(m);
 
     // Claim (b) of docs/swarm.md: starting the target again while it is
-    // active runs both steps again.
+    // active runs every step again.
     m.ok(&["start", "phoenix-sync.target"]);
-    let (swarm, renew) = (
+    let (swarm, renew, deploy) = (
         starts(m, "phoenix-swarm.service"),
         starts(m, "phoenix-renew.service"),
+        starts(m, "phoenix-deploy.service"),
     );
-    assert_eq!((swarm.len(), renew.len()), (2, 2), "{}", m.journal_text());
-    assert!(swarm[1] > renew[0], "the swarm step did not run again");
+    assert_eq!(
+        (swarm.len(), renew.len(), deploy.len()),
+        (2, 2, 2),
+        "{}",
+        m.journal_text()
+    );
+    assert!(swarm[1] > deploy[0], "the swarm step did not run again");
     assert!(
         renew[1] > swarm[1],
         "the renewal did not run again after it"
     );
+    assert!(
+        deploy[1] > renew[1],
+        "the deployment did not run again after it"
+    );
     assert_swarm_before_renewal(m);
+    assert_renewal_before_deployment(m);
 }
 
 #[test]
@@ -337,21 +439,24 @@ fn sync_waits_while_the_swarm_step_waits_for_a_late_manager() {
     let jobs =
         String::from_utf8_lossy(&m.systemctl(&["list-jobs", "--no-legend"]).stdout).into_owned();
     assert!(
-        jobs.contains("phoenix-renew-sync.service") && jobs.contains("phoenix-swarm.service"),
+        ["swarm", "renew-sync", "deploy"]
+            .iter()
+            .all(|s| jobs.contains(&format!("phoenix-{s}.service"))),
         "the sync's jobs are pending: {jobs}"
     );
     assert!(starts(m, "phoenix-renew.service").is_empty());
+    assert!(starts(m, "phoenix-deploy.service").is_empty());
     assert!(!h.cert.exists());
     let up_at = mono_now();
     h.lab.set_node(MANAGER, json!({"daemon": "up"}));
-    m.wait_state(
-        "phoenix-renew-sync.service",
-        Duration::from_secs(30),
-        |a, r| a == "inactive" && r == "success" && h.cert.is_file(),
-    );
+    m.wait_state("phoenix-deploy.service", Duration::from_secs(30), |_, _| {
+        manager_line(m, "phoenix-deploy.service", "Finished").is_some()
+    });
     assert_eq!(m.show("phoenix-swarm.service", "Result"), "success");
+    assert!(h.cert.is_file());
     assert!(starts(m, "phoenix-renew.service")[0] > up_at);
     assert_swarm_before_renewal(m);
+    assert_renewal_before_deployment(m);
 }
 
 #[test]
@@ -422,6 +527,7 @@ fn a_failing_swarm_stops_the_sync_renewal_but_not_the_timer() {
         "the sync renewed although the swarm failed"
     );
     assert!(!h.cert.exists());
+    assert_no_deployment(m);
 
     // The hourly path does not care about the swarm.
     m.ok(&["start", "phoenix-renew.timer"]);
@@ -429,6 +535,27 @@ fn a_failing_swarm_stops_the_sync_renewal_but_not_the_timer() {
         a == "inactive" && r == "success" && h.cert.is_file()
     });
     assert_eq!(m.show("phoenix-swarm.service", "ActiveState"), "failed");
+}
+
+#[test]
+fn a_failing_renewal_stops_the_deployment() {
+    let h = host(json!({}));
+    let m = &h.m;
+    // A manifest that does not parse: exit 2, final (no restart).
+    std::fs::write(m.path().join("etc/certificate-manifest.json"), "[{").unwrap();
+    m.ok(&["start", "phoenix-sync.target"]);
+    assert_eq!(m.show("phoenix-swarm.service", "Result"), "success");
+    assert_eq!(
+        h.lab.node(MANAGER)["state"],
+        "active",
+        "the swarm was formed"
+    );
+    assert_eq!(m.show("phoenix-renew.service", "ExecMainStatus"), "2");
+    assert_eq!(
+        m.show("phoenix-renew-sync.service", "ActiveState"),
+        "failed"
+    );
+    assert_no_deployment(m);
 }
 
 #[test]
@@ -479,6 +606,7 @@ fn stub_units_are_only_system_targets() {
     for unit in [
         "phoenix-swarm.service",
         "phoenix-renew.service",
+        "phoenix-deploy.service",
         "phoenix-sync.target",
     ] {
         let ours = sh(&common::project().join("units").join(unit));

@@ -2,7 +2,8 @@
 //! with no output at all. `ExecStart=` paths are pointed at the built
 //! binaries, and units the project's units name but does not ship (docker,
 //! step-ca, network-online.target...) get empty stubs, so that only the
-//! project's own lines are judged.
+//! project's own lines are judged. Every service stays within its
+//! `systemd-analyze security` exposure bound ([`EXPOSURE`]).
 
 mod common;
 
@@ -13,6 +14,20 @@ use std::process::Command;
 
 const SUFFIXES: [&str; 7] = [
     ".service", ".target", ".timer", ".mount", ".socket", ".path", ".slice",
+];
+
+/// The `systemd-analyze security --offline=yes` exposure (0 to 10, lower
+/// is safer) each shipped service may reach: what it scores with the
+/// sandboxing its comments explain, so a lost setting fails here. A new
+/// service needs an entry. phoenix-ca-wait (installs the CA root into the
+/// guest's trust store) and phoenix-renew-sync (only `systemctl start`)
+/// are unsandboxed root services: systemd's 9.6.
+const EXPOSURE: [(&str, f64); 5] = [
+    ("phoenix-ca-wait.service", 9.6),
+    ("phoenix-deploy.service", 6.8),
+    ("phoenix-renew-sync.service", 9.6),
+    ("phoenix-renew.service", 9.1),
+    ("phoenix-swarm.service", 9.4),
 ];
 
 fn is_unit_name(word: &str) -> bool {
@@ -111,10 +126,9 @@ fn verify(dir: &Path, units: &[PathBuf]) -> String {
 fn every_unit_and_dropin_verifies_silently() {
     let dir = tempfile::tempdir().unwrap();
     let units = stage(&common::project().join("units"), dir.path());
-    assert!(
-        units.iter().any(|u| u.ends_with("phoenix-ca-wait.service")),
-        "{units:?}"
-    );
+    for unit in ["phoenix-ca-wait.service", "phoenix-deploy.service"] {
+        assert!(units.iter().any(|u| u.ends_with(unit)), "{units:?}");
+    }
     assert!(
         units.iter().any(|u| u.ends_with("docker.service")),
         "drop-in not verified: {units:?}"
@@ -138,4 +152,76 @@ fn the_check_catches_a_broken_unit() {
     .unwrap();
     let output = verify(dir.path(), &[unit]);
     assert!(!output.trim().is_empty());
+}
+
+/// The overall exposure `systemd-analyze security --offline=yes` gives
+/// the unit file `unit`.
+fn exposure(dir: &Path, unit: &Path) -> f64 {
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(unit)
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()))
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .expect("systemd-analyze (package systemd) is needed");
+    let said = String::from_utf8_lossy(&out.stdout);
+    said.lines()
+        .find_map(|l| l.split_once("Overall exposure level for "))
+        .and_then(|(_, rest)| rest.rsplit_once(": "))
+        .and_then(|(_, level)| level.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure for '{}':\n{said}{}",
+                unit.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+#[test]
+fn every_service_stays_within_its_exposure_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = stage(&common::project().join("units"), dir.path());
+    let ours: Vec<&PathBuf> = units
+        .iter()
+        .filter(|u| {
+            let name = u.file_name().unwrap().to_string_lossy();
+            name.starts_with("phoenix-") && name.ends_with(".service")
+        })
+        .collect();
+    assert_eq!(ours.len(), EXPOSURE.len(), "{ours:?}");
+    let mut over = Vec::new();
+    for unit in ours {
+        let name = unit.file_name().unwrap().to_string_lossy().to_string();
+        let Some((_, bound)) = EXPOSURE.iter().find(|(n, _)| *n == name) else {
+            panic!("{name}: no entry in EXPOSURE");
+        };
+        let level = exposure(dir.path(), unit);
+        eprintln!("{name}: exposure {level} (bound {bound})");
+        if level > *bound {
+            over.push(format!("{name}: {level} > {bound}"));
+        }
+    }
+    assert!(over.is_empty(), "systemd-analyze security: {over:?}");
+}
+
+#[test]
+fn the_exposure_check_catches_a_lost_sandbox() {
+    // Proof that the bound above can fail: phoenix-deploy.service without
+    // its sandboxing lines (everything after UMask=) scores worse.
+    let dir = tempfile::tempdir().unwrap();
+    let text = fs::read_to_string(common::project().join("units/phoenix-deploy.service")).unwrap();
+    let bare: String = text
+        .lines()
+        .take_while(|l| !l.starts_with("UMask="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let unit = dir.path().join("phoenix-deploy.service");
+    fs::write(&unit, bare).unwrap();
+    let bound = EXPOSURE
+        .iter()
+        .find(|(n, _)| *n == "phoenix-deploy.service")
+        .unwrap()
+        .1;
+    assert!(exposure(dir.path(), &unit) > bound);
 }

@@ -12,6 +12,7 @@ use phoenix_hooks::cli;
 pub fn commands() -> Vec<clap::Command> {
     vec![
         cli::ca::Args::command(),
+        cli::deploy::Args::command(),
         cli::hook::Args::command(),
         cli::mount::Args::command(),
         cli::renew::Args::command(),

@@ -20,13 +20,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The namespace set-up run by `bash -c` under `unshare`, exactly the
-/// steps of sd-harness.sh: it must run inside the new namespace, before
+/// The namespace set-up run by `bash -c` under `unshare`, the steps of
+/// sd-harness.sh plus one: `/run/systemd/inaccessible/`, the nodes PID 1
+/// makes at boot, which a sandboxed unit's hidden paths are mounted from
+/// (ProtectKernelLogs= hides /dev/kmsg with `chr`); the private
+/// `/run/systemd` has none. It must run inside the new namespace, before
 /// `exec systemd --user`, so it is the one piece that stays shell.
 const INNER: &str = r#"
 set -e; B="$1"; SL="$2"
 mount -t tmpfs -o mode=755 tmpfs /run/systemd
 mkdir -p /run/systemd/system
+mkdir -m 755 /run/systemd/inaccessible; cd /run/systemd/inaccessible
+mkdir -m 0 dir; : > reg; chmod 0 reg; mkfifo -m 0 fifo; mknod -m 0 chr c 0 0; mknod -m 0 blk b 0 0; cd /
 mkdir -p /run/log; mount --bind "$B/runlog" /run/log
 mkdir -p /var/log/journal; mount -t tmpfs tmpfs /var/log/journal
 mount --bind "$B/console.log" /dev/console
@@ -366,8 +371,9 @@ pub const REWRITES: [(&str, &str); 6] = [
          the sandbox itself is checked by systemd-analyze security and the nspawn boot",
     ),
     (
-        "a drop-in zz-test.conf per unit (Environment=, test timings)",
-        "config, fakes on PATH and short RestartSec=/OnActiveSec= for a test",
+        "a drop-in zz-test.conf per unit (Environment=, test timings, BindPaths=)",
+        "config, fakes on PATH and short RestartSec=/OnActiveSec= for a test; \
+         BindPaths= of a fake under /tmp into a unit with PrivateTmp=yes",
     ),
 ];
 
