@@ -13,12 +13,16 @@
 #      starts, then the next VM's;
 #   4. phoenix-sync.target: phoenix-swarm forms the swarm (manager, worker),
 #      then phoenix-renew issues the certificates, installs them and runs
-#      each post-renewal action in its guest; one becomes versioned Swarm
-#      secrets, which a service (standing in for Portainer) then mounts;
+#      each post-renewal action in its guest (one becomes versioned Swarm
+#      secrets), then phoenix-deploy deploys the stacks: Portainer (a
+#      stand-in: busybox tagged portainer/portainer-ce:latest) on the
+#      manager with those secrets, Qdrant on the worker;
 #   5. time passes: the certificates are due, the timer's run renews them
-#      and rotates the secrets into the running task;
-#   6. a second run of both changes nothing;
-#   7. phoenix-renew status, phoenix-swarm status, docker node ls.
+#      and rotates the secrets into the running task; the next deployment
+#      follows the new names;
+#   6. a second run of all three changes nothing;
+#   7. phoenix-renew, phoenix-swarm and phoenix-deploy status, docker node
+#      ls and service ls.
 #
 #   scripts/demo.sh            (no flags; installs what it needs; root for
 #                               apt-get, namespaces and the daemons)
@@ -95,10 +99,85 @@ EOF
 cat > "$ETC/phoenix_vm_configs.json" <<EOF
 {"vms": [
   {"vmid": 1001, "name": "Portainer", "swarm_role": "manager",
-   "network_config": {"ip": "$IP1/24"}},
+   "network_config": {"ip": "$IP1/24"}, "docker_stacks": ["portainer_service"]},
   {"vmid": 1002, "name": "drphoenix", "swarm_role": "worker",
-   "network_config": {"ip": "$IP2/24"}, "node_labels": ["gpu=false"]}]}
+   "network_config": {"ip": "$IP2/24"}, "node_labels": ["gpu=false"],
+   "docker_stacks": ["qdrant_service"]}]}
 EOF
+# The stacks: Phoenix's stacks file and compose files, on the storage.
+cat > "$ETC/phoenix_stacks_config.json" <<'EOF'
+{"docker_stacks": {
+  "qdrant_service": {"description": "Qdrant vector database for RAG.",
+    "compose_file_path": "persistent-storage/qdrant/docker-compose.yml",
+    "environments": {"production": {"variables": [{"name": "QDRANT_PORT", "value": "6333"}],
+      "files": [], "services": {"qdrant": {"traefik_labels": [
+        "traefik.enable=true",
+        "traefik.http.routers.qdrant.rule=Host(`qdrant.phoenix.demo`)"]}}}}},
+  "portainer_service": {"description": "Portainer management UI.",
+    "compose_file_path": "persistent-storage/portainer/docker-compose.yml",
+    "environments": {"production": {"variables": [], "files": [],
+      "services": {"portainer": {"traefik_labels": ["traefik.enable=true"]}}}}}}}
+EOF
+mkdir -p "$STORAGE/persistent-storage/qdrant" "$STORAGE/persistent-storage/portainer"
+cat > "$STORAGE/persistent-storage/qdrant/docker-compose.yml" <<'EOF'
+version: '3.8'
+services:
+  qdrant:
+    image: qdrant/qdrant:latest
+    command: ["sh", "-c", "echo listening on $$QDRANT_PORT; exec sleep 1000000"]
+    stop_grace_period: 1s
+    networks:
+      - traefik-public
+    deploy:
+      replicas: 1
+      placement:
+        constraints: []
+      labels: {}
+networks:
+  traefik-public:
+    external: true
+EOF
+cat > "$STORAGE/persistent-storage/portainer/docker-compose.yml" <<'EOF'
+services:
+  portainer:
+    image: portainer/portainer-ce:latest
+    command: ["sleep", "1000000"]
+    stop_grace_period: 1s
+    networks:
+      - traefik-public
+    deploy:
+      replicas: 1
+      update_config:
+        monitor: 1s
+      placement:
+        constraints:
+          - node.role == manager
+      labels: {}
+    secrets:
+      - portainer_admin_password
+      - source: portainer_tls_ca.pem
+        target: /certs/ca.pem
+        mode: 0644
+      - source: portainer_tls_cert.pem
+        target: /certs/tls-cert.pem
+        mode: 0644
+      - source: portainer_tls_key.pem
+        target: /certs/tls-key.pem
+        mode: 0600
+networks:
+  traefik-public:
+    external: true
+secrets:
+  portainer_admin_password:
+    external: true
+  portainer_tls_ca.pem:
+    external: true
+  portainer_tls_cert.pem:
+    external: true
+  portainer_tls_key.pem:
+    external: true
+EOF
+( umask 077; head -c 18 /dev/urandom | base64 > "$W/host/portainer_admin_password" )
 CERTS=$STORAGE/vm-certs
 cat > "$ETC/certificate-manifest.json" <<EOF
 [{"common_name": "portainer.phoenix.demo", "sans": ["$IP1"],
@@ -115,7 +194,7 @@ cat > "$ETC/certificate-manifest.json" <<EOF
   "post_renewal": {"swarm_secrets": {"cert": "portainer_tls_cert.pem",
                                      "key": "portainer_tls_key.pem",
                                      "ca": "portainer_tls_ca.pem"},
-                   "services": ["portainer"]}}]
+                   "services": ["portainer_service_portainer"]}}]
 EOF
 for id in 1001 1002; do
   g=$PHOENIX_FAKE_PVE/qemu/$id
@@ -134,8 +213,11 @@ cat > "$W/toolkit.json" <<EOF
   "state_dir": "$W/var/lib/phoenix",
   "ca": {"url": "$URL", "state_dir": "$SSL", "guest_state_dir": "$SSL",
          "post_start_timeout_secs": 60, "wait_timeout_secs": 60},
-  "renewal": {"lifetime": "90s", "threshold": "80s"},
-  "swarm": {"agent_timeout_secs": 10, "state_timeout_secs": 10}
+  "renewal": {"lifetime": "90s", "threshold": "50s"},
+  "swarm": {"agent_timeout_secs": 10, "state_timeout_secs": 10},
+  "deploy": {"stacks_root": "$STORAGE", "converge_timeout_secs": 60,
+             "networks": {"traefik-public": {"driver": "overlay", "attachable": true}},
+             "secrets": {"portainer_admin_password": {"file": "$W/host/portainer_admin_password"}}}
 }
 EOF
 export PHOENIX_CONFIG=$W/toolkit.json
@@ -180,29 +262,30 @@ say host "Proxmox starts the next onboot guest (VM 1002)"
 bash "$REALSWARM" start "$W/swarm" 1002
 say vm1002 "dockerd answers (hostname drphoenix, $IP2)"
 
-section "4. phoenix-sync.target: the swarm, then the certificates"
+# Images as Phoenix names them: the harness's busybox, tagged on each node
+# (nothing is pulled).
+for id in 1001 1002; do
+  for image in portainer/portainer-ce:latest qdrant/qdrant:latest; do
+    "$PHOENIX_FAKE_PVE/qemu/$id/bin/docker" image tag local/busybox:1 "$image"
+  done
+done
+
+section "4. phoenix-sync.target: the swarm, then the certificates, then the stacks"
 export STEPPATH=$W/host/steppath            # the host's step, not the CA's
 say host "phoenix-swarm ensure"
 "$BIN/phoenix-swarm" ensure 2>&1 | stream host
 say host "phoenix-renew run"
 "$BIN/phoenix-renew" run 2>&1 | stream host
+ISSUED=$(date +%s)
 stream guests < "$PHOENIX_FAKE_PVE/systemctl.log"
-# The Portainer stack is deployed once its secrets exist (phoenix-deploy's
-# job, issue 12): here a busybox service standing in for it, on the
-# manager as Portainer's compose file places it, mounting the current
-# versions where Portainer reads its TLS files.
+say host "phoenix-deploy run"
+"$BIN/phoenix-deploy" run 2>&1 | stream host
 DOCKER1=$PHOENIX_FAKE_PVE/qemu/1001/bin/docker
 version() { "$DOCKER1" secret ls --filter "label=phoenix.secret=$1" --format '{{.Name}}'; }
-"$DOCKER1" service create --detach --name portainer --constraint node.role==manager \
-  --stop-grace-period 1s --update-monitor 1s \
-  --secret "source=$(version portainer_tls_cert.pem),target=/certs/tls-cert.pem,mode=0444" \
-  --secret "source=$(version portainer_tls_key.pem),target=/certs/tls-key.pem,mode=0400" \
-  --secret "source=$(version portainer_tls_ca.pem),target=/certs/ca.pem,mode=0444" \
-  local/busybox:1 sleep 1000000 > /dev/null 2>&1
 task_cert() {  # the certificate the running portainer task reads
   local c
   for _ in $(seq 1 100); do
-    c=$("$DOCKER1" ps -q --filter label=com.docker.swarm.service.name=portainer | head -1)
+    c=$("$DOCKER1" ps -q --filter label=com.docker.swarm.service.name=portainer_service_portainer | head -1)
     [ -n "$c" ] && "$DOCKER1" exec "$c" cat /certs/tls-cert.pem 2>/dev/null && return 0
     sleep 0.1
   done
@@ -212,10 +295,11 @@ serial() {  # the serial of the certificate on stdin
   cat > "$W/seen.pem"
   step certificate inspect --format json "$W/seen.pem" | python3 -c 'import json,sys; print(json.load(sys.stdin)["serial_number"])'
 }
-say vm1001 "stack deployed: service portainer reads $(version portainer_tls_cert.pem), serial $(task_cert | serial)"
+say vm1001 "portainer_service_portainer reads $(version portainer_tls_cert.pem), serial $(task_cert | serial)"
+say vm1002 "$("$DOCKER1" service ps --format '{{.Name}} on {{.Node}}: {{.CurrentState}}' qdrant_service_qdrant | head -1)"
 
-section "5. Time passes: the 90 s certificates are due with 80 s left"
-sleep 11
+section "5. Time passes: the 90 s certificates are due with 50 s left"
+sleep $(( ISSUED + 41 - $(date +%s) > 0 ? ISSUED + 41 - $(date +%s) : 0 ))
 say host "phoenix-renew.timer: phoenix-renew run"
 : > "$PHOENIX_FAKE_PVE/systemctl.log"
 "$BIN/phoenix-renew" run 2>&1 | stream host
@@ -225,11 +309,17 @@ if task_cert | cmp -s - "$CERTS/1001/tls/cert.pem"; then
 else
   say demo "UNEXPECTED: portainer's task does not read the renewed certificate"; exit 1
 fi
+say host "the next sync's phoenix-deploy run: the compose now names the new versions"
+"$BIN/phoenix-deploy" run 2>&1 | stream host
 
 section "6. A second run changes nothing"
 : > "$PHOENIX_FAKE_PVE/systemctl.log"
 "$BIN/phoenix-swarm" ensure 2>&1 | stream host
 "$BIN/phoenix-renew" run 2>&1 | stream host
+"$BIN/phoenix-deploy" run 2> "$W/deploy.err" | tee "$W/deploy.out" | stream host
+if ! grep -qx "no change" "$W/deploy.out"; then
+  stream host < "$W/deploy.err"; say demo "UNEXPECTED: the second deployment changed something"; exit 1
+fi
 if [ -s "$PHOENIX_FAKE_PVE/systemctl.log" ]; then
   stream "guests" < "$PHOENIX_FAKE_PVE/systemctl.log"
   say demo "UNEXPECTED: the second run acted in a guest"; exit 1
@@ -243,5 +333,9 @@ echo "\$ phoenix-renew status"
 "$BIN/phoenix-renew" status | sed 's/^/  /'
 echo "\$ phoenix-swarm status"
 "$BIN/phoenix-swarm" status | sed 's/^/  /'
+echo "\$ phoenix-deploy status"
+"$BIN/phoenix-deploy" status | sed 's/^/  /'
 echo "\$ docker node ls   (in VM 1001: the real engine's view)"
 "$PHOENIX_FAKE_PVE/qemu/1001/bin/docker" node ls | sed 's/^/  /'
+echo "\$ docker service ls"
+"$PHOENIX_FAKE_PVE/qemu/1001/bin/docker" service ls | sed 's/^/  /'

@@ -119,8 +119,8 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn say(&mut self, line: &str) {
-        log::info!("{line}");
         let _ = writeln!(self.out, "{line}");
+        log::debug!("{line}");
     }
 
     /// Create `s` unless it exists.
