@@ -28,10 +28,12 @@
 //! reachable.
 
 pub mod converge;
+mod interpolate;
 pub mod plan;
 pub mod render;
 pub mod state;
 pub mod status;
+mod yaml;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -3,11 +3,10 @@
 //! to `docker stack deploy -c -` with the stack's variables, Traefik labels,
 //! placement constraint, file mounts and versioned secret names put in.
 //!
-//! Interpolation happens here and only here: the output has every `$`
-//! doubled, so the docker CLI (which interpolates again, from the guest's
-//! environment) gives back exactly our strings. The docker 20.10 CLI reads
-//! YAML 1.1 (go-yaml v2), so strings it would take for booleans or numbers
-//! (`yes`, `off`, `1_000`) are written quoted.
+//! The `$VAR`/`${VAR}` interpolation is `interpolate.rs`'s (from the
+//! stack's variables only, every `$` doubled in the output for the docker
+//! CLI's own pass); the YAML written, quoted where the docker 20.10 CLI's
+//! YAML 1.1 would misread a string, is `yaml.rs`'s.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -16,6 +15,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_yaml_ng::{Mapping, Value};
 
+use super::interpolate::{interpolate, walk_strings};
+use super::yaml::to_yaml;
 use crate::exit::{err, Kind};
 
 /// The version written when the file has none or an older 3.x (3.x is
@@ -330,7 +331,7 @@ fn config(path: &Path, at: &str, msg: impl Display) -> anyhow::Error {
 }
 
 /// A mapping key as written in a key path.
-fn key_text(key: &Value) -> String {
+pub(super) fn key_text(key: &Value) -> String {
     match key {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
@@ -340,7 +341,7 @@ fn key_text(key: &Value) -> String {
 }
 
 /// Key path `at` and then `key`.
-fn join(at: &str, key: &str) -> String {
+pub(super) fn join(at: &str, key: &str) -> String {
     if at.is_empty() {
         key.to_string()
     } else {
@@ -396,214 +397,6 @@ fn externals(section: Option<&Value>) -> Vec<ExternalRef> {
             })
         })
         .collect()
-}
-
-/// Call `f` on every string value (not keys) under `value`, with its key path.
-fn walk_strings(
-    value: &mut Value,
-    at: &str,
-    f: &mut dyn FnMut(&mut String, &str) -> Result<()>,
-) -> Result<()> {
-    match value {
-        Value::String(s) => f(s, at),
-        Value::Sequence(list) => list
-            .iter_mut()
-            .enumerate()
-            .try_for_each(|(i, item)| walk_strings(item, &format!("{at}[{i}]"), f)),
-        Value::Mapping(map) => map
-            .iter_mut()
-            .try_for_each(|(k, item)| walk_strings(item, &join(at, &key_text(k)), f)),
-        Value::Tagged(tagged) => walk_strings(&mut tagged.value, at, f),
-        _ => Ok(()),
-    }
-}
-
-/// Interpolate one string the way compose does, from `vars` only (the last
-/// entry of a name wins, as when they are merged into `environment`).
-fn interpolate(s: &str, vars: &[(String, String)]) -> Result<String, String> {
-    let invalid = || {
-        format!(
-            "invalid interpolation in '{s}': use $NAME or ${{NAME}} (with :-, -, :?, ?, :+ or + \
-             and a text after the name), and $$ for a literal $"
-        )
-    };
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(r) = after.strip_prefix('$') {
-            out.push('$');
-            rest = r;
-        } else if let Some(braced) = after.strip_prefix('{') {
-            let end =
-                closing_brace(braced).ok_or_else(|| format!("unterminated '${{' in '{s}'"))?;
-            out.push_str(&substitute(&braced[..end], vars).ok_or_else(invalid)??);
-            rest = &braced[end + 1..];
-        } else {
-            let n = name_len(after);
-            if n == 0 {
-                return Err(invalid());
-            }
-            out.push_str(lookup(&after[..n], vars).ok_or_else(|| unset(&after[..n]))?);
-            rest = &after[n..];
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// The value of `${inner}`; None when `inner` is not a valid expression.
-fn substitute(inner: &str, vars: &[(String, String)]) -> Option<Result<String, String>> {
-    let (name, op) = inner.split_at(name_len(inner));
-    if name.is_empty() {
-        return None;
-    }
-    let value = lookup(name, vars);
-    let full = value.filter(|v| !v.is_empty());
-    let required = |arg: &str, why: &str| {
-        let msg = if arg.is_empty() {
-            String::new()
-        } else {
-            format!(": {arg}")
-        };
-        Err(format!("required variable {name} is {why}{msg}"))
-    };
-    let or = |v: Option<&str>, arg: &str| match v {
-        Some(v) => Ok(v.to_string()),
-        None => interpolate(arg, vars),
-    };
-    Some(if op.is_empty() {
-        value.map(str::to_string).ok_or_else(|| unset(name))
-    } else if let Some(arg) = op.strip_prefix(":-") {
-        or(full, arg)
-    } else if let Some(arg) = op.strip_prefix('-') {
-        or(value, arg)
-    } else if let Some(arg) = op.strip_prefix(":?") {
-        match (value, full) {
-            (_, Some(v)) => Ok(v.to_string()),
-            (Some(_), None) => required(arg, "empty"),
-            (None, None) => required(arg, "not set"),
-        }
-    } else if let Some(arg) = op.strip_prefix('?') {
-        value
-            .map(str::to_string)
-            .map_or_else(|| required(arg, "not set"), Ok)
-    } else if let Some(arg) = op.strip_prefix(":+") {
-        full.map_or(Ok(String::new()), |_| interpolate(arg, vars))
-    } else if let Some(arg) = op.strip_prefix('+') {
-        value.map_or(Ok(String::new()), |_| interpolate(arg, vars))
-    } else {
-        return None;
-    })
-}
-
-fn unset(name: &str) -> String {
-    format!("variable {name} is not set (set it in the stack's environment variables)")
-}
-
-fn lookup<'v>(name: &str, vars: &'v [(String, String)]) -> Option<&'v str> {
-    vars.iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-/// Length of the variable name at the start of `s` (0 if none).
-fn name_len(s: &str) -> usize {
-    match s.bytes().next() {
-        Some(b) if b.is_ascii_alphabetic() || b == b'_' => s
-            .bytes()
-            .position(|b| !(b.is_ascii_alphanumeric() || b == b'_'))
-            .unwrap_or(s.len()),
-        _ => 0,
-    }
-}
-
-/// Index of the `}` closing a `${` whose content starts `s` (nesting allowed).
-fn closing_brace(s: &str) -> Option<usize> {
-    let mut depth = 0usize;
-    for (i, c) in s.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' if depth == 0 => return Some(i),
-            '}' => depth -= 1,
-            _ => {}
-        }
-    }
-    None
-}
-
-/// Whether the docker 20.10 CLI (YAML 1.1) reads plain `s` as a non-string
-/// where serde_yaml_ng (YAML 1.2) writes it plain: booleans such as `yes`,
-/// `off`, `y`, and numbers with `_` or `:` (`1_000`, sexagesimal `1:20`).
-fn yaml11_non_string(s: &str) -> bool {
-    const BOOLS: &[&str] = &[
-        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
-        "OFF",
-    ];
-    let t = s.trim_start_matches(['+', '-']);
-    BOOLS.contains(&s)
-        || (t.starts_with(|c: char| c.is_ascii_digit())
-            && t.contains(['_', ':'])
-            && t.chars()
-                .all(|c| c.is_ascii_hexdigit() || "xXoO_:.+-".contains(c)))
-}
-
-/// Serialise `doc` with serde_yaml_ng, quoting what YAML 1.1 would misread:
-/// such strings go through as unique plain markers, replaced afterwards.
-fn to_yaml(mut doc: Value) -> Result<String> {
-    let plain = serde_yaml_ng::to_string(&doc)?;
-    let mut marker = String::from("phoenix-quoted-");
-    while plain.contains(&marker) {
-        marker.insert(0, 'x');
-    }
-    let mut quoted = Vec::new();
-    mark(&mut doc, &marker, &mut quoted);
-    if quoted.is_empty() {
-        return Ok(plain);
-    }
-    let mut text = serde_yaml_ng::to_string(&doc)?;
-    for (i, s) in quoted.iter().enumerate() {
-        text = text.replacen(
-            &format!("{marker}{i}-end"),
-            &format!("'{}'", s.replace('\'', "''")),
-            1,
-        );
-    }
-    Ok(text)
-}
-
-/// Replace every YAML 1.1-ambiguous key and string under `value` with a
-/// marker numbered by its index in `quoted`.
-fn mark(value: &mut Value, marker: &str, quoted: &mut Vec<String>) {
-    match value {
-        Value::String(s) => swap(s, marker, quoted),
-        Value::Sequence(list) => list.iter_mut().for_each(|v| mark(v, marker, quoted)),
-        Value::Mapping(map) => {
-            *map = std::mem::take(map)
-                .into_iter()
-                .map(|(mut k, mut v)| {
-                    if let Value::String(s) = &mut k {
-                        swap(s, marker, quoted);
-                    }
-                    mark(&mut v, marker, quoted);
-                    (k, v)
-                })
-                .collect();
-        }
-        Value::Tagged(tagged) => mark(&mut tagged.value, marker, quoted),
-        _ => {}
-    }
-}
-
-fn swap(s: &mut String, marker: &str, quoted: &mut Vec<String>) {
-    if yaml11_non_string(s) {
-        quoted.push(std::mem::replace(
-            s,
-            format!("{marker}{}-end", quoted.len()),
-        ));
-    }
 }
 
 #[cfg(test)]
@@ -736,26 +529,6 @@ services:
     }
 
     #[test]
-    fn interpolation_forms() {
-        let v = vars(&[("A", "a"), ("E", ""), ("A", "last")]);
-        for (input, want) in [
-            ("$A/${A}", "last/last"),
-            ("${E:-d} ${E-d} ${U-d} ${U:-${A}}", "d  d last"),
-            ("${A:+alt}|${E:+alt}|${E+alt}|${U+alt}", "alt||alt|"),
-            ("${A:?need}${A?need}", "lastlast"),
-            ("$$A costs $$5 ${U:-{x}}", "$A costs $5 {x}"),
-        ] {
-            assert_eq!(interpolate(input, &v).as_deref(), Ok(want), "{input}");
-        }
-        let c = parse(PORTAINER, &[("PORTAINER_VERSION", "2.20.1")]).unwrap();
-        let out = reread(&c.render(&Case::default().input()).unwrap());
-        assert_eq!(
-            out["services"]["portainer"]["image"],
-            "portainer/portainer-ce:2.20.1"
-        );
-    }
-
-    #[test]
     fn unset_required_and_invalid_variables_are_config_errors() {
         let text = "services:\n  web:\n    environment:\n      X: ${DB_HOST}\n";
         assert_eq!(
@@ -801,6 +574,13 @@ services:
         assert!(out.contains("PASSWORD: pa$$word\n"), "{out}");
         // The Compose is left as it was: a second render is the same.
         assert_eq!(c.render(&case.input()).unwrap(), out);
+        // A variable's value replaces its default on parsing.
+        let c = parse(PORTAINER, &[("PORTAINER_VERSION", "2.20.1")]).unwrap();
+        let out = reread(&c.render(&Case::default().input()).unwrap());
+        assert_eq!(
+            out["services"]["portainer"]["image"],
+            "portainer/portainer-ce:2.20.1"
+        );
     }
 
     #[test]
@@ -996,14 +776,5 @@ services:
             reread("{LOG: info, TZ: UTC}")
         );
         assert!(out["services"]["a"].get("<<").is_none());
-    }
-
-    #[test]
-    fn strings_docker_would_misread_are_quoted() {
-        let text = "services:\n  a:\n    environment: {A: 'on', B: '1_000', C: '22:22', 'n': x}\n";
-        let out = try_render(text, |_| {}).unwrap();
-        for line in ["A: 'on'", "B: '1_000'", "C: '22:22'", "'n': x"] {
-            assert!(out.contains(line), "{out}");
-        }
     }
 }
