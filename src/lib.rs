@@ -23,6 +23,7 @@ pub mod mount;
 pub mod phoenix;
 pub mod proxmox;
 pub mod renew;
+pub mod retry;
 pub mod signal;
 pub mod step;
 pub mod swarm;

@@ -97,6 +97,36 @@ fn generator_units_pass_systemd_analyze_verify() {
     assert!(!persistent.contains("phoenix-ca-wait"));
     assert!(gen.join("mnt-data\\x20dir.mount").exists());
     assert!(gen.join("run-phoenix\\x2dscratch.mount").exists());
+    // The CA state at its default path: the shipped unit's own
+    // RequiresMountsFor= covers it, no drop-in.
+    assert!(!gen.join("phoenix-ca-wait.service.d").exists());
+    verify(&gen);
+}
+
+#[test]
+fn the_ca_wait_follows_the_configured_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        json!({"ca": {"guest_state_dir": "/srv/step-ca%1/ssl"}}),
+    );
+    let gen = dir.path().join("normal");
+    std::fs::create_dir(&gen).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_phoenix-mount"))
+        .arg(&gen)
+        .arg(dir.path().join("early"))
+        .arg(dir.path().join("late"))
+        .env("PHOENIX_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dropin = gen.join("phoenix-ca-wait.service.d/phoenix-ca-state.conf");
+    let text = std::fs::read_to_string(&dropin).unwrap();
+    assert!(
+        text.contains("RequiresMountsFor=/srv/step-ca%%1/ssl\n"),
+        "{text}"
+    );
+    // It parses as systemd reads it, beside the unit.
     verify(&gen);
 }
 

@@ -248,16 +248,16 @@ fn package_builds_installs_verifies_and_purges() {
     }
 
     // Units verify in the root. systemctl (phoenix-renew-sync.service's
-    // ExecStart=) is systemd's file, present on every target: a stub here.
-    let systemctl = root.join("usr/bin/systemctl");
-    std::fs::write(&systemctl, "#!/bin/sh\nexit 0\n").unwrap();
-    std::fs::set_permissions(
-        &systemctl,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    // ExecStart=) and /bin/sh (phoenix-sync-boot.service's) are systemd's
+    // and dash's files, present on every target: stubs here.
+    for stub in ["usr/bin/systemctl", "bin/sh"] {
+        let p = root.join(stub);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
     let names = units(&root);
-    assert_eq!(names.len(), 7, "{names:?}");
+    assert_eq!(names.len(), 8, "{names:?}");
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(format!("--root={}", root.display()))
@@ -305,7 +305,9 @@ fn package_builds_installs_verifies_and_purges() {
 
     // Purge removes every file, the conffile included.
     run(dpkg(&root).args(["--purge", "phoenix-hooks"]));
-    std::fs::remove_file(&systemctl).unwrap();
+    for stub in ["usr/bin/systemctl", "bin/sh"] {
+        std::fs::remove_file(root.join(stub)).unwrap();
+    }
     for b in BINARIES {
         assert!(!root.join("usr/bin").join(b).exists(), "{b} left");
     }

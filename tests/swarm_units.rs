@@ -151,6 +151,67 @@ fn renewal_requires_the_swarm_only_within_the_sync() {
     assert!(values(&swarm, "ExecStart").contains(&"ensure".into()));
 }
 
+/// The `--retry-for` bound of a unit's ExecStart, if any.
+fn retry_for(unit: &str) -> Option<std::time::Duration> {
+    let exec = values(unit, "ExecStart");
+    let i = exec.iter().position(|w| w == "--retry-for")?;
+    humantime::parse_duration(&exec[i + 1]).ok()
+}
+
+#[test]
+fn every_sync_step_retries_a_temporary_failure_within_its_start_job() {
+    // One exit 75 must not fail a step (systemd would fail the start job
+    // and skip the rest of the sync): each tool runs again inside it, and
+    // the start job outlasts that bound.
+    for name in [
+        "phoenix-swarm.service",
+        "phoenix-renew.service",
+        "phoenix-deploy.service",
+    ] {
+        let unit = read(name);
+        let bound = retry_for(&unit).unwrap_or_else(|| panic!("{name}: no --retry-for"));
+        let timeout =
+            humantime::parse_duration(&values(&unit, "TimeoutStartSec").concat()).unwrap();
+        assert!(
+            timeout >= bound + std::time::Duration::from_secs(5 * 60),
+            "{name}: TimeoutStartSec {timeout:?} for --retry-for {bound:?}"
+        );
+    }
+    // The sync's renewal step waits for phoenix-renew.service's start job,
+    // which holds the retries.
+    let step = read("phoenix-renew-sync.service");
+    let step_timeout =
+        humantime::parse_duration(&values(&step, "TimeoutStartSec").concat()).unwrap();
+    let renew_timeout = humantime::parse_duration(
+        &values(&read("phoenix-renew.service"), "TimeoutStartSec").concat(),
+    )
+    .unwrap();
+    assert!(step_timeout >= renew_timeout);
+}
+
+#[test]
+fn the_sync_does_not_hold_the_boot() {
+    let sync = read("phoenix-sync.target");
+    // What wants it is not ordered after it.
+    assert_eq!(values(&sync, "DefaultDependencies"), ["no"]);
+    assert_eq!(values(&sync, "Conflicts"), ["shutdown.target"]);
+    assert_eq!(values(&sync, "Before"), ["shutdown.target"]);
+    assert!(values(&sync, "WantedBy").is_empty());
+    assert_eq!(values(&sync, "Also"), ["phoenix-sync-boot.service"]);
+    // Its starter's own job ends at once (Type=exec) and queues the sync
+    // only after the boot finished.
+    let boot = read("phoenix-sync-boot.service");
+    assert_eq!(values(&boot, "Type"), ["exec"]);
+    assert_eq!(values(&boot, "WantedBy"), ["multi-user.target"]);
+    let exec = values(&boot, "ExecStart").join(" ");
+    assert!(
+        exec.contains("is-system-running --wait")
+            && exec.contains("start --no-block phoenix-sync.target"),
+        "{exec}"
+    );
+    assert!(values(&boot, "After").is_empty() && values(&boot, "Before").is_empty());
+}
+
 #[test]
 fn deployment_requires_the_renewal_step_within_the_sync() {
     let sync = read("phoenix-sync.target");
@@ -174,7 +235,7 @@ fn deployment_requires_the_renewal_step_within_the_sync() {
     assert_eq!(values(&deploy, "Type"), ["oneshot"]);
     assert_eq!(
         values(&deploy, "ExecStart"),
-        ["/usr/bin/phoenix-deploy", "run"]
+        ["/usr/bin/phoenix-deploy", "run", "--retry-for", "10min"]
     );
     // No Restart=, as the swarm step: a restart is not waited for.
     assert!(values(&deploy, "Restart").is_empty());
@@ -188,7 +249,8 @@ fn deployment_requires_the_renewal_step_within_the_sync() {
     let d = phoenix_hooks::config::Config::default();
     let stacks = 5;
     assert!(
-        timeout.as_secs() >= stacks * d.deploy.converge_timeout_secs + d.swarm.agent_timeout_secs,
+        timeout.as_secs()
+            >= stacks * d.deploy.converge_timeout_secs + d.swarm.agent_timeout_secs + 600,
         "TimeoutStartSec={timeout:?}"
     );
 

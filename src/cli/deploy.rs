@@ -2,12 +2,15 @@
 //! the Proxmox host, once the swarm and the certificates are up; show
 //! where each stack stands.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use super::Common;
 use crate::deploy::{self, RunOptions};
 use crate::exit::{err, Kind};
+use crate::retry;
 
 const ABOUT: &str = "Deploy the Phoenix stacks on the Docker Swarm, after the certificates";
 
@@ -71,6 +74,11 @@ struct Run {
     /// Only this stack (its key in docker_stacks, or its name)
     #[arg(long, value_name = "STACK")]
     only: Option<String>,
+    /// After a temporary failure (exit 75: lock held, guest or CA not
+    /// ready), run again with a backoff (5 s doubling to 60 s) for up to
+    /// this long, e.g. `10min`; the sync's units use it [default: 0, once]
+    #[arg(long, value_name = "DURATION", value_parser = retry::parse_bound, default_value = "0", hide_default_value = true)]
+    retry_for: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,7 +99,9 @@ impl Args {
                     dry_run: r.dry_run,
                     only: r.only,
                 };
-                deploy::run(&config, &opts, &mut std::io::stdout().lock())
+                retry::temporary("phoenix-deploy run", r.retry_for, || {
+                    deploy::run(&config, &opts, &mut std::io::stdout().lock())
+                })
             }
             Command::Status(s) => {
                 let st = deploy::status(&config)?;

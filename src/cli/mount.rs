@@ -113,6 +113,7 @@ impl Args {
                 }
                 let written = mount::generate(&volumes, &normal, &source, Path::new("/etc/fstab"))?;
                 log::debug!("{} mount unit(s) written", written.len());
+                mount::ca_wait_dropin(&normal, &config.ca.guest_state_dir, &source)?;
                 Ok(())
             }
             Command::Apply { timeout } => {

@@ -2,6 +2,7 @@
 //! where they stand.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand};
 use super::Common;
 use crate::exit::{err, Kind};
 use crate::renew::{self, status, RunOptions};
+use crate::retry;
 
 const ABOUT: &str = "Issue and renew the certificates of the Phoenix manifest";
 
@@ -64,6 +66,11 @@ struct Run {
     /// Only this certificate (common name); repeat for more
     #[arg(long, value_name = "NAME")]
     only: Vec<String>,
+    /// After a temporary failure (exit 75: lock held, guest or CA not
+    /// ready), run again with a backoff (5 s doubling to 60 s) for up to
+    /// this long, e.g. `10min`; the sync's units use it [default: 0, once]
+    #[arg(long, value_name = "DURATION", value_parser = retry::parse_bound, default_value = "0", hide_default_value = true)]
+    retry_for: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,14 +89,16 @@ impl Args {
         self.common.init("phoenix-renew");
         let config = self.common.load_config()?;
         match self.command {
-            Command::Run(r) => renew::run(
-                &config,
-                &RunOptions {
+            Command::Run(r) => {
+                let opts = RunOptions {
                     force: r.force,
                     dry_run: r.dry_run,
                     only: r.only,
-                },
-            ),
+                };
+                retry::temporary("phoenix-renew run", r.retry_for, || {
+                    renew::run(&config, &opts)
+                })
+            }
             Command::Status(s) => {
                 let rows = status::rows(&config)?;
                 if let Some(path) = &s.prometheus {

@@ -1,11 +1,14 @@
 //! `phoenix-swarm`: make the Docker Swarm manager active and every member
 //! VM a Ready node, from the Proxmox host; show where each VM stands.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use super::Common;
 use crate::exit::{err, Kind};
+use crate::retry;
 use crate::swarm::{self, EnsureOptions};
 
 const ABOUT: &str = "Bring the Docker Swarm up on the Phoenix VMs, idempotently";
@@ -65,6 +68,11 @@ struct Ensure {
     /// Make a member of another swarm (or in state error) leave it and join
     #[arg(long)]
     repair: bool,
+    /// After a temporary failure (exit 75: lock held, guest or CA not
+    /// ready), run again with a backoff (5 s doubling to 60 s) for up to
+    /// this long, e.g. `10min`; the sync's units use it [default: 0, once]
+    #[arg(long, value_name = "DURATION", value_parser = retry::parse_bound, default_value = "0", hide_default_value = true)]
+    retry_for: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,7 +94,9 @@ impl Args {
                     force_new_cluster: e.force_new_cluster,
                     repair: e.repair,
                 };
-                swarm::ensure(&config, opts, &mut std::io::stdout().lock())
+                retry::temporary("phoenix-swarm ensure", e.retry_for, || {
+                    swarm::ensure(&config, opts, &mut std::io::stdout().lock())
+                })
             }
             Command::Status(s) => {
                 let st = swarm::status(&config)?;

@@ -446,6 +446,45 @@ pub fn generate(
     Ok(written)
 }
 
+/// The generator's drop-in for `phoenix-ca-wait.service`: its
+/// `RequiresMountsFor=` on the CA state directory as configured
+/// (`ca.guest_state_dir`), which the shipped unit can only name by its
+/// default (nothing is written for the default). Written into `dir` (the generator's output directory), read
+/// from `source`. A path systemd cannot take in that list (whitespace) is
+/// refused with a warning and no drop-in.
+pub fn ca_wait_dropin(dir: &Path, ca_state: &Path, source: &Path) -> Result<Option<PathBuf>> {
+    if ca_state
+        == Path::new(
+            crate::config::CaConfig::default()
+                .guest_state_dir
+                .as_os_str(),
+        )
+    {
+        // The shipped unit names it already: nothing to add.
+        return Ok(None);
+    }
+    let text = ca_state.to_string_lossy();
+    if !ca_state.is_absolute() || text.chars().any(char::is_whitespace) {
+        log::warn!(
+            "ca.guest_state_dir '{text}' cannot be a RequiresMountsFor= path \
+             (absolute, no whitespace): phoenix-ca-wait.service keeps its default"
+        );
+        return Ok(None);
+    }
+    let dropins = dir.join("phoenix-ca-wait.service.d");
+    fsutil::ensure_dir(&dropins, 0o755)?;
+    let path = dropins.join("phoenix-ca-state.conf");
+    let unit = format!(
+        "# Written by phoenix-mount (a generator) from {}: the CA state\n\
+         # directory as configured (ca.guest_state_dir).\n\
+         [Unit]\nRequiresMountsFor={}\n",
+        source.display(),
+        text.replace('%', "%%")
+    );
+    fsutil::write_atomic(&path, unit.as_bytes(), FileOptions::mode(0o644))?;
+    Ok(Some(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
