@@ -366,9 +366,10 @@ pub const REWRITES: [(&str, &str); 6] = [
         "bootstrap installs the root into the machine's trust store",
     ),
     (
-        "PrivateTmp=yes -> PrivateTmp=no, only for a checkout under /tmp or /var/tmp",
-        "the unit's private /tmp would hide the built binaries and the test's files; \
-         the sandbox itself is checked by systemd-analyze security and the nspawn boot",
+        "a drop-in zy-checkout.conf with BindReadOnlyPaths= of the checkout, only for a \
+         checkout under /tmp or /var/tmp, in units with PrivateTmp=yes",
+        "the unit's private /tmp would hide the built binaries and the fakes; \
+         the sandbox itself stays as shipped",
     ),
     (
         "a drop-in zz-test.conf per unit (Environment=, test timings, BindPaths=)",
@@ -404,14 +405,6 @@ pub fn stage_units(m: &Manager, units: &Path, bin_dir: &Path, mount_standin: &st
             &format!("Requires={mount_standin}\nAfter={mount_standin}"),
         )
         .replace("phoenix-ca wait --bootstrap", "phoenix-ca wait")
-        .replace(
-            "PrivateTmp=yes",
-            if checkout_in_tmp() {
-                "PrivateTmp=no"
-            } else {
-                "PrivateTmp=yes"
-            },
-        )
     };
     let dst = m.unit_dir();
     for entry in std::fs::read_dir(units).unwrap() {
@@ -428,6 +421,38 @@ pub fn stage_units(m: &Manager, units: &Path, bin_dir: &Path, mount_standin: &st
         } else {
             let text = std::fs::read_to_string(&p).unwrap();
             std::fs::write(dst.join(&name), rewrite(&text)).unwrap();
+        }
+    }
+    // A checkout under /tmp: PrivateTmp=yes would hide the built binaries
+    // and the fakes. The sandbox stays; the checkout (and the binaries,
+    // wherever cargo put them) is bound into its view, read-only.
+    if checkout_in_tmp() {
+        let project = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let mut binds = vec![project.clone()];
+        let bins = std::fs::canonicalize(bin_dir).unwrap();
+        if !bins.starts_with(&project) {
+            binds.push(bins);
+        }
+        let binds: Vec<String> = binds.iter().map(|p| p.display().to_string()).collect();
+        eprintln!(
+            "sd_support: the checkout is under /tmp or /var/tmp: {} bound read-only into \
+             every staged unit with PrivateTmp=yes",
+            binds.join(" ")
+        );
+        for entry in std::fs::read_dir(&dst).unwrap() {
+            let p = entry.unwrap().path();
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                continue;
+            };
+            if text.lines().any(|l| l.trim() == "PrivateTmp=yes") {
+                let d = dst.join(format!("{}.d", p.file_name().unwrap().to_string_lossy()));
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::write(
+                    d.join("zy-checkout.conf"),
+                    format!("[Service]\nBindReadOnlyPaths={}\n", binds.join(" ")),
+                )
+                .unwrap();
+            }
         }
     }
     for t in [
