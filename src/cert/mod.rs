@@ -230,6 +230,70 @@ pub fn key_public_point(pem: &[u8]) -> Result<Vec<u8>> {
     Ok(key.public_key().to_encoded_point(false).as_bytes().to_vec())
 }
 
+/// The public point (uncompressed SEC1) a PEM private key file carries:
+/// the `publicKey` of its SEC1 `ECPrivateKey` (step writes one, as Go's
+/// `x509.MarshalECPrivateKey` does), also inside unencrypted PKCS#8;
+/// checked to be a point of P-256 (a cheap on-curve check). A file without
+/// it is derived ([`key_public_point`]).
+///
+/// For planning, where the derivation (a P-256 scalar multiplication,
+/// ~0.35 ms) would dominate a cold run over many keys. The stored point
+/// is not proven to be the scalar's: a key file whose two halves disagree
+/// passes as matching its certificate here. Only its writer can make one
+/// (a guest, its own key), and the harm stays with that guest's TLS; a
+/// pair this tool installs is checked with the derived point
+/// ([`key_public_point`]) before it is installed.
+pub fn key_public_point_stored(pem: &[u8]) -> Result<Vec<u8>> {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    use sec1::der::Decode;
+    /// id-ecPublicKey and prime256v1 (RFC 5480).
+    const EC_PUBLIC_KEY: sec1::der::asn1::ObjectIdentifier =
+        sec1::der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+    const P256: sec1::der::asn1::ObjectIdentifier =
+        sec1::der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+    let not_p256 = || anyhow!("not an EC P-256 key");
+    let (label, der) =
+        sec1::der::pem::decode_vec(pem).map_err(|e| anyhow!("key is not PEM: {e}"))?;
+    let sec1_der = match label {
+        "EC PRIVATE KEY" => der,
+        "PRIVATE KEY" => {
+            let info = sec1::pkcs8::PrivateKeyInfo::from_der(&der)
+                .map_err(|e| anyhow!("not a PKCS#8 key: {e}"))?;
+            let curve = info
+                .algorithm
+                .parameters
+                .and_then(|p| p.decode_as::<sec1::der::asn1::ObjectIdentifier>().ok());
+            if info.algorithm.oid != EC_PUBLIC_KEY || curve != Some(P256) {
+                return Err(not_p256());
+            }
+            info.private_key.to_vec()
+        }
+        _ => {
+            return Err(anyhow!(
+                "unsupported key format (expected an unencrypted EC P-256 key)"
+            ))
+        }
+    };
+    let key =
+        sec1::EcPrivateKey::from_der(&sec1_der).map_err(|e| anyhow!("not an EC P-256 key: {e}"))?;
+    if let Some(params) = &key.parameters {
+        if params.named_curve() != Some(P256) {
+            return Err(not_p256());
+        }
+    }
+    if key.private_key.len() != 32 {
+        return Err(not_p256());
+    }
+    match key.public_key {
+        Some(point) => {
+            let public = p256::PublicKey::from_sec1_bytes(point)
+                .map_err(|_| anyhow!("the key file's public point is not on P-256"))?;
+            Ok(public.to_encoded_point(false).as_bytes().to_vec())
+        }
+        None => key_public_point(pem),
+    }
+}
+
 /// What to do with one certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -363,6 +427,57 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
     use std::time::Duration;
+
+    #[test]
+    fn the_stored_public_point_is_the_derived_one_or_refused() {
+        use p256::pkcs8::{EncodePrivateKey, LineEnding};
+        use sec1::der::Encode;
+        let key = p256::SecretKey::from_slice(&[7u8; 32]).unwrap();
+        let sec1_pem = key.to_sec1_pem(LineEnding::LF).unwrap();
+        let derived = key_public_point(sec1_pem.as_bytes()).unwrap();
+        // SEC1 with the point (what step and Go write), and PKCS#8.
+        assert_eq!(
+            key_public_point_stored(sec1_pem.as_bytes()).unwrap(),
+            derived
+        );
+        let pkcs8 = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        assert_eq!(key_public_point_stored(pkcs8.as_bytes()).unwrap(), derived);
+        // SEC1 without the optional point: derived.
+        let bare = sec1::EcPrivateKey {
+            private_key: &[7u8; 32],
+            parameters: None,
+            public_key: None,
+        };
+        let bare_pem = pem_block("EC PRIVATE KEY", &bare.to_der().unwrap());
+        assert_eq!(
+            key_public_point_stored(bare_pem.as_bytes()).unwrap(),
+            derived
+        );
+        // A point that is not on the curve, another curve, not a key.
+        let mut off = derived.clone();
+        off[64] ^= 1;
+        let bad = sec1::EcPrivateKey {
+            private_key: &[7u8; 32],
+            parameters: None,
+            public_key: Some(&off),
+        };
+        let bad_pem = pem_block("EC PRIVATE KEY", &bad.to_der().unwrap());
+        let e = key_public_point_stored(bad_pem.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("not on P-256"), "{e}");
+        let p384 = sec1::EcPrivateKey {
+            private_key: &[7u8; 48],
+            parameters: Some(sec1::EcParameters::NamedCurve(
+                sec1::der::asn1::ObjectIdentifier::new_unwrap("1.3.132.0.34"),
+            )),
+            public_key: None,
+        };
+        let p384_pem = pem_block("EC PRIVATE KEY", &p384.to_der().unwrap());
+        assert!(key_public_point_stored(p384_pem.as_bytes()).is_err());
+        assert!(key_public_point_stored(
+            b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n"
+        )
+        .is_err());
+    }
 
     #[test]
     fn pem_block_round_trips() {

@@ -42,8 +42,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Assess one entry from its files, deriving the key's public point
-/// unless `memo` holds it for exactly this key file. Returns the memo for
+/// Assess one entry from its files, taking the key's public point from
+/// the key file ([`cert::key_public_point_stored`]) unless `memo` holds
+/// it for exactly this key file. Returns the memo for
 /// the key on disk.
 pub fn assess(
     entry: &Entry,
@@ -61,7 +62,9 @@ pub fn assess(
                 return Ok(point);
             }
         }
-        let point = cert::key_public_point(key)?;
+        // The point the key file carries, derived only where it carries
+        // none: a cold run over many keys costs no scalar multiplication.
+        let point = cert::key_public_point_stored(key)?;
         *fresh.borrow_mut() = Some(KeyMemo {
             key_sha256: digest,
             public_point: hex(&point),
