@@ -159,6 +159,9 @@ export PATH=$W/qmwrap:$FAKES:$PATH STEPPATH=$W/steppath PHOENIX_CONFIG=$W/toolki
 CALLS=$PHOENIX_FAKE_PVE/calls.jsonl
 
 "$BIN/phoenix-swarm" ensure >"$W/ensure.log" 2>&1 || { cat "$W/ensure.log" >&2; fail "phoenix-swarm ensure"; }
+# The CA's readiness token (its ExecStartPost=): phoenix-renew issues nothing before it.
+"$BIN/phoenix-ca" publish --state-dir "$W/ca" >"$W/publish.log" 2>&1 ||
+  { cat "$W/publish.log" >&2; fail "phoenix-ca publish"; }
 # First issue: the secrets are made, the service does not exist yet.
 "$BIN/phoenix-renew" run >"$W/first.log" 2>&1 || { cat "$W/first.log" >&2; fail "first phoenix-renew run"; }
 

@@ -1,6 +1,7 @@
 //! `phoenix-renew run` against a real step-ca and the fake `qm`/`pct`:
-//! issue, idempotence, SAN drift, renewal, expiry, CA down, guest command
-//! failures, the lock, a bad manifest, the reference manifest.
+//! issue, idempotence, SAN drift, renewal, expiry, CA down, the CA's
+//! readiness gate, guest command failures, the lock, a bad manifest, the
+//! reference manifest.
 
 mod common;
 mod renew_support;
@@ -319,6 +320,76 @@ fn ca_down_exits_75_and_leaves_files_untouched() {
     ok(&out);
     assert!(d.join("1001/cert.pem").exists());
     assert_ne!(snapshot(&b), before, "nothing renewed once the CA was back");
+}
+
+/// The readiness gate: with no token, or an earlier boot's, a run that has
+/// something to issue or renew exits 75 saying so and touches nothing;
+/// one with nothing due does not ask; the token of the current
+/// generation lets it go on; an empty legacy token only with the CA
+/// answering. (tests/race.rs races it against the CA's restarts.)
+#[test]
+fn before_the_ca_is_ready_nothing_is_issued_or_touched() {
+    let mut b = setup_two();
+    ok(&b.run(&["run"]));
+    let d = certs(&b);
+    let ready = b.ca.dir.path().join("ca.ready");
+    let earlier_boot = std::fs::read(&ready).unwrap();
+    let touched = |b: &Bench| {
+        (
+            snapshot(b),
+            listing(&d.join("1001")),
+            systemctl_log(b).len(),
+            std::fs::read(b.path("state/renew-state.json")).unwrap(),
+        )
+    };
+    let before = touched(&b);
+    b.set_renewal("threshold", json!("2h")); // everything due
+                                             // The CA container's pre-start: a new generation, its token gone.
+    let out = b.ca.phoenix_ca(&["invalidate"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = b.run(&["run"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the CA is not ready: no readiness token yet"),
+        "{}",
+        stderr(&out)
+    );
+    // An earlier boot's token put back by a late writer: stale.
+    std::fs::write(&ready, &earlier_boot).unwrap();
+    let out = b.run(&["run", "--force"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the CA is not ready: stale readiness token"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(touched(&b), before, "an unready CA's run touched something");
+    // Nothing due: the run does not ask for the CA.
+    b.set_renewal("threshold", json!("66%"));
+    ok(&b.run(&["run"]));
+    // The CA publishes for its new generation: the run goes on.
+    b.set_renewal("threshold", json!("2h"));
+    b.ca.publish();
+    ok(&b.run(&["run"]));
+    assert_ne!(
+        snapshot(&b),
+        before.0,
+        "nothing renewed once the CA was ready"
+    );
+    // The old bash managers' empty ca.ready: taken if the CA answers.
+    std::fs::write(&ready, "").unwrap();
+    let out = b.run(&["run"]);
+    ok(&out);
+    assert!(stderr(&out).contains("accepting empty legacy readiness token"));
+    b.ca.stop();
+    let out = b.run(&["run"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the CA is not ready"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("CA unhealthy"), "{}", stderr(&out));
 }
 
 /// The container's pair, byte for byte.

@@ -146,9 +146,19 @@ pub fn write_token(path: &Path, token: &Token) -> Result<()> {
     fsutil::write_atomic(path, &text, FileOptions::mode(0o644))
 }
 
+/// How a reader gets a file's bytes, at most a limit: by path
+/// ([`fsutil::read_limited`]: the waiter in a guest, the CA's own
+/// publish), or through [`crate::guestdir`] (a host process over the CA
+/// guest's directory).
+type Read = fn(&Path, u64) -> io::Result<Vec<u8>>;
+
 /// Read `ca.generation`: `Ok(None)` when absent.
 pub fn read_generation(path: &Path) -> Result<Option<Generation>, String> {
-    match fsutil::read_limited(path, TOKEN_LIMIT) {
+    generation_with(fsutil::read_limited, path)
+}
+
+fn generation_with(read: Read, path: &Path) -> Result<Option<Generation>, String> {
+    match read(path, TOKEN_LIMIT) {
         Ok(bytes) => serde_json::from_slice::<Generation>(&bytes)
             .map(Some)
             .map_err(|e| format!("'{}' unparseable: {e}", path.display())),
@@ -179,7 +189,20 @@ pub fn is_fingerprint(s: &str) -> bool {
 /// Read the token and the generation (open + read each time, never a
 /// cached `stat`) and judge the token.
 pub fn check(paths: &CaPaths) -> Verdict {
-    let bytes = match fsutil::read_limited(&paths.ready, TOKEN_LIMIT) {
+    check_with(fsutil::read_limited, paths)
+}
+
+/// [`check`] for a host process (running as root) over the CA guest's
+/// state directory, which the CA container writes: both files are read
+/// through [`crate::guestdir`] (no symbolic link followed anywhere on the
+/// path, only a regular file with one name, bounded). A file refused
+/// there is judged as a token that does not parse.
+pub fn check_host(paths: &CaPaths) -> Verdict {
+    check_with(crate::guestdir::read_file, paths)
+}
+
+fn check_with(read: Read, paths: &CaPaths) -> Verdict {
+    let bytes = match read(&paths.ready, TOKEN_LIMIT) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Verdict::Missing,
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -194,7 +217,7 @@ pub fn check(paths: &CaPaths) -> Verdict {
         Ok(t) => t,
         Err(e) => return Verdict::Malformed(e),
     };
-    match read_generation(&paths.generation) {
+    match generation_with(read, &paths.generation) {
         Ok(Some(current)) if current.generation == token.generation => Verdict::Fresh(token),
         Ok(Some(current)) => Verdict::Stale {
             token: token.generation,
@@ -245,6 +268,26 @@ mod tests {
         assert!(matches!(check(&p), Verdict::Stale { .. }));
         write_token(&p.ready, &token(&g.generation)).unwrap();
         assert!(check(&p).is_fresh());
+    }
+
+    #[test]
+    fn the_host_reads_the_ca_guests_files_without_following_a_link() {
+        let (d, p) = setup();
+        let g = new_generation().unwrap();
+        write_generation(&p.generation, &g).unwrap();
+        assert_eq!(check_host(&p), Verdict::Missing);
+        write_token(&p.ready, &token(&g.generation)).unwrap();
+        assert!(check_host(&p).is_fresh());
+        // The CA guest puts a link where its token was: a guest's reader
+        // follows it, the host does not.
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::rename(&p.ready, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &p.ready).unwrap();
+        assert!(check(&p).is_fresh());
+        match check_host(&p) {
+            Verdict::Malformed(why) => assert!(why.contains("symbolic link"), "{why}"),
+            v => panic!("{v:?}"),
+        }
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! post-renewal action expects it there, and run that action.
 //!
 //! One run at a time (the `renew` lock). One certificate failing does not
-//! stop the others, nor does an entry the manifest check refuses. Exit
-//! status, the first that applies: 128+N a stop request (signal N); 75
-//! the CA (or its state) is unreachable, or another run holds the lock:
-//! retry later; 2 a manifest entry was refused (the others were handled),
+//! stop the others, nor does an entry the manifest check refuses. Nothing
+//! is issued or renewed before the CA's readiness token of its current
+//! generation is in place ([`gate`]). Exit status, the first that
+//! applies: 128+N a stop request (signal N); 75 the CA is not ready, it
+//! (or its state) is unreachable, or another run holds the lock: retry
+//! later; 2 a manifest entry was refused (the others were handled),
 //! or the manifest or configuration is unusable (nothing touched); 1 a
 //! certificate failed, or is not good and held back by the backoff; 0
 //! every selected certificate is valid and installed.
@@ -17,6 +19,7 @@
 //! failure or backoff is recorded for it.
 
 pub mod deliver;
+pub mod gate;
 pub mod install;
 pub mod legacy;
 pub mod manifest;
@@ -145,9 +148,6 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         let wait = Duration::from_secs(config.renewal.lock_wait_secs);
         Some(lock::lock_at(&config.lock_dir, "renew", wait)?)
     };
-    if !opts.dry_run {
-        crate::fsutil::remove_stale_temps(&State::path_in(&config.state_dir));
-    }
     let mut state = State::load(&config.state_dir);
     state.cap_backoffs(now());
     let started = std::time::Instant::now();
@@ -168,6 +168,12 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         print_plan(entries, &planned, &selection.refused);
         return outcome(&selection, &planned, &[], &[]);
     }
+    // Before the first call to the CA: its token of the current
+    // generation in place, else exit 75 with nothing touched.
+    if planned.iter().any(|p| p.action() != Action::Nothing) {
+        gate::check(config)?;
+    }
+    crate::fsutil::remove_stale_temps(&State::path_in(&config.state_dir));
 
     let step = step_for(config);
     let px = proxmox_for(config);

@@ -43,7 +43,9 @@ pub fn free_port() -> u16 {
 
 /// A real step-ca started with `scripts/lib/run-test-ca.sh` (the
 /// project's copy of the `../shared/tools` recipe), stopped when dropped.
-/// Binds 127.0.0.1 only.
+/// Binds 127.0.0.1 only. Its directory is also a CA state directory with
+/// a published readiness token (`phoenix-renew run` issues nothing
+/// without one): a test pointing `ca.state_dir` at it has a ready CA.
 pub struct TestCa {
     pub dir: tempfile::TempDir,
     pub port: u16,
@@ -92,6 +94,25 @@ impl TestCa {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        self.publish();
+    }
+
+    /// The CA guest's `ExecStartPost=`: the real `phoenix-ca publish`
+    /// writes `ca.ready` (and `ca.generation`, `public/`) into the CA's
+    /// directory, carrying its URL and root fingerprint.
+    pub fn publish(&self) {
+        let (url, fingerprint) = (self.url(), self.fingerprint());
+        let args = ["publish", "--no-health", "--ca-url", &url];
+        let out = self
+            .phoenix_ca(&args)
+            .args(["--fingerprint", &fingerprint])
+            .output()
+            .expect("running phoenix-ca publish");
+        assert!(
+            out.status.success(),
+            "phoenix-ca publish for the test CA failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Stop the server (files stay).
@@ -101,6 +122,20 @@ impl TestCa {
             .arg("stop")
             .arg(self.dir.path())
             .output();
+    }
+
+    /// `phoenix-ca ARGS --state-dir DIR` for the CA's directory.
+    pub fn phoenix_ca(&self, args: &[&str]) -> Command {
+        let config = self.dir.path().join("publish.json");
+        std::fs::write(&config, "{}").unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_phoenix-ca"));
+        cmd.args(args)
+            .arg("--state-dir")
+            .arg(self.dir.path())
+            .arg("--config")
+            .arg(&config)
+            .env_remove("JOURNAL_STREAM");
+        cmd
     }
 
     pub fn url(&self) -> String {
