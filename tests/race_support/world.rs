@@ -1,10 +1,11 @@
-//! The worlds the race harness (tests/race.rs) runs the real binaries in:
-//! the CA guest's state directory on "mounted storage" with its hookscript
-//! and gated dependents ([`CaWorld`]), and the renewal of one certificate
-//! against the real step-ca ([`Renewal`]).
+//! The CA side of the race harness (tests/race.rs): the CA guest's state
+//! directory on "mounted storage" with its hookscript and gated dependents
+//! ([`CaWorld`]), the waiters (the real one, or the old bash loop), and a
+//! watcher that times when the current generation's token comes into
+//! place.
 
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,12 +13,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::Event;
+use super::{now_us, Event};
 use crate::common;
 use crate::hook_support::{in_namespace, Layout};
 
 const CA_BIN: &str = env!("CARGO_BIN_EXE_phoenix-ca");
-const RENEW_BIN: &str = env!("CARGO_BIN_EXE_phoenix-renew");
 
 /// The CA guest.
 pub const CA_ID: &str = "103";
@@ -29,13 +29,18 @@ pub const GATE_S: u64 = 10;
 /// `ca.health_timeout_secs`: the bound of the dependents' one health check.
 pub const HEALTH_S: u64 = 2;
 
-/// A random delay of up to `max` ms.
-pub fn rand_ms(max: u64) -> Duration {
+/// A random number below `n`.
+pub fn rand_below(n: u64) -> u64 {
     let mut b = [0u8; 8];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
         .unwrap();
-    Duration::from_millis(u64::from_le_bytes(b) % (max + 1))
+    u64::from_le_bytes(b) % n
+}
+
+/// A random delay of up to `max` ms.
+pub fn rand_ms(max: u64) -> Duration {
+    Duration::from_millis(rand_below(max + 1))
 }
 
 /// The CA as the hook's health check reaches it: a forwarder on 127.0.0.1
@@ -159,131 +164,71 @@ impl CaWorld {
     pub fn ready(&self) -> PathBuf {
         self.layout.state.join("ca.ready")
     }
-}
 
-/// The shared renewal world: one real step-ca, a manifest of one
-/// certificate, a `step` wrapper that timestamps each call.
-pub struct Renewal {
-    pub ca: common::TestCa,
-    pub dir: tempfile::TempDir,
-}
-
-impl Renewal {
-    pub fn new() -> Renewal {
-        let ca = common::TestCa::start(None);
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let real_step = String::from_utf8(
-            Command::new("sh")
-                .args(["-c", "command -v step"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
-        std::fs::create_dir_all(d.join("bin")).unwrap();
-        let wrapper = d.join("bin/step");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\n# race harness: timestamp every step call of a renewal run\n\
-                 s=$(date +%s%6N)\n{} \"$@\"\nrc=$?\n\
-                 echo \"$PPID $s $(date +%s%6N) $rc $1 $2\" >> \"$RACE_STEP_LOG\"\nexit $rc\n",
-                real_step.trim()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::create_dir_all(d.join("etc")).unwrap();
-        std::fs::create_dir_all(d.join("pve")).unwrap();
-        std::fs::write(
-            d.join("etc/certificate-manifest.json"),
-            json!([{"common_name": "race.test.internal", "sans": ["race.test.internal"],
-                    "guest_id": 101, "guest_type": "lxc",
-                    "cert_path": d.join("certs/race.crt"), "key_path": d.join("certs/race.key"),
-                    "owner": "root:root"}])
-            .to_string(),
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("toolkit.json"),
-            json!({"phoenix_etc": d.join("etc"), "lock_dir": d.join("lock"),
-                   "state_dir": d.join("state"),
-                   "ca": {"url": ca.url(), "root_cert": ca.root_cert(),
-                          "provisioner": ca.provisioner(),
-                          "provisioner_password_file": ca.password_file()},
-                   // Less than 2 h left of a 1 h certificate: every run renews;
-                   "renewal": {"lifetime": "1h", "threshold": "2h", "command_timeout_secs": 30,
-                               // Queue on the lock rather than give up: every run works.
-                               "lock_wait_secs": 20}})
-            .to_string(),
-        )
-        .unwrap();
-        Renewal { ca, dir }
+    /// The generation file.
+    pub fn generation(&self) -> PathBuf {
+        self.layout.state.join("ca.generation")
     }
 
-    pub fn cert(&self) -> PathBuf {
-        self.dir.path().join("certs/race.crt")
-    }
-
-    pub fn key(&self) -> PathBuf {
-        self.dir.path().join("certs/race.key")
-    }
-
-    pub fn run(&self, log: &Path) -> i32 {
-        let d = self.dir.path();
-        let path = format!(
-            "{}:{}:{}",
-            d.join("bin").display(),
-            common::fakes().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        Command::new(RENEW_BIN)
-            .args(["run", "--config"])
-            .arg(d.join("toolkit.json"))
-            .env("PATH", path)
-            .env("PHOENIX_FAKE_PVE", d.join("pve"))
-            .env("STEPPATH", d.join("steppath"))
-            .env("RACE_STEP_LOG", log)
-            .env_remove("PHOENIX_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .code()
-            .unwrap_or(-1)
-    }
-
-    /// One read as a service would do it: key, cert, key again (a change
-    /// in between is a new pair being installed: read again later).
-    pub fn read(&self, root: &phoenix_hooks::cert::Root) -> Option<Event> {
-        let k1 = std::fs::read(self.key()).ok()?;
-        let crt = std::fs::read(self.cert()).ok()?;
-        let k2 = std::fs::read(self.key()).ok()?;
-        if k1 != k2 {
-            return None;
+    /// A waiter for the current generation, bounded by `bound_s`: the
+    /// real `phoenix-ca wait` (poll-only as on NFS, or with inotify), or
+    /// the old bash loop that takes any `ca.ready` there is.
+    pub fn waiter(&self, bash: bool, poll_only: bool, bound_s: u64) -> Command {
+        if bash {
+            let mut c = Command::new("timeout");
+            c.arg(bound_s.to_string())
+                .args([
+                    "sh",
+                    "-c",
+                    "while [ ! -f \"$1\" ]; do sleep 0.02; done",
+                    "sh",
+                ])
+                .arg(self.ready())
+                .stdin(Stdio::null());
+            return c;
         }
-        let what = match (
-            phoenix_hooks::cert::parse_bundle(&crt, root),
-            phoenix_hooks::cert::key_public_point(&k1),
-        ) {
-            (Ok(info), Ok(point)) if info.public_key == point => return Some(ok_read()),
-            (Ok(_), Ok(_)) => "a certificate that does not match its key".to_string(),
-            (c, k) => format!(
-                "an unreadable pair (cert: {:?}, key: {:?})",
-                c.err().map(|e| e.to_string()),
-                k.err().map(|e| e.to_string())
-            ),
-        };
-        Some(Event::Read { ok: false, what })
+        let mut args = vec!["wait".to_string(), "--no-health".into(), "--timeout".into()];
+        args.push(bound_s.to_string());
+        if poll_only {
+            args.extend(["--no-inotify", "--interval", "20"].map(String::from));
+        }
+        self.ca(&args)
     }
-}
 
-pub fn ok_read() -> Event {
-    Event::Read {
-        ok: true,
-        what: String::new(),
+    /// Whether the token in place carries the current generation (read
+    /// here independently of the product's reader).
+    fn token_fresh(&self) -> bool {
+        let field = |p: PathBuf| {
+            std::fs::read(p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["generation"].as_str().map(String::from))
+                .filter(|g| !g.is_empty())
+        };
+        let current = field(self.generation());
+        current.is_some() && field(self.ready()) == current
+    }
+
+    /// Watch for the token of the current generation to come into
+    /// place: reads back to back (0.2 ms apart), the start of the last
+    /// that found none and the end of the first that found it. A token
+    /// already in place at the first read is a harness error; none within
+    /// a minute, a failure.
+    pub fn watch_token(&self) -> Event {
+        let mut after = None;
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < give_up {
+            let began = now_us();
+            if self.token_fresh() {
+                let by = now_us();
+                return match after {
+                    Some(after) => Event::TokenInPlace { after, by },
+                    None => Event::Failed("the token was in place before the publish".into()),
+                };
+            }
+            after = Some(began);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Event::Failed("no token of the current generation within a minute".into())
     }
 }
