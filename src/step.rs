@@ -25,7 +25,7 @@ use crate::exec::{Cmd, Output};
 use crate::exit::{err, Kind};
 use crate::guestdir::PrivateDir;
 
-/// Largest root certificate handed to step (or to `step ca health`).
+/// Largest root certificate read (for step's `--root`, or a health check).
 pub const ROOT_LIMIT: u64 = 1 << 20;
 
 /// Largest provisioner password file handed to step.

@@ -550,3 +550,32 @@ fn under_systemd_lines_carry_journal_priorities() {
         stderr(&out)
     );
 }
+
+#[test]
+fn health_trusts_only_the_given_root() {
+    // The native /health check (no `step` process) pins the connection to
+    // the root it is given: the real CA is healthy with its own root and
+    // refused with another CA's.
+    let a = common::TestCa::start(None);
+    let b = common::TestCa::start(None);
+    let env = Env::new();
+    let url = a.url();
+    let status = |root: &std::path::Path| {
+        let out = env.run(&[
+            "status",
+            "--json",
+            "--ca-url",
+            &url,
+            "--root",
+            &root.display().to_string(),
+        ]);
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        st
+    };
+    let good = status(&a.root_cert());
+    assert_eq!(good["health"], "ok", "{good}");
+    let bad = status(&b.root_cert());
+    let why = bad["health"].as_str().unwrap_or_default().to_string();
+    assert_ne!(why, "ok", "{bad}");
+    assert!(why.to_lowercase().contains("certificate"), "{why}");
+}

@@ -5,14 +5,13 @@
 //! directory's `public/` ([`public`]), the directory dependents should
 //! mount instead of the whole state with its secrets.
 //!
-//! Health is checked with `step ca health --ca-url URL --root FILE` through
-//! the runner rather than an in-process HTTPS client: `step` is already on
-//! every machine that needs this (the CA guest runs it, guests bootstrap
-//! with it, the host issues certificates with it), it pins the connection
-//! to the root exactly as every later `step` call will, and the toolkit's
-//! binaries stay free of a TLS stack (the hookscript starts in a couple of
-//! milliseconds).
+//! Health is checked natively ([`health`]): one HTTPS GET of `/health`
+//! pinned to the CA's root, what `step ca health --root FILE` does. It
+//! used to run `step`, a Go process started for every check: most of the
+//! guest chain's latency (publish to Docker started), and it made `step`
+//! a requirement of every VM. `step` stays where certificates are issued.
 
+pub mod health;
 pub mod public;
 pub mod token;
 pub mod wait;
@@ -44,25 +43,23 @@ pub struct Health {
 }
 
 impl Health {
-    /// Ask the CA once. `Err` says why it is not healthy.
+    /// Ask the CA once, natively ([`health::check`]: what `step ca
+    /// health` does, without a Go process). `Err` says why it is not
+    /// healthy.
     ///
     /// The root lives in the CA state directory, which the CA container
-    /// writes, and step reads `--root` whole: it gets a private copy made
-    /// by our bounded reader (no link followed, only a plain file, at most
-    /// 1 MiB), so a root replaced by `/dev/zero` or a huge file fails this
-    /// check at once, naming the file.
+    /// writes: it is read by our bounded reader (no link followed, only a
+    /// plain file, at most 1 MiB), so a root replaced by `/dev/zero` or a
+    /// huge file fails this check at once, naming the file.
     pub fn check(&self) -> Result<(), String> {
-        let dir = crate::guestdir::PrivateDir::new("health").map_err(|e| e.to_string())?;
-        let root = crate::step::private_root(&dir, &self.root).map_err(|e| format!("{e:#}"))?;
-        let cmd = Cmd::new("step")
-            .args(["ca", "health", "--ca-url", &self.url, "--root"])
-            .arg(&root)
-            .timeout(self.timeout);
-        match cmd.run() {
-            Ok(out) if out.status.success() && out.stdout_str().trim() == "ok" => Ok(()),
-            Ok(out) => Err(cmd.failure_message(&out)),
-            Err(e) => Err(format!("{e:#}")),
-        }
+        let root =
+            crate::guestdir::read_file(&self.root, crate::step::ROOT_LIMIT).map_err(|e| {
+                format!(
+                    "reading the CA root certificate '{}': {e}",
+                    self.root.display()
+                )
+            })?;
+        health::check(&self.url, &root, self.timeout)
     }
 }
 
