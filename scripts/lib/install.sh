@@ -61,6 +61,8 @@ ensure_cargo() {
 install_test_deps() {
   ensure_packages /usr/bin/python3:python3 curl:curl jq:jq unshare:util-linux \
     systemd-analyze:systemd bash:bash
+  # tests/nspawn_boot.rs: a real Debian boot (scripts/lib/nspawn-root.sh).
+  ensure_packages debootstrap:debootstrap systemd-nspawn:systemd-container
   ensure_realswarm
   ensure_step
   ensure_cargo
