@@ -97,7 +97,7 @@ Architecture: $arch
 Maintainer: Phoenix hooks maintainers <root@localhost>
 Installed-Size: $(du -sk --exclude=DEBIAN "$root" | cut -f1)
 Depends: libc6 (>= $glibc)
-Recommends: systemd
+Recommends: systemd, ca-certificates
 Suggests: step-cli, nfs-common
 Section: admin
 Priority: optional

@@ -579,3 +579,47 @@ fn health_trusts_only_the_given_root() {
     assert_ne!(why, "ok", "{bad}");
     assert!(why.to_lowercase().contains("certificate"), "{why}");
 }
+
+#[test]
+fn bootstrap_trusts_the_root_the_token_names_once() {
+    // `wait --bootstrap` without step: the root from the state directory,
+    // checked against the token's fingerprint, into the trust directory,
+    // the bundle rebuilt; a second boot writes and runs nothing.
+    use std::os::unix::fs::PermissionsExt;
+    let ca = common::TestCa::init_only();
+    let dir = tempfile::tempdir().unwrap();
+    let trust = dir.path().join("ca-certificates");
+    let log = dir.path().join("update.log");
+    let update = dir.path().join("update-ca-certificates");
+    fs::write(
+        &update,
+        format!("#!/bin/sh\necho run >> '{}'\n", log.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&update, fs::Permissions::from_mode(0o755)).unwrap();
+    let update = update.display().to_string();
+    let bootstrap = |fp: &str| {
+        phoenix_hooks::ca::bootstrap_into(
+            &ca.root_cert(),
+            fp,
+            &trust,
+            &update,
+            Duration::from_secs(10),
+        )
+    };
+    bootstrap(&ca.fingerprint()).unwrap();
+    let installed = trust.join(phoenix_hooks::ca::TRUST_FILE);
+    let meta = fs::metadata(&installed).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    assert_eq!(
+        phoenix_hooks::ca::fingerprint_of(&installed).unwrap(),
+        ca.fingerprint()
+    );
+    assert_eq!(fs::read_to_string(&log).unwrap(), "run\n");
+    bootstrap(&ca.fingerprint().to_uppercase()).unwrap();
+    assert_eq!(fs::read_to_string(&log).unwrap(), "run\n", "ran again");
+    // A root that is not the one the token names is not trusted.
+    let e = bootstrap(&"ab".repeat(32)).unwrap_err();
+    assert!(e.to_string().contains("not trusted"), "{e}");
+    assert_eq!(fs::read_to_string(&log).unwrap(), "run\n");
+}

@@ -439,25 +439,81 @@ fn ready(token: Option<Token>, started: Instant) -> Ready {
     Ready { token, waited }
 }
 
-/// Install the root with `step ca bootstrap ... --install --force`, so the
-/// guest trusts the CA (idempotent across boots thanks to `--force`).
-pub fn bootstrap(url: &str, fingerprint: &str, timeout: Duration) -> Result<()> {
-    Cmd::new("step")
-        .args([
-            "ca",
-            "bootstrap",
-            "--ca-url",
-            url,
-            "--fingerprint",
-            fingerprint,
-        ])
-        .args(["--install", "--force"])
+/// Debian's directory of local trust anchors (`update-ca-certificates`).
+pub const TRUST_DIR: &str = "/usr/local/share/ca-certificates";
+/// The root's file name in it (`.crt`: update-ca-certificates takes only
+/// those).
+pub const TRUST_FILE: &str = "phoenix-root-ca.crt";
+
+/// Trust the CA system-wide: the root certificate from the CA state
+/// directory (`root`, read bounded, no link followed: the CA guest writes
+/// that directory), checked against `fingerprint` (the readiness token's),
+/// installed into [`TRUST_DIR`] and the bundle rebuilt with
+/// `update-ca-certificates`. What `step ca bootstrap --install` did,
+/// without `step` in the VM. Idempotent: nothing is written or run when the
+/// installed root is already this one.
+pub fn bootstrap(root: &Path, fingerprint: &str, timeout: Duration) -> Result<()> {
+    bootstrap_into(
+        root,
+        fingerprint,
+        Path::new(TRUST_DIR),
+        "update-ca-certificates",
+        timeout,
+    )
+}
+
+/// [`bootstrap`] into `trust_dir`, rebuilding with `update`.
+pub fn bootstrap_into(
+    root: &Path,
+    fingerprint: &str,
+    trust_dir: &Path,
+    update: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let bytes = crate::guestdir::read_file(root, crate::step::ROOT_LIMIT).map_err(|e| {
+        err(
+            Kind::Failed,
+            format!("reading the CA root certificate '{}': {e}", root.display()),
+        )
+    })?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&bytes)
+        .map_err(|e| anyhow::anyhow!("root certificate '{}' is not PEM: {e}", root.display()))?;
+    pem.parse_x509().map_err(|e| {
+        anyhow::anyhow!("root certificate '{}' does not parse: {e}", root.display())
+    })?;
+    let have = hex(&Sha256::digest(&pem.contents));
+    if !have.eq_ignore_ascii_case(fingerprint.trim()) {
+        return Err(err(
+            Kind::Failed,
+            format!(
+                "root certificate '{}' has fingerprint {}, the readiness token says {}: not trusted",
+                root.display(),
+                token::short(&have),
+                token::short(fingerprint)
+            ),
+        ));
+    }
+    // Only that certificate, re-encoded: nothing else the file held.
+    let text = crate::cert::pem_block("CERTIFICATE", &pem.contents);
+    let target = trust_dir.join(TRUST_FILE);
+    if fsutil::read_limited(&target, crate::step::ROOT_LIMIT)
+        .ok()
+        .as_deref()
+        == Some(text.as_bytes())
+    {
+        log::info!("the CA's root {} is trusted already", token::short(&have));
+        return Ok(());
+    }
+    fsutil::ensure_dir(trust_dir, 0o755)?;
+    fsutil::write_atomic(&target, text.as_bytes(), fsutil::FileOptions::mode(0o644))?;
+    Cmd::new(update)
         .timeout(timeout)
         .run_ok()
-        .context("bootstrapping trust in the CA")?;
+        .context("rebuilding the system's trusted certificates")?;
     log::info!(
-        "trust in the CA at {url} bootstrapped (root {})",
-        token::short(fingerprint)
+        "the CA's root {} is trusted system-wide ('{}')",
+        token::short(&have),
+        target.display()
     );
     Ok(())
 }

@@ -188,7 +188,7 @@ pub fn parse_bundle(bytes: &[u8], root: &Root) -> Result<CertInfo> {
     Ok(info)
 }
 
-fn pem_block(label: &str, der: &[u8]) -> String {
+pub(crate) fn pem_block(label: &str, der: &[u8]) -> String {
     use std::fmt::Write;
     const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);

@@ -100,7 +100,9 @@ struct Wait {
     /// Poll only, never use inotify
     #[arg(long)]
     no_inotify: bool,
-    /// Then run `step ca bootstrap --install` with the token's fingerprint
+    /// Then trust the CA system-wide: its root from the state directory,
+    /// checked against the token's fingerprint, into
+    /// /usr/local/share/ca-certificates, then update-ca-certificates
     #[arg(long)]
     bootstrap: bool,
 }
@@ -205,7 +207,7 @@ fn wait(config: &Config, w: Wait) -> Result<()> {
                 )
             })?,
         };
-        ca::bootstrap(&h.url, &fingerprint, Duration::from_secs(60))?;
+        ca::bootstrap(&h.root, &fingerprint, Duration::from_secs(60))?;
     }
     Ok(())
 }
