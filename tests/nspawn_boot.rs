@@ -30,19 +30,17 @@
 mod nspawn_support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use nspawn_support::{build_deb, cached_root, entries, project, sections, text, Root};
+use nspawn_support::{build_deb, cached_root, entries, project, sections, Root};
 
 /// Where the fakes live inside the root, and their state.
 const FAKES: &str = "/usr/local/lib/phoenix-fakes";
 const FAKE_PVE: &str = "/var/lib/phoenix-fake-pve";
 /// The test's own files inside the root (the .deb, scripts, records).
 const T: &str = "/var/lib/phoenix-boot-test";
-/// The default `phoenix_etc` and `ca.state_dir` of toolkit.json.
+/// The default `phoenix_etc` of toolkit.json.
 const PHOENIX_ETC: &str = "/usr/local/phoenix_hypervisor/etc";
-const CA_STATE: &str = "/mnt/pve/quickOS/lxc-persistent-data/103/ssl";
 /// systemd's record of the timer's last trigger (Persistent=true).
 const STAMP: &str = "/var/lib/systemd/timers/stamp-phoenix-renew.timer";
 /// How long the machine was off between the boots.
@@ -72,7 +70,7 @@ fn test_unit(what: &str, script: &str) -> String {
 /// Everything boot 1 needs, written from the host: the package, the
 /// fakes and their guests, the Phoenix files, the CA's root, the scripts
 /// and units of the test.
-fn stage(root: &Root, deb: &Path, work: &Path) {
+fn stage(root: &Root, deb: &Path) {
     let support = project().join("tests/nspawn_support");
     let fakes = project().join("tests/fakes");
     root.put(
@@ -154,22 +152,8 @@ fn stage(root: &Root, deb: &Path, work: &Path) {
         "{\"docker_stacks\": {}}\n",
         0o644,
     );
-    // The CA state directory holds the root certificate on any host; the
-    // renewal reads it even with nothing to renew.
-    let crt = work.join("root_ca.crt");
-    let out = Command::new("step")
-        .args(["certificate", "create", "Phoenix boot test root"])
-        .arg(&crt)
-        .arg(work.join("root_ca.key"))
-        .args(["--profile", "root-ca", "--no-password", "--insecure"])
-        .output()
-        .expect("the step CLI (scripts/test.sh installs it)");
-    assert!(out.status.success(), "step: {}", text(&out.stderr));
-    root.put(
-        &format!("{CA_STATE}/phoenix_root_ca.crt"),
-        std::fs::read(&crt).unwrap(),
-        0o644,
-    );
+    // No CA state at all: with no certificate in the manifest the renewal
+    // has nothing to ask the CA and succeeds (it once waited for a root).
 
     // The test's units: setup enabled for boot 1 (it enables the probe).
     root.put(
@@ -209,7 +193,7 @@ fn the_sync_runs_at_a_real_boot_after_it_in_order_and_the_timer_catches_up_once(
     let t = Instant::now();
     let root = Root::copy_of(&cache);
     let copy_took = t.elapsed();
-    stage(&root, &deb, work.path());
+    stage(&root, &deb);
 
     // --- Boot 1: install, enable as README says, reboot -----------------
     let b1 = root.boot(Duration::from_secs(120));

@@ -270,21 +270,6 @@ fn host(swarm_extra: serde_json::Value) -> Host {
         json!({"docker_stacks": {}}).to_string(),
     )
     .unwrap();
-    // The fake docker knows the swarm's commands, not `secret ls`, which
-    // a deployment reads first: in the manager VM, a wrapper answers it
-    // as docker does for a swarm with no secret (nothing, exit 0) and
-    // hands every other command to the fake.
-    let docker = lab.vm_dir(MANAGER).join("bin/docker");
-    std::fs::remove_file(&docker).unwrap();
-    std::fs::write(
-        &docker,
-        format!(
-            "#!/bin/sh\n[ \"$1 $2\" = 'secret ls' ] && exit 0\nexec {} \"$@\"\n",
-            common::fakes().join("docker").display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     stage_units(
         &m,
         &common::project().join("units"),

@@ -137,8 +137,13 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
     let manifest = manifest::load(config)?;
     let selection = select(&manifest, &opts.only)?;
     let entries = &selection.entries;
-    if entries.is_empty() && !selection.refused.is_empty() {
-        // Nothing valid to do: no lock, no CA state, no state file.
+    if entries.is_empty() {
+        // Nothing valid to do (an empty manifest, or every entry refused):
+        // no lock, no CA state, no state file. An empty manifest is a
+        // success, not a CA to wait for.
+        if selection.refused.is_empty() {
+            log::info!("no certificate in the manifest: nothing to do");
+        }
         return outcome(&selection, &[], &[], &[]);
     }
     let root = load_root(config)?;
