@@ -244,8 +244,14 @@ impl Cmd {
     /// "`cmd` exited with status N: stderr" (scrubbed); stdout instead
     /// when stderr is empty, unless stdout is [secret](Self::secret_stdout).
     pub fn failure_message(&self, out: &Output) -> String {
+        self.failure_message_with(out, |s| s.to_string())
+    }
+
+    /// [`Self::failure_message`] with stderr (scrubbed) passed through
+    /// `clean`: a tool's own noise (progress lines, colours) left out.
+    pub fn failure_message_with(&self, out: &Output, clean: impl Fn(&str) -> String) -> String {
         let mut msg = format!("{self} {}", describe_status(out.status));
-        let stderr = self.scrub(out.stderr_str().trim());
+        let stderr = clean(&self.scrub(out.stderr_str().trim()));
         let text = if stderr.is_empty() && !self.secret_stdout {
             self.scrub(out.stdout_str().trim())
         } else {

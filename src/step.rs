@@ -66,10 +66,46 @@ const UNREACHABLE: &[&str] = &[
     "Client.Timeout exceeded",
 ];
 
+/// The lines of step's stderr that say why it failed: ANSI colour codes
+/// removed, its progress lines (`✔ Provisioner: admin (JWK) [kid: ...]`,
+/// `✔ CA: https://...`) and blank lines dropped, the rest on one line.
+/// Without this the cause ("failed to decrypt JWK: invalid password",
+/// "requested duration ... is more than the authorized maximum") came
+/// after a coloured progress line and was lost where one line is kept.
+pub fn cause(stderr: &str) -> String {
+    let mut plain = String::with_capacity(stderr.len());
+    let mut chars = stderr.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte (a letter).
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        plain.push(c);
+    }
+    let lines: Vec<&str> = plain
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('✔') && !l.starts_with('✓'))
+        .collect();
+    if lines.is_empty() {
+        plain.trim().to_string()
+    } else {
+        lines.join("; ")
+    }
+}
+
 /// Turn a failed step call into an error, temporary when the CA was not
 /// reached.
 fn failure(cmd: &Cmd, out: &Output) -> anyhow::Error {
-    let msg = cmd.failure_message(out);
+    let msg = cmd.failure_message_with(out, cause);
     let text = out.stderr_str();
     if UNREACHABLE.iter().any(|w| text.contains(w)) {
         err(Kind::TempFail, format!("the CA is unreachable: {msg}"))
@@ -191,6 +227,17 @@ impl Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cause_is_kept_and_the_progress_dropped() {
+        let stderr = "\u{1b}[32m✔\u{1b}[0m Provisioner: admin (JWK) [kid: abc]\nerror creating new token: failed to decrypt JWK: invalid password\n";
+        assert_eq!(
+            cause(stderr),
+            "error creating new token: failed to decrypt JWK: invalid password"
+        );
+        assert_eq!(cause("✔ CA: https://ca:9000\n"), "✔ CA: https://ca:9000");
+        assert_eq!(cause("a\n\nb"), "a; b");
+    }
 
     fn step() -> Step {
         Step {

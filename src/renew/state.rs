@@ -101,15 +101,7 @@ impl EntryState {
         self.failures = self.failures.saturating_add(1);
         self.last_result = Some(Outcome::Failed);
         self.last_attempt = Some(now);
-        self.last_error = Some(
-            error
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(500)
-                .collect(),
-        );
+        self.last_error = Some(last_error(error));
         self.retry_after = Some(now + backoff(self.failures));
     }
 
@@ -212,9 +204,39 @@ impl State {
     }
 }
 
+/// What `last_error` keeps of a failure: its first line, and of a long
+/// one the end, where the cause is (`` `step ...` exited with status 1:
+/// <cause> ``), at most [`LAST_ERROR_MAX`] characters.
+fn last_error(error: &str) -> String {
+    let line = error.lines().next().unwrap_or("");
+    let n = line.chars().count();
+    if n <= LAST_ERROR_MAX {
+        return line.to_string();
+    }
+    let tail: String = line.chars().skip(n - (LAST_ERROR_MAX - 3)).collect();
+    format!("...{tail}")
+}
+
+/// Longest `last_error` kept.
+pub const LAST_ERROR_MAX: usize = 500;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_error_keeps_its_cause() {
+        let cmd = format!(
+            "`step ca certificate {}` exited with status 1",
+            "x".repeat(600)
+        );
+        let e = last_error(&format!(
+            "{cmd}: failed to decrypt JWK: invalid password\nmore"
+        ));
+        assert!(e.ends_with("invalid password"), "{e}");
+        assert_eq!(e.chars().count(), LAST_ERROR_MAX);
+        assert_eq!(last_error("short\nsecond"), "short");
+    }
 
     #[test]
     fn backoff_doubles_from_five_minutes_to_six_hours() {
