@@ -485,9 +485,26 @@ fn guest_command_failures_fail_the_run_naming_the_entry() {
         .iter()
         .find(|r| r["name"] == "exit1.test")
         .unwrap();
+    // The action failed, twice; the certificate did not: it is not held
+    // back (a backoff would defer its next renewal), the action is.
     assert_eq!(
-        (row["last_result"].as_str(), row["failures"].as_u64()),
-        (Some("failed"), Some(2))
+        (
+            row["last_result"].as_str(),
+            row["failures"].as_u64(),
+            row["post_pending"].as_bool()
+        ),
+        (Some("failed"), Some(0), Some(true))
+    );
+    assert!(
+        row["last_error"].as_str().unwrap().contains("nope"),
+        "{row}"
+    );
+    // ... so a third run tries the action again at once.
+    let out = b.run(&["run", "--only", "exit1.test"]);
+    assert!(
+        stderr(&out).contains("post-renewal action left pending"),
+        "{}",
+        stderr(&out)
     );
 }
 

@@ -263,8 +263,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
             Ok((outcome, changed_but_post_failed)) => {
                 if let Some(e) = changed_but_post_failed {
                     log::error!("{}: {e:#}", entry.name);
-                    st.failed(&format!("{e:#}"), now());
-                    st.post_pending = true;
+                    st.post_failed(&format!("{e:#}"), now());
                     failed.push(entry.name.clone());
                 } else {
                     st.succeeded(outcome, now());

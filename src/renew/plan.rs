@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use sha2::{Digest, Sha256};
 
-use crate::cert::{self, Action, Assessment, Root};
+use crate::cert::{self, Action, Assessment, CertInfo, Root};
 use crate::config::Threshold;
 use crate::guestdir;
 
@@ -95,6 +95,24 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The failure backoff never carries a certificate past its expiry: a
+/// deferral until `until` is cut to a quarter of the time the current
+/// certificate has left, and there is none in the last tenth of its life
+/// (expired included): then every run tries. A certificate that could not
+/// be read has no life to protect and keeps its backoff.
+pub fn within_life(current: Option<&CertInfo>, now: i64, until: i64) -> Option<i64> {
+    let Some(c) = current else {
+        return Some(until);
+    };
+    let left = c.not_after - now;
+    let life = (c.not_after - c.not_before).max(1);
+    if left <= life / 10 {
+        return None;
+    }
+    let capped = until.min(now + left / 4);
+    (capped > now).then_some(capped)
+}
+
 /// Plan every entry: one [`Planned`] per entry, in the same order.
 pub fn plan(
     entries: &[&Entry],
@@ -122,7 +140,8 @@ pub fn plan(
                 _ => state
                     .certificates
                     .get(&e.name)
-                    .and_then(|s| s.held_back(now)),
+                    .and_then(|s| s.held_back(now))
+                    .and_then(|until| within_life(assessment.current.as_ref(), now, until)),
             };
             Planned {
                 assessment,
@@ -136,6 +155,37 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cert(not_before: i64, not_after: i64) -> CertInfo {
+        CertInfo {
+            serial: "1".into(),
+            subject_cn: None,
+            sans: Default::default(),
+            not_before,
+            not_after,
+            public_key: Vec::new(),
+            chains_to_root: true,
+            chain_pem: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_backoff_stops_short_of_expiry() {
+        // A 24 h certificate with 10 h left: a 6 h backoff is cut to 2.5 h.
+        let c = cert(0, 24 * 3600);
+        let now = 14 * 3600;
+        assert_eq!(
+            within_life(Some(&c), now, now + 6 * 3600),
+            Some(now + 10 * 3600 / 4)
+        );
+        // Short backoffs are kept.
+        assert_eq!(within_life(Some(&c), now, now + 600), Some(now + 600));
+        // The last tenth of its life, and after expiry: every run tries.
+        assert_eq!(within_life(Some(&c), 22 * 3600, 22 * 3600 + 600), None);
+        assert_eq!(within_life(Some(&c), 30 * 3600, 30 * 3600 + 600), None);
+        // Nothing read: nothing to expire, the backoff stays.
+        assert_eq!(within_life(None, now, now + 600), Some(now + 600));
+    }
 
     #[test]
     fn hex_round_trips() {

@@ -96,6 +96,18 @@ impl EntryState {
         self.retry_after = None;
     }
 
+    /// Record that the post-renewal action failed at `now`, the new pair
+    /// being installed: the action stays pending and the next run tries it
+    /// again, while the certificate itself is not held back (a backoff
+    /// here would defer its next renewal, and with a short lifetime let it
+    /// expire while a reload kept failing).
+    pub fn post_failed(&mut self, error: &str, now: i64) {
+        self.post_pending = true;
+        self.last_result = Some(Outcome::Failed);
+        self.last_attempt = Some(now);
+        self.last_error = Some(last_error(error));
+    }
+
     /// Record a failure at `now` and set the next allowed attempt.
     pub fn failed(&mut self, error: &str, now: i64) {
         self.failures = self.failures.saturating_add(1);

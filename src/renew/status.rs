@@ -50,6 +50,10 @@ pub struct Row {
     pub failures: u32,
     /// The last error.
     pub last_error: Option<String>,
+    /// The post-renewal action of the installed pair has not succeeded
+    /// yet: the next run tries it again (the certificate is not held back
+    /// for it).
+    pub post_pending: bool,
     /// What the plan warns of (a legacy command that cannot work, ...).
     pub warnings: Vec<String>,
     /// Why the manifest check refused the entry (`next_action` is then
@@ -105,6 +109,7 @@ pub fn rows(config: &Config) -> Result<Vec<Row>> {
             last_result: st.last_result,
             last_success: st.last_success,
             failures: st.failures,
+            post_pending: st.post_pending,
             last_error: st.last_error,
             warnings: Vec::new(),
             error: Some(b.error.clone()),
@@ -139,6 +144,7 @@ pub fn rows(config: &Config) -> Result<Vec<Row>> {
                 last_result: st.last_result,
                 last_success: st.last_success,
                 failures: st.failures,
+                post_pending: st.post_pending,
                 last_error: st.last_error,
                 warnings: e.warnings.clone(),
                 error: None,
@@ -309,6 +315,7 @@ mod tests {
             last_result: None,
             last_success: None,
             failures: 2,
+            post_pending: false,
             last_error: None,
             warnings: Vec::new(),
             error: None,
@@ -374,6 +381,7 @@ mod tests {
             last_result: None,
             last_success: None,
             failures: 0,
+            post_pending: false,
             last_error: None,
             warnings: vec!["cannot rotate".into()],
             error: None,
