@@ -30,8 +30,9 @@ A manifest entry that fails its checks (unknown owner, bad SAN, a file
 another entry claims...) is refused alone: the others are still renewed,
 and the run exits 2 at its end. `status` shows it as a row too.
 
-Exit status: 0 every selected certificate is valid and installed; 1 a
-certificate failed, or is not valid and held back by the failure backoff;
+Exit status: 0 every selected certificate is valid, installed and not
+due; 1 a certificate (or its action) failed, or is held back by the
+failure backoff;
 2 usage or configuration error, unreadable manifest (nothing touched), or
 a refused manifest entry; 75 the CA is unreachable or another run holds
 the lock (retry later); 129/130/131/143 stopped by SIGHUP, SIGINT,

@@ -11,8 +11,9 @@
 //! (or its state) is unreachable, or another run holds the lock: retry
 //! later; 2 a manifest entry was refused (the others were handled),
 //! or the manifest or configuration is unusable (nothing touched); 1 a
-//! certificate failed, or is not good and held back by the backoff; 0
-//! every selected certificate is valid and installed.
+//! certificate failed, or is held back by the backoff (due, missing or
+//! not valid); 0 every selected certificate is valid, installed and not
+//! past its threshold.
 //!
 //! A stop request (SIGTERM, SIGINT, SIGHUP, SIGQUIT) ends the running
 //! `step` or `qm` and the run; it is not the certificate's failure: no
@@ -199,14 +200,12 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
                 mine.failures,
                 status::time(until)
             );
-            // Due for renewal but still valid: it can wait. Missing,
-            // expired or not what the manifest asks: not good.
-            if p.assessment.action == Action::Issue {
-                log::error!("{line}");
-                held_back.push(entry.name.clone());
-            } else {
-                log::warn!("{line}");
-            }
+            // Held back, the run does not end well: a certificate past
+            // its threshold, missing, expired or not what the manifest
+            // asks is what the operator must hear of on every run, not
+            // only on the run that failed (the unit stays failed).
+            log::error!("{line}");
+            held_back.push(entry.name.clone());
             continue;
         }
         let action = p.action();
@@ -301,7 +300,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
 }
 
 /// The end of a run: 2 when an entry was refused, 1 when a certificate
-/// failed or is not good and held back, else 0; the message names them.
+/// failed or is held back, else 0; the message names them.
 fn outcome(
     selection: &Selection,
     planned: &[plan::Planned],
@@ -327,7 +326,7 @@ fn outcome(
     }
     if !held_back.is_empty() {
         parts.push(format!(
-            "{} of {total} not valid and held back by the failure backoff (--force to retry now): {}",
+            "{} of {total} due, missing or not valid, and held back by the failure backoff (--force to retry now): {}",
             held_back.len(),
             held_back.join(", ")
         ));
