@@ -45,8 +45,20 @@ pub fn parse_san(value: &str) -> std::result::Result<San, String> {
         return Err("contains white space".into());
     }
     if let Ok(ip) = value.parse::<IpAddr>() {
-        return Ok(San::Ip(ip));
+        // An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) is the IPv4
+        // address: step-ca writes it so, and asking for the other form
+        // would make every new pair look wrong and be issued again.
+        return Ok(San::Ip(match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        }));
     }
+    // A fully qualified name's trailing dot is the same name; certificates
+    // carry it without.
+    let value = match value.strip_suffix('.') {
+        Some(v) if !v.is_empty() && !v.ends_with('.') => v,
+        _ => value,
+    };
     let name = value.to_ascii_lowercase();
     let rest = name.strip_prefix("*.").unwrap_or(&name);
     if rest.len() > 253 {
@@ -107,6 +119,17 @@ mod tests {
         );
         assert_eq!(parse_san("::1").unwrap(), San::Ip("::1".parse().unwrap()));
         assert!(parse_san("nginx-gateway-client").is_ok());
+        // Forms a certificate carries otherwise are taken as what it carries.
+        assert_eq!(
+            parse_san("::ffff:10.0.0.1").unwrap(),
+            San::Ip("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            parse_san("web.example.").unwrap(),
+            San::Dns("web.example".into())
+        );
+        assert!(parse_san("web.example..").is_err());
+        assert!(parse_san(".").is_err());
         for bad in [
             "", "-f", "a,b", "a b", "*.com", "a..b", "-a.b", "a-.b", "x*.y.z", "é.x",
         ] {

@@ -48,8 +48,19 @@ fn verify(entry: &Entry, root: &Root, crt: &[u8], key: &[u8]) -> Result<CertInfo
         return Err(anyhow!("the new certificate does not match its key"));
     }
     if info.sans != entry.wanted || info.subject_cn.as_deref() != Some(entry.name.as_str()) {
+        let list = |sans: &std::collections::BTreeSet<cert::San>| {
+            sans.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         return Err(anyhow!(
-            "the new certificate does not carry the subject and SANs asked for"
+            "the new certificate does not carry the subject and SANs asked for: asked \
+             CN {} with {}; got CN {} with {}",
+            entry.name,
+            list(&entry.wanted),
+            info.subject_cn.as_deref().unwrap_or("(none)"),
+            list(&info.sans)
         ));
     }
     if !info.chains_to_root {
@@ -66,6 +77,17 @@ fn verify(entry: &Entry, root: &Root, crt: &[u8], key: &[u8]) -> Result<CertInfo
              clock is ahead of this host's; check NTP on both",
             cert::rfc3339(info.not_before),
             info.not_before - now
+        ));
+    }
+    // The other way round: this host's clock ahead of the CA's, a new
+    // certificate already expired here. Installing it breaks the service
+    // and the next run would issue again, on every run.
+    if now >= info.not_after {
+        return Err(anyhow!(
+            "the new certificate expired at {} by this host's clock ({} s ago): this \
+             host's clock is ahead of the CA's; check NTP on both",
+            cert::rfc3339(info.not_after),
+            now - info.not_after
         ));
     }
     Ok(info)
