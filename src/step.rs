@@ -93,7 +93,12 @@ pub fn cause(stderr: &str) -> String {
     let lines: Vec<&str> = plain
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('✔') && !l.starts_with('✓'))
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with('✔')
+                && !l.starts_with('✓')
+                && !l.starts_with("Re-run with STEPDEBUG=1")
+        })
         .collect();
     if lines.is_empty() {
         plain.trim().to_string()
@@ -102,16 +107,41 @@ pub fn cause(stderr: &str) -> String {
     }
 }
 
-/// Turn a failed step call into an error, temporary when the CA was not
-/// reached.
+/// step's answers that are the configuration's fault, not a
+/// certificate's: every certificate would fail the same way and no retry
+/// helps (smallstep cli 0.19 against step-ca, checked with the real
+/// binaries). Each with what to change.
+const CONFIG_ERRORS: &[(&str, &str)] = &[
+    (
+        "failed to decrypt JWK: invalid password",
+        "the provisioner password file (ca.provisioner_password_file) does not open the \
+         provisioner's key: put that provisioner's password in it",
+    ),
+    (
+        "for flag '--issuer'",
+        "the provisioner (ca.provisioner) is not one of the CA's: use a name that \
+         `step ca provisioner list` shows",
+    ),
+    (
+        "is more than the authorized maximum certificate duration",
+        "renewal.lifetime is longer than the CA allows: lower it, or raise the \
+         provisioner's maxTLSCertDuration",
+    ),
+];
+
+/// Turn a failed step call into an error: temporary when the CA was not
+/// reached; a configuration error (exit 2) when it is one of
+/// [`CONFIG_ERRORS`].
 fn failure(cmd: &Cmd, out: &Output) -> anyhow::Error {
     let msg = cmd.failure_message_with(out, cause);
     let text = out.stderr_str();
     if UNREACHABLE.iter().any(|w| text.contains(w)) {
-        err(Kind::TempFail, format!("the CA is unreachable: {msg}"))
-    } else {
-        anyhow::anyhow!("{msg}")
+        return err(Kind::TempFail, format!("the CA is unreachable: {msg}"));
     }
+    if let Some((_, advice)) = CONFIG_ERRORS.iter().find(|(w, _)| text.contains(w)) {
+        return err(Kind::Config, format!("{advice} ({msg})"));
+    }
+    anyhow::anyhow!("{msg}")
 }
 
 /// `--not-after` as step reads it (a Go duration).
@@ -237,6 +267,13 @@ mod tests {
         );
         assert_eq!(cause("✔ CA: https://ca:9000\n"), "✔ CA: https://ca:9000");
         assert_eq!(cause("a\n\nb"), "a; b");
+        // What step 0.19 prints when the CA refuses the duration.
+        let refused = "\u{1b}[32m\u{1b}[32m✔\u{1b}[0m \u{1b}[1mCA\u{1b}[0m: https://127.0.0.1:9000\nThe request was forbidden by the certificate authority: requested duration of 10000h1m0s is more than the authorized maximum certificate duration of 24h1m0s.\nRe-run with STEPDEBUG=1 for more info.\n";
+        assert_eq!(
+            cause(refused),
+            "The request was forbidden by the certificate authority: requested duration of \
+             10000h1m0s is more than the authorized maximum certificate duration of 24h1m0s."
+        );
     }
 
     fn step() -> Step {

@@ -619,3 +619,49 @@ fn the_reference_manifest_loads_and_plans() {
     assert!(rows.iter().any(|r| r.contains("VM 1001")), "{plan}");
     assert!(b.pve.calls().is_empty(), "--dry-run called a guest");
 }
+
+/// A configuration error step reports is the configuration's, not the
+/// certificates': said once naming the key to fix (exit 2), the other
+/// certificates not tried, no backoff recorded, and the next run after the
+/// fix issues at once. Against the real step-ca: a wrong provisioner
+/// password, then a lifetime above the CA's maximum.
+#[test]
+fn a_configuration_error_is_said_once_and_backs_nothing_off() {
+    let mut b = setup_two();
+    let password = b.ca.password_file();
+    let good = std::fs::read(&password).unwrap();
+    std::fs::write(&password, "not the password\n").unwrap();
+    let out = b.run(&["run"]);
+    let err = stderr(&out);
+    std::fs::write(&password, &good).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("ca.provisioner_password_file"), "{err}");
+    assert!(
+        err.contains("failed to decrypt JWK: invalid password"),
+        "{err}"
+    );
+    assert!(
+        err.contains("skipped: the configuration error above"),
+        "{err}"
+    );
+    assert!(!err.contains("Provisioner:"), "progress line in: {err}");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(b.path("state/renew-state.json")).unwrap()).unwrap();
+    for (name, st) in state["certificates"].as_object().unwrap() {
+        assert_eq!(st["failures"].as_u64().unwrap_or(0), 0, "{name}: {st}");
+        assert!(st["retry_after"].is_null(), "{name}: {st}");
+    }
+
+    b.set_renewal("lifetime", json!("9000h"));
+    let out = b.run(&["run"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("renewal.lifetime is longer than the CA allows"),
+        "{err}"
+    );
+
+    b.set_renewal("lifetime", json!("1h"));
+    ok(&b.run(&["run"]));
+    assert!(certs(&b).join("1001/cert.pem").exists());
+}

@@ -138,22 +138,23 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
     let manifest = manifest::load(config)?;
     let selection = select(&manifest, &opts.only)?;
     let entries = &selection.entries;
-    if entries.is_empty() {
-        // Nothing valid to do (an empty manifest, or every entry refused):
-        // no lock, no CA state, no state file. An empty manifest is a
-        // success, not a CA to wait for.
-        if selection.refused.is_empty() {
-            log::info!("no certificate in the manifest: nothing to do");
-        }
+    if entries.is_empty() && !selection.refused.is_empty() {
+        // Nothing valid to do: no lock, no CA state, no state file.
         return outcome(&selection, &[], &[], &[]);
     }
-    let root = load_root(config)?;
     let _lock = if opts.dry_run {
         None
     } else {
         let wait = Duration::from_secs(config.renewal.lock_wait_secs);
         Some(lock::lock_at(&config.lock_dir, "renew", wait)?)
     };
+    if entries.is_empty() {
+        // An empty manifest is a success, not a CA to wait for (the sync's
+        // renewal step would otherwise retry it, then fail the sync).
+        log::info!("no certificate in the manifest: nothing to do");
+        return outcome(&selection, &[], &[], &[]);
+    }
+    let root = load_root(config)?;
     let mut state = State::load(&config.state_dir);
     state.cap_backoffs(now());
     let started = std::time::Instant::now();
@@ -187,6 +188,10 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
     let mut failed = Vec::new();
     let mut held_back = Vec::new();
     let mut ca_down: Option<anyhow::Error> = None;
+    // A configuration error step reports (wrong provisioner password,
+    // unknown provisioner, a lifetime above the CA's maximum) is the same
+    // for every certificate: said once, the rest not tried, no backoff.
+    let mut misconfigured: Option<anyhow::Error> = None;
     for (entry, p) in entries.iter().zip(&planned) {
         if signal::received().is_some() {
             break;
@@ -211,6 +216,14 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         let action = p.action();
         if action != Action::Nothing && ca_down.is_some() {
             log::warn!("{}: {} skipped: the CA is unreachable", entry.name, action);
+            continue;
+        }
+        if action != Action::Nothing && misconfigured.is_some() {
+            log::warn!(
+                "{}: {} skipped: the configuration error above",
+                entry.name,
+                action
+            );
             continue;
         }
         // Clear what a killed run left half-done, and mark the post-renewal
@@ -273,6 +286,11 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
                 st.post_pending = mine.post_pending;
                 ca_down = Some(e);
             }
+            Err(e) if kind_of(&e) == Kind::Config => {
+                log::error!("{}: {e:#}", entry.name);
+                st.post_pending = mine.post_pending;
+                misconfigured = Some(e);
+            }
             Err(e) => {
                 log::error!("{}: {e:#}", entry.name);
                 st.post_pending = mine.post_pending;
@@ -287,6 +305,16 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
     state.save().context("saving the renewal state")?;
     // A stop request wins over everything: systemd asked, and gets 128+N.
     signal::check()?;
+    if let Some(e) = misconfigured {
+        if let Err(also) = outcome(&selection, &planned, &failed, &held_back) {
+            log::error!("{also}");
+        }
+        return Err(e.context(crate::exit::Error::new(
+            Kind::Config,
+            "certificates left as they are: the configuration stops every issuance and \
+             renewal; fix it and run again",
+        )));
+    }
     if let Some(e) = ca_down {
         if let Err(also) = outcome(&selection, &planned, &failed, &held_back) {
             log::error!("{also}");
