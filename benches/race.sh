@@ -13,17 +13,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PHOENIX_RACE_ITERATIONS=${1:-1000} PHOENIX_RACE_MUTANT_ITERATIONS=${2:-50}
-tmp=target/tmp
-rm -f "$tmp/race-summary.txt" "$tmp/race-mutants.txt"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 start=$(date +%s)
 rc=0
-cargo test --quiet --test race -- --test-threads=1 >"$tmp/race-bench.log" 2>&1 || rc=$?
+# The summaries from this run's own output (target/tmp/race-*.txt is
+# shared with any other cargo test of this checkout).
+cargo test --quiet --test race -- --test-threads=1 --nocapture >"$log" 2>&1 || rc=$?
 echo "== the real binaries ($PHOENIX_RACE_ITERATIONS iterations)"
-cat "$tmp/race-summary.txt" 2>/dev/null || true
+# (cargo's --quiet progress dots can lead a line)
+sed -n 's/^\.*\(variant=product .*\)/\1/p' "$log"
 echo "== broken variants (at least $PHOENIX_RACE_MUTANT_ITERATIONS iterations each)"
-cat "$tmp/race-mutants.txt" 2>/dev/null || true
+sed -n 's/^\.*\(variant=\|  [a-z_]*: \)/\1/p' "$log" | grep -v '^variant=product' || true
 echo "== whole run: $(($(date +%s) - start)) s, cargo test exit $rc"
 if [ "$rc" != 0 ]; then
-  tail -40 "$tmp/race-bench.log" >&2
+  grep -A4 'panicked at' "$log" | grep -v '^ *[0-9]*: \|^ *at ' | head -40 >&2
   exit "$rc"
 fi

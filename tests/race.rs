@@ -364,7 +364,7 @@ impl Run {
         format!(
             "variant={} iterations={} violations={} [{}] waiters={} dependents={} \
              previous_waiters={} syncs={} renew_runs={} not_ready={} step_calls={} \
-             issued_new_key={} renewed_same_key={} reads={} pairs_seen={} key_ahead={} (max {} µs) inconclusive={} partial={} cert_ahead={} \
+             issued_new_key={} renewed_same_key={} reads={} pairs_seen={} key_ahead={} inconclusive={} partial={} cert_ahead={} \
              time={:.1}s",
             self.variant.name(),
             self.iterations,
@@ -381,8 +381,7 @@ impl Run {
             t.renewed,
             t.reads,
             t.pairs,
-            t.key_ahead,
-            t.key_ahead_max_us,
+            t.key_ahead(),
             t.inconclusive,
             t.partial,
             t.cert_ahead,

@@ -226,9 +226,9 @@ pub struct Tally {
     pub reads: usize,
     /// Distinct pairs the reader saw.
     pub pairs: usize,
-    pub key_ahead: usize,
-    /// The longest a new key stood beside the old certificate (µs).
-    pub key_ahead_max_us: u64,
+    /// How long each new key seen beside the old certificate stood there
+    /// until the certificate followed (µs, to within a look).
+    pub key_ahead_us: Vec<u64>,
     pub inconclusive: usize,
     /// Violations of 3 by kind: partial files, certificates before keys.
     pub partial: usize,
@@ -249,8 +249,7 @@ impl Tally {
         self.renewed += o.renewed;
         self.reads += o.reads;
         self.pairs += o.pairs;
-        self.key_ahead += o.key_ahead;
-        self.key_ahead_max_us = self.key_ahead_max_us.max(o.key_ahead_max_us);
+        self.key_ahead_us.extend(o.key_ahead_us);
         self.inconclusive += o.inconclusive;
         self.partial += o.partial;
         self.cert_ahead += o.cert_ahead;
@@ -261,6 +260,16 @@ impl Tally {
     /// Violations of `inv`.
     pub fn count(&self, inv: Invariant) -> usize {
         self.violations.iter().filter(|(i, _)| *i == inv).count()
+    }
+
+    /// `N (p50 X µs, max Y µs)` of [`Tally::key_ahead_us`].
+    pub fn key_ahead(&self) -> String {
+        let mut us = self.key_ahead_us.clone();
+        us.sort_unstable();
+        match (us.get(us.len() / 2), us.last()) {
+            (Some(p50), Some(max)) => format!("{} (p50 {p50} µs, max {max} µs)", us.len()),
+            _ => "0".into(),
+        }
     }
 
     /// `ready=0 exclusive=0 ...`
@@ -410,8 +419,7 @@ pub fn check(events: &[Event]) -> Tally {
                 match seen {
                     Seen::Whole => {}
                     Seen::KeyAhead { us } => {
-                        t.key_ahead += 1;
-                        t.key_ahead_max_us = t.key_ahead_max_us.max(*us);
+                        t.key_ahead_us.push(*us);
                     }
                     Seen::Inconclusive => t.inconclusive += 1,
                     Seen::Partial(what) => {
@@ -545,7 +553,7 @@ mod tests {
         assert_eq!((t.waiters, t.dependents, t.previous), (1, 1, 1));
         assert_eq!((t.step_calls, t.issued, t.renewed), (2, 1, 1));
         assert_eq!((t.renew_runs, t.not_ready, t.syncs), (1, 1, 1));
-        assert_eq!((t.reads, t.pairs, t.key_ahead), (5, 2, 1));
+        assert_eq!((t.reads, t.pairs, t.key_ahead_us), (5, 2, vec![3]));
     }
 
     /// The arithmetic of each invariant on hand-made logs. (That the
