@@ -18,8 +18,9 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --all-targets "$@"
-summary=target/tmp/race-summary.txt
-if [ -f "$summary" ]; then
-  echo "== race harness (tests/race.rs)"
-  cat "$summary"
-fi
+for summary in target/tmp/race-summary.txt target/tmp/race-mutants.txt; do
+  if [ -f "$summary" ]; then
+    echo "== race harness (tests/race.rs): ${summary##*/}"
+    cat "$summary"
+  fi
+done

@@ -240,6 +240,10 @@ pub struct RenewalConfig {
     /// legacy `post_renewal_command` does: they start with
     /// `mv /tmp/cert.pem ...`).
     pub guest_drop_dir: PathBuf,
+    /// Renew each certificate up to this many seconds before its
+    /// threshold, by an amount fixed per certificate: certificates issued
+    /// together do not renew together for ever (0: off).
+    pub spread_secs: u64,
 }
 
 impl Default for RenewalConfig {
@@ -251,6 +255,7 @@ impl Default for RenewalConfig {
             command_timeout_secs: 120,
             unprivileged_id_shift: 100_000,
             guest_drop_dir: PathBuf::from("/tmp"),
+            spread_secs: 0,
         }
     }
 }

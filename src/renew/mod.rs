@@ -164,6 +164,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         &state,
         now(),
         config.renewal.threshold,
+        config.renewal.spread_secs,
         opts.force,
     );
     log::debug!(

@@ -113,6 +113,22 @@ pub fn within_life(current: Option<&CertInfo>, now: i64, until: i64) -> Option<i
     (capped > now).then_some(capped)
 }
 
+/// How much earlier than its threshold a certificate is renewed, under
+/// `renewal.spread_secs`: fixed for a certificate (from its name and
+/// serial, so every run agrees and a renewed one gets a new amount), and at
+/// most half the time from its issuance to its threshold (never due at
+/// once). What smallstep's renewer and certbot do with random jitter, made
+/// deterministic.
+pub fn early_by(name: &str, c: &CertInfo, threshold: Threshold, spread: u64) -> i64 {
+    if spread == 0 {
+        return 0;
+    }
+    let d = Sha256::digest(format!("{name}\n{}", c.serial).as_bytes());
+    let n = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
+    let room = ((cert::due_at(c, threshold) - c.not_before) / 2).max(0);
+    ((n % spread) as i64).min(room)
+}
+
 /// Plan every entry: one [`Planned`] per entry, in the same order.
 pub fn plan(
     entries: &[&Entry],
@@ -120,6 +136,7 @@ pub fn plan(
     state: &State,
     now: i64,
     threshold: Threshold,
+    spread: u64,
     force: bool,
 ) -> Vec<Planned> {
     entries
@@ -133,6 +150,17 @@ pub fn plan(
             if force {
                 assessment.action = Action::Issue;
                 assessment.reason = format!("forced ({})", assessment.reason);
+            }
+            if let (Action::Nothing, Some(c)) = (assessment.action, &assessment.current) {
+                let early = early_by(&e.name, c, threshold, spread);
+                let due = cert::due_at(c, threshold);
+                if early > 0 && now >= due - early && now < c.not_after {
+                    assessment.action = Action::Renew;
+                    assessment.reason = format!(
+                        "due under renewal.spread_secs ({early} s before its threshold at {})",
+                        cert::rfc3339(due)
+                    );
+                }
             }
             let deferred_until = match assessment.action {
                 Action::Nothing => None,
@@ -167,6 +195,25 @@ mod tests {
             chains_to_root: true,
             chain_pem: String::new(),
         }
+    }
+
+    #[test]
+    fn the_spread_is_fixed_per_certificate_and_leaves_room() {
+        let c = cert(0, 24 * 3600);
+        let t = Threshold::Percent(66);
+        assert_eq!(early_by("a", &c, t, 0), 0);
+        let a = early_by("a", &c, t, 3600);
+        assert_eq!(a, early_by("a", &c, t, 3600), "not the same on every run");
+        assert!((0..3600).contains(&a));
+        // Ten certificates issued together: not one renewal moment.
+        let moments: std::collections::BTreeSet<i64> = (0..10)
+            .map(|i| early_by(&format!("c{i}"), &c, t, 3600))
+            .collect();
+        assert!(moments.len() > 5, "{moments:?}");
+        // A spread longer than the certificate's time to its threshold
+        // is cut to half of it: never due at issuance.
+        let due = cert::due_at(&c, t);
+        assert!(early_by("a", &c, t, 10 * 24 * 3600) <= due / 2);
     }
 
     #[test]

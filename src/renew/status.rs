@@ -86,6 +86,7 @@ pub fn rows(config: &Config) -> Result<Vec<Row>> {
             &state,
             now,
             config.renewal.threshold,
+            config.renewal.spread_secs,
             false,
         )
     };
