@@ -129,14 +129,38 @@ const CONFIG_ERRORS: &[(&str, &str)] = &[
     ),
 ];
 
+/// step's answers when something answered but not as a working CA: a
+/// proxy's error page in front of it (HTML where step expects JSON: "invalid
+/// character '<' looking for beginning of value"), or the CA's own server
+/// error (step-ca's 5xx messages). The CA is unavailable, not the
+/// certificate at fault: temporary, no backoff. Checked with step 0.19
+/// against an HTTPS server answering 502 with HTML and 503 with JSON.
+const UNAVAILABLE: &[&str] = &[
+    "invalid character '<' looking for beginning of value",
+    "encountered an Internal Server Error",
+    "temporarily unavailable",
+    "Bad Gateway",
+    "Service Unavailable",
+    "Gateway Timeout",
+];
+
 /// Turn a failed step call into an error: temporary when the CA was not
-/// reached; a configuration error (exit 2) when it is one of
-/// [`CONFIG_ERRORS`].
+/// reached or is unavailable; a configuration error (exit 2) when it is
+/// one of [`CONFIG_ERRORS`].
 fn failure(cmd: &Cmd, out: &Output) -> anyhow::Error {
     let msg = cmd.failure_message_with(out, cause);
     let text = out.stderr_str();
     if UNREACHABLE.iter().any(|w| text.contains(w)) {
         return err(Kind::TempFail, format!("the CA is unreachable: {msg}"));
+    }
+    if UNAVAILABLE.iter().any(|w| text.contains(w)) {
+        return err(
+            Kind::TempFail,
+            format!(
+                "the CA is unavailable (something answered, but with a server error or a \
+                 page that is not the CA's: a proxy in front of it?): {msg}"
+            ),
+        );
     }
     if let Some((_, advice)) = CONFIG_ERRORS.iter().find(|(w, _)| text.contains(w)) {
         return err(Kind::Config, format!("{advice} ({msg})"));

@@ -665,3 +665,79 @@ fn a_configuration_error_is_said_once_and_backs_nothing_off() {
     ok(&b.run(&["run"]));
     assert!(certs(&b).join("1001/cert.pem").exists());
 }
+
+/// A CA behind a proxy that answers with an error page (nginx's 502, HTML
+/// where step expects JSON) or a CA's own 5xx: the CA is unavailable, not
+/// the certificates at fault: exit 75, files untouched, no backoff.
+#[test]
+fn a_ca_that_answers_5xx_is_unavailable_not_a_failed_certificate() {
+    let b = setup_two();
+    // The proxy's certificate, for 127.0.0.1, from the real CA.
+    let (crt, key) = (b.path("proxy.crt"), b.path("proxy.key"));
+    let st = std::process::Command::new("step")
+        .args(["ca", "certificate", "127.0.0.1"])
+        .arg(&crt)
+        .arg(&key)
+        .args(["--san", "127.0.0.1", "--ca-url", &b.ca.url(), "--root"])
+        .arg(b.ca.root_cert())
+        .args([
+            "--provisioner",
+            &b.ca.provisioner(),
+            "--provisioner-password-file",
+        ])
+        .arg(b.ca.password_file())
+        .env("STEPPATH", b.path("steppath"))
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", stderr(&st));
+    for (code, ctype, body) in [
+        (
+            "502",
+            "text/html",
+            "<html><body><h1>502 Bad Gateway</h1></body></html>",
+        ),
+        (
+            "500",
+            "application/json",
+            r#"{"status":500,"message":"The certificate authority encountered an Internal Server Error. Please see the certificate authority logs for more info."}"#,
+        ),
+    ] {
+        let port = common::free_port();
+        let mut proxy = std::process::Command::new(common::fakes().join("https_error.py"))
+            .arg(port.to_string())
+            .arg(&crt)
+            .arg(&key)
+            .args([code, ctype, body])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        let config = b.path("toolkit.json");
+        let mut c: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        c["ca"]["url"] = json!(format!("https://127.0.0.1:{port}"));
+        std::fs::write(&config, c.to_string()).unwrap();
+        let out = b.run(&["run"]);
+        proxy.kill().unwrap();
+        proxy.wait().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(75), "{code}: {err}");
+        assert!(err.contains("the CA is unavailable"), "{code}: {err}");
+        assert!(!certs(&b).join("1001/cert.pem").exists());
+        let state: Value = serde_json::from_slice(
+            &std::fs::read(b.path("state/renew-state.json")).unwrap_or_else(|_| b"{}".to_vec()),
+        )
+        .unwrap();
+        for (name, st) in state["certificates"].as_object().into_iter().flatten() {
+            assert_eq!(
+                st["failures"].as_u64().unwrap_or(0),
+                0,
+                "{code} {name}: {st}"
+            );
+        }
+    }
+}

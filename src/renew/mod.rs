@@ -216,7 +216,11 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         }
         let action = p.action();
         if action != Action::Nothing && ca_down.is_some() {
-            log::warn!("{}: {} skipped: the CA is unreachable", entry.name, action);
+            log::warn!(
+                "{}: {} skipped: the CA is unreachable or unavailable",
+                entry.name,
+                action
+            );
             continue;
         }
         if action != Action::Nothing && misconfigured.is_some() {
@@ -322,7 +326,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         }
         return Err(e.context(crate::exit::Error::new(
             Kind::TempFail,
-            "certificates left as they are: the CA is unreachable; retry later",
+            "certificates left as they are: the CA is unreachable or unavailable; retry later",
         )));
     }
     outcome(&selection, &planned, &failed, &held_back)
