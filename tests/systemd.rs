@@ -577,11 +577,8 @@ fn a_failing_renewal_stops_the_deployment() {
     assert_no_deployment(m);
 }
 
-#[test]
-fn a_timer_run_that_meets_a_held_lock_retries_and_never_overlaps() {
-    let h = host(json!({}));
-    let m = &h.m;
-    // A by-hand run holds the renewal lock (the test holds it for it).
+/// Hold the renewal lock as a run by hand would, until the file is dropped.
+fn hold_renew_lock(h: &Host) -> std::fs::File {
     std::fs::create_dir_all(&h.lock_dir).unwrap();
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -590,6 +587,15 @@ fn a_timer_run_that_meets_a_held_lock_retries_and_never_overlaps() {
         .open(h.lock_dir.join("renew.lock"))
         .unwrap();
     lock.lock().unwrap();
+    lock
+}
+
+#[test]
+fn a_timer_run_that_meets_a_held_lock_retries_and_never_overlaps() {
+    let h = host(json!({}));
+    let m = &h.m;
+    // A by-hand run holds the renewal lock (the test holds it for it).
+    let lock = hold_renew_lock(&h);
     m.ok(&["start", "phoenix-renew.timer"]);
     m.wait_state("phoenix-renew.service", Duration::from_secs(20), |_, _| {
         m.journal()
@@ -627,14 +633,7 @@ fn a_temporary_renewal_failure_in_the_sync_is_retried_and_the_deployment_runs() 
     // deployment for the whole boot. The step now waits it out.
     let h = host(json!({}));
     let m = &h.m;
-    std::fs::create_dir_all(&h.lock_dir).unwrap();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(h.lock_dir.join("renew.lock"))
-        .unwrap();
-    lock.lock().unwrap();
+    let lock = hold_renew_lock(&h);
     m.ok(&["start", "--no-block", "phoenix-sync.target"]);
     m.wait_state("phoenix-renew.service", Duration::from_secs(30), |_, _| {
         m.journal()

@@ -287,12 +287,7 @@ impl Run<'_> {
                 ));
             }
         }
-        let variables: Vec<(String, String)> = s
-            .env
-            .variables
-            .iter()
-            .map(|v| (v.name.clone(), v.value.clone()))
-            .collect();
+        let variables = s.variables();
         let labels: BTreeMap<String, Vec<String>> = s
             .env
             .services
@@ -458,12 +453,7 @@ pub fn load_compose(s: &StackPlan) -> Result<Compose> {
             ),
         )
     })?;
-    let variables: Vec<(String, String)> = s
-        .env
-        .variables
-        .iter()
-        .map(|v| (v.name.clone(), v.value.clone()))
-        .collect();
+    let variables = s.variables();
     Compose::parse(&s.compose_path, &text, &variables)
         .map_err(|e| err(kind_of(&e), format!("{}: {e:#}", s.what())))
 }

@@ -39,6 +39,15 @@ impl StackPlan {
         format!("node.labels.{VMID_LABEL} == {}", self.vm.vmid)
     }
 
+    /// The environment's `variables` as (name, value) pairs, in order.
+    pub fn variables(&self) -> Vec<(String, String)> {
+        self.env
+            .variables
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect()
+    }
+
     /// `stack qdrant_service (VM 1002 (drphoenix))`, for messages.
     pub fn what(&self) -> String {
         format!("stack {} ({})", self.name, self.vm.what())

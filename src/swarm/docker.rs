@@ -226,20 +226,28 @@ impl NodeEntry {
     }
 }
 
-/// Parse `docker node ls --format '{{json .}}'` (one object a line).
-pub fn parse_node_ls(stdout: &str) -> Result<Vec<NodeEntry>> {
+/// Parse what `docker ... --format '{{json .}}'` prints, one object a
+/// line; `what` names the command and the object in the error
+/// (`"docker node ls", "a node"`).
+pub(super) fn json_lines<T: serde::de::DeserializeOwned>(
+    stdout: &str,
+    command: &str,
+    object: &str,
+) -> Result<Vec<T>> {
     stdout
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             serde_json::from_str(l).with_context(|| {
-                format!(
-                    "docker node ls printed a line that is not a node: {}",
-                    clip(l)
-                )
+                format!("{command} printed a line that is not {object}: {}", clip(l))
             })
         })
         .collect()
+}
+
+/// Parse `docker node ls --format '{{json .}}'` (one object a line).
+pub fn parse_node_ls(stdout: &str) -> Result<Vec<NodeEntry>> {
+    json_lines(stdout, "docker node ls", "a node")
 }
 
 /// Parse `docker node inspect --format '{{json .Spec.Labels}}'` (`null`

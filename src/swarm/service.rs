@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use super::docker::{clip, Docker};
+use super::docker::{clip, json_lines, Docker};
 
 /// moby's answer when a secret name is taken.
 const ERR_EXISTS: &str = "already exists";
@@ -56,29 +56,20 @@ struct RawSecretLine {
 
 /// Parse `docker secret ls --format '{{json .}}'`.
 pub fn parse_secret_ls(stdout: &str) -> Result<Vec<SecretEntry>> {
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let raw: RawSecretLine = serde_json::from_str(l).with_context(|| {
-                format!(
-                    "docker secret ls printed a line that is not a secret: {}",
-                    clip(l)
-                )
-            })?;
-            let labels = raw
+    let raw: Vec<RawSecretLine> = json_lines(stdout, "docker secret ls", "a secret")?;
+    Ok(raw
+        .into_iter()
+        .map(|raw| SecretEntry {
+            labels: raw
                 .labels
                 .split(',')
                 .filter_map(|kv| kv.split_once('='))
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            Ok(SecretEntry {
-                id: raw.id,
-                name: raw.name,
-                labels,
-            })
+                .collect(),
+            id: raw.id,
+            name: raw.name,
         })
-        .collect()
+        .collect())
 }
 
 /// A secret a service mounts (`Spec.TaskTemplate.ContainerSpec.Secrets[]`).

@@ -22,7 +22,7 @@
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use super::docker::{clip, Docker};
+use super::docker::{clip, json_lines, Docker};
 
 /// The label docker stack deploy puts on everything of a stack.
 pub const STACK_LABEL: &str = "com.docker.stack.namespace";
@@ -61,18 +61,7 @@ impl ServiceLine {
 
 /// Parse `docker service ls --format '{{json .}}'`.
 pub fn parse_service_ls(stdout: &str) -> Result<Vec<ServiceLine>> {
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l).with_context(|| {
-                format!(
-                    "docker service ls printed a line that is not a service: {}",
-                    clip(l)
-                )
-            })
-        })
-        .collect()
+    json_lines(stdout, "docker service ls", "a service")
 }
 
 /// One line of `docker service ps --no-trunc --format '{{json .}}'`.
@@ -130,18 +119,7 @@ impl TaskLine {
 
 /// Parse `docker service ps --format '{{json .}}'`.
 pub fn parse_service_ps(stdout: &str) -> Result<Vec<TaskLine>> {
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l).with_context(|| {
-                format!(
-                    "docker service ps printed a line that is not a task: {}",
-                    clip(l)
-                )
-            })
-        })
-        .collect()
+    json_lines(stdout, "docker service ps", "a task")
 }
 
 /// A network as `docker network inspect --format '{{json .}}'` shows it.
