@@ -366,10 +366,10 @@ pub const REWRITES: [(&str, &str); 6] = [
         "bootstrap installs the root into the machine's trust store",
     ),
     (
-        "a drop-in zy-checkout.conf with BindReadOnlyPaths= of the checkout, only for a \
+        "a drop-in zy-checkout.conf with BindPaths= of the checkout, only for a \
          checkout under /tmp or /var/tmp, in units with PrivateTmp=yes",
-        "the unit's private /tmp would hide the built binaries and the fakes; \
-         the sandbox itself stays as shipped",
+        "the unit's private /tmp would hide the built binaries, the fakes and the \
+         test's directories under target/tmp; the sandbox itself stays as shipped",
     ),
     (
         "a drop-in zz-test.conf per unit (Environment=, test timings, BindPaths=)",
@@ -423,9 +423,10 @@ pub fn stage_units(m: &Manager, units: &Path, bin_dir: &Path, mount_standin: &st
             std::fs::write(dst.join(&name), rewrite(&text)).unwrap();
         }
     }
-    // A checkout under /tmp: PrivateTmp=yes would hide the built binaries
-    // and the fakes. The sandbox stays; the checkout (and the binaries,
-    // wherever cargo put them) is bound into its view, read-only.
+    // A checkout under /tmp: PrivateTmp=yes would hide the built binaries,
+    // the fakes and the managers' directories (target/tmp, which the units
+    // write). The sandbox stays; the checkout (and the binaries, wherever
+    // cargo put them) is bound into its view.
     if checkout_in_tmp() {
         let project = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap();
         let mut binds = vec![project.clone()];
@@ -435,8 +436,8 @@ pub fn stage_units(m: &Manager, units: &Path, bin_dir: &Path, mount_standin: &st
         }
         let binds: Vec<String> = binds.iter().map(|p| p.display().to_string()).collect();
         eprintln!(
-            "sd_support: the checkout is under /tmp or /var/tmp: {} bound read-only into \
-             every staged unit with PrivateTmp=yes",
+            "sd_support: the checkout is under /tmp or /var/tmp: {} bound into every \
+             staged unit with PrivateTmp=yes",
             binds.join(" ")
         );
         for entry in std::fs::read_dir(&dst).unwrap() {
@@ -449,7 +450,7 @@ pub fn stage_units(m: &Manager, units: &Path, bin_dir: &Path, mount_standin: &st
                 std::fs::create_dir_all(&d).unwrap();
                 std::fs::write(
                     d.join("zy-checkout.conf"),
-                    format!("[Service]\nBindReadOnlyPaths={}\n", binds.join(" ")),
+                    format!("[Service]\nBindPaths={}\n", binds.join(" ")),
                 )
                 .unwrap();
             }
