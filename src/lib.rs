@@ -12,6 +12,7 @@ pub mod cert;
 pub mod cli;
 pub mod config;
 pub mod deploy;
+pub mod digest;
 pub mod exec;
 pub mod exit;
 pub mod fsutil;

@@ -19,9 +19,9 @@ pub mod wait;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::digest::sha256_hex;
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::{CaPaths, Config};
 use crate::exec::Cmd;
@@ -92,11 +92,7 @@ fn fingerprint_of_pem(bytes: &[u8], root: &Path) -> Result<String> {
     pem.parse_x509().map_err(|e| {
         anyhow::anyhow!("root certificate '{}' does not parse: {e}", root.display())
     })?;
-    Ok(hex(&Sha256::digest(&pem.contents)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(sha256_hex(&pem.contents))
 }
 
 /// Read a fingerprint file: `Ok(None)` when absent, an error when present
@@ -481,7 +477,7 @@ pub fn bootstrap_into(
     pem.parse_x509().map_err(|e| {
         anyhow::anyhow!("root certificate '{}' does not parse: {e}", root.display())
     })?;
-    let have = hex(&Sha256::digest(&pem.contents));
+    let have = sha256_hex(&pem.contents);
     if !have.eq_ignore_ascii_case(fingerprint.trim()) {
         return Err(err(
             Kind::Failed,

@@ -41,7 +41,6 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::exit::{err, kind_of, Kind};
@@ -305,7 +304,7 @@ impl Run<'_> {
             constraint: Some(&constraint),
             secret_names: &secret_names,
         })?;
-        let sha256 = hex(&Sha256::digest(text.as_bytes()));
+        let sha256 = crate::digest::sha256_hex(text.as_bytes());
         let record = state::load(&self.config.state_dir, &s.key);
         let running = self.d.stack_services(&s.name)?;
         let services = compose.services();
@@ -405,10 +404,6 @@ impl Run<'_> {
         }
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `text` with the values of variables whose names say they are secret

@@ -4,7 +4,9 @@
 
 use std::cell::RefCell;
 
-use sha2::{Digest, Sha256};
+use sha2::Digest;
+
+use crate::digest::{hex, sha256_hex};
 
 use crate::cert::{self, Action, Assessment, CertInfo, Root};
 use crate::config::Threshold;
@@ -38,10 +40,6 @@ impl Planned {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Assess one entry from its files, taking the key's public point from
 /// the key file ([`cert::key_public_point_stored`]) unless `memo` holds
 /// it for exactly this key file. Returns the memo for
@@ -55,7 +53,7 @@ pub fn assess(
 ) -> (Assessment, Option<KeyMemo>) {
     let fresh = RefCell::new(None);
     let derive = |key: &[u8]| -> anyhow::Result<Vec<u8>> {
-        let digest = hex(&Sha256::digest(key));
+        let digest = sha256_hex(key);
         if let Some(m) = memo.filter(|m| m.key_sha256 == digest) {
             if let Some(point) = unhex(&m.public_point) {
                 *fresh.borrow_mut() = Some(m.clone());
@@ -123,7 +121,7 @@ pub fn early_by(name: &str, c: &CertInfo, threshold: Threshold, spread: u64) -> 
     if spread == 0 {
         return 0;
     }
-    let d = Sha256::digest(format!("{name}\n{}", c.serial).as_bytes());
+    let d = sha2::Sha256::digest(format!("{name}\n{}", c.serial).as_bytes());
     let n = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
     let room = ((cert::due_at(c, threshold) - c.not_before) / 2).max(0);
     ((n % spread) as i64).min(room)

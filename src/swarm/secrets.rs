@@ -24,8 +24,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::digest::sha256_hex;
 use anyhow::Result;
-use sha2::{Digest, Sha256};
 
 use super::docker::Docker;
 use super::service::{Removed, SecretAdd, SecretEntry, ServiceInfo};
@@ -144,14 +144,10 @@ pub fn check_service_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The versioned name of `logical` holding `bytes`, and the bytes'
 /// SHA-256 (hex).
 pub fn version_name(logical: &str, bytes: &[u8]) -> (String, String) {
-    let sha256 = hex(&Sha256::digest(bytes));
+    let sha256 = sha256_hex(bytes);
     (format!("{logical}-{}", &sha256[..DIGEST_LEN]), sha256)
 }
 
