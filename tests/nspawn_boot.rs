@@ -27,6 +27,7 @@
 //! systemd-nspawn and, the first time, a Debian mirror: without them the
 //! test fails saying which.
 
+mod deb_support;
 mod nspawn_support;
 
 use std::path::Path;

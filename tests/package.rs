@@ -9,13 +9,13 @@
 //! run without a chroot (the empty root has no /bin/sh), with `DPKG_ROOT`
 //! set, which they honour. `--force-depends`: the root has no libc6.
 
-#[path = "../examples/gen-docs/docs.rs"]
-mod docs;
+mod deb_support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
+use deb_support::{build_deb as build, project, run, text};
 use phoenix_hooks::config::Config;
 
 const BINARIES: [&str; 6] = [
@@ -26,51 +26,6 @@ const BINARIES: [&str; 6] = [
     "phoenix-renew",
     "phoenix-swarm",
 ];
-
-fn project() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn bin_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_phoenix-ca"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Build the package from the test build; returns the .deb's path.
-fn build(dir: &Path) -> PathBuf {
-    let gen = dir.join("docs");
-    docs::write_all(&gen).unwrap();
-    let out = run(Command::new("bash")
-        .arg(project().join("scripts/build-deb.sh"))
-        .arg("--bin-dir")
-        .arg(bin_dir())
-        .arg("--docs")
-        .arg(&gen)
-        .arg("--out")
-        .arg(dir)
-        .args(["--compress", "gzip"]));
-    let deb = PathBuf::from(text(&out.stdout).trim());
-    assert!(deb.is_file(), "no .deb at '{}'", deb.display());
-    deb
-}
 
 fn dpkg(root: &Path) -> Command {
     let mut cmd = Command::new("dpkg");
@@ -350,7 +305,7 @@ fn shipped_example_config_loads_and_is_the_defaults() {
 #[test]
 fn man_pages_and_completions_come_from_the_clap_definitions() {
     let tmp = tempfile::tempdir().unwrap();
-    docs::write_all(tmp.path()).unwrap();
+    deb_support::docs::write_all(tmp.path()).unwrap();
     let page = std::fs::read_to_string(tmp.path().join("man/man1/phoenix-ca-wait.1")).unwrap();
     // The --timeout option of `phoenix-ca wait`, as --help shows it.
     assert!(page.contains(".TH phoenix-ca-wait 1"), "{page}");

@@ -7,35 +7,14 @@
 //! inside recorded.
 #![allow(dead_code)]
 
-#[path = "../../examples/gen-docs/docs.rs"]
-mod docs;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The project root.
-pub fn project() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
-}
+use crate::deb_support::run;
+pub use crate::deb_support::{build_deb, project, text};
 
 /// The cached bookworm root, made on first use (about 80 s) by
 /// `scripts/lib/nspawn-root.sh`, which also gets the machine ready to boot
@@ -203,29 +182,6 @@ pub struct Boot {
     /// The container's console (its systemd's status lines).
     pub console: String,
     pub took: Duration,
-}
-
-/// Build the package from the test build's binaries with
-/// scripts/build-deb.sh (gzip: faster than xz); returns the .deb's path.
-pub fn build_deb(dir: &Path) -> PathBuf {
-    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_phoenix-ca"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let gen = dir.join("docs");
-    docs::write_all(&gen).unwrap();
-    let out = run(Command::new("bash")
-        .arg(project().join("scripts/build-deb.sh"))
-        .arg("--bin-dir")
-        .arg(bin_dir)
-        .arg("--docs")
-        .arg(&gen)
-        .arg("--out")
-        .arg(dir)
-        .args(["--compress", "gzip"]));
-    let deb = PathBuf::from(text(&out.stdout).trim());
-    assert!(deb.is_file(), "no .deb at '{}'", deb.display());
-    deb
 }
 
 /// `systemctl show` blocks as the probe wrote them: "== NAME" then
