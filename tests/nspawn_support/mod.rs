@@ -212,6 +212,8 @@ pub struct Entry {
     pub job_result: String,
     /// µs, CLOCK_MONOTONIC (the host's: nspawn adds no time namespace).
     pub mono: u64,
+    /// µs since the epoch, CLOCK_REALTIME.
+    pub realtime: u64,
 }
 
 /// The journal's MESSAGE_ID of "Starting UNIT..." (SD_MESSAGE_UNIT_STARTING).
@@ -229,6 +231,7 @@ pub fn entries(json_lines: &str) -> Vec<Entry> {
                 message_id: s("MESSAGE_ID"),
                 job_result: s("JOB_RESULT"),
                 mono: s("__MONOTONIC_TIMESTAMP").parse().unwrap_or(0),
+                realtime: s("__REALTIME_TIMESTAMP").parse().unwrap_or(0),
             }
         })
         .collect()
