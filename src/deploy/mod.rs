@@ -51,7 +51,8 @@ use crate::proxmox::Guest;
 use crate::signal;
 use crate::swarm::docker::{Docker, NodeState};
 use crate::swarm::secrets::{
-    check_secret_name, is_version_of, version_name, LABEL_DIGEST, LABEL_NAME, SECRET_MAX_BYTES,
+    check_secret_name, is_version_of, older_versions, version_name, LABEL_DIGEST, LABEL_NAME,
+    SECRET_MAX_BYTES,
 };
 use crate::swarm::service::{Removed, SecretEntry};
 use plan::{Plan, StackPlan};
@@ -375,17 +376,17 @@ impl Run<'_> {
     /// Remove versions of the host secrets this run made that are not
     /// the current ones; one still in use stays.
     fn remove_stale(&mut self) -> Result<()> {
-        let current: Vec<(&String, &String)> = self.made.iter().collect();
-        let stale: Vec<String> = self
-            .existing
+        let current: Vec<(&str, &str)> = self
+            .made
             .iter()
-            .filter(|e| {
-                !self.made.contains_key(&e.name)
-                    && current.iter().any(|(_, logical)| {
-                        e.labels.get(LABEL_NAME) == Some(logical) && is_version_of(&e.name, logical)
-                    })
-            })
-            .map(|e| e.name.clone())
+            .map(|(version, logical)| (logical.as_str(), version.as_str()))
+            .collect();
+        // Only ours: a secret of the logical name itself may be the
+        // operator's, made by hand.
+        let stale: Vec<String> = older_versions(&self.existing, &current, false)
+            .into_iter()
+            .filter(|name| !self.made.contains_key(*name))
+            .map(String::from)
             .collect();
         for name in stale {
             if self.dry_run {

@@ -269,14 +269,32 @@ fn mounts_any(svc: &ServiceInfo, material: &[Material]) -> bool {
 /// tool may remove: ours (labelled with the logical name) and the
 /// unversioned name itself.
 fn stale_versions<'s>(existing: &'s [SecretEntry], material: &[Material]) -> Vec<&'s str> {
+    let current: Vec<(&str, &str)> = material
+        .iter()
+        .map(|m| (m.spec.name.as_str(), m.version.as_str()))
+        .collect();
+    older_versions(existing, &current, true)
+}
+
+/// The secrets of `existing` that are versions of a logical name of
+/// `current` ((logical, current version) pairs) other than its current
+/// version and that this toolkit made (labelled `phoenix.secret` with the
+/// logical name); with `unversioned`, also a secret named the logical name
+/// itself (what the old bash created). What a rotation or a deployment may
+/// remove once no service uses it.
+pub fn older_versions<'s>(
+    existing: &'s [SecretEntry],
+    current: &[(&str, &str)],
+    unversioned: bool,
+) -> Vec<&'s str> {
     existing
         .iter()
         .filter(|s| {
-            material.iter().any(|m| {
-                s.name != m.version
-                    && (s.name == m.spec.name
-                        || (is_version_of(&s.name, &m.spec.name)
-                            && s.labels.get(LABEL_NAME) == Some(&m.spec.name)))
+            current.iter().any(|&(logical, version)| {
+                s.name != version
+                    && ((unversioned && s.name == logical)
+                        || (is_version_of(&s.name, logical)
+                            && s.labels.get(LABEL_NAME).map(String::as_str) == Some(logical)))
             })
         })
         .map(|s| s.name.as_str())
