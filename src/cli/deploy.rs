@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand};
 
 use super::Common;
 use crate::deploy::{self, RunOptions};
-use crate::exit::{err, Kind};
 use crate::retry;
 
 const ABOUT: &str = "Deploy the Phoenix stacks on the Docker Swarm, after the certificates";
@@ -105,15 +104,11 @@ impl Args {
             }
             Command::Status(s) => {
                 let st = deploy::status(&config)?;
-                if s.json {
-                    println!("{}", serde_json::to_string_pretty(&st)?);
-                } else {
-                    print!("{st}");
-                }
-                if st.has_problems() {
-                    return Err(err(Kind::Failed, "a stack has problems (see above)"));
-                }
-                Ok(())
+                super::print_status(
+                    &st,
+                    s.json,
+                    st.has_problems().then_some("a stack has problems"),
+                )
             }
         }
     }

@@ -50,6 +50,24 @@ impl Common {
     }
 }
 
+/// Print a `status` (JSON with `--json`, else its table) and fail (exit 1)
+/// with `problems` when it has any.
+pub fn print_status<T: serde::Serialize + std::fmt::Display>(
+    st: &T,
+    json: bool,
+    problems: Option<&str>,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(st)?);
+    } else {
+        print!("{st}");
+    }
+    match problems {
+        Some(what) => Err(exit::err(exit::Kind::Failed, format!("{what} (see above)"))),
+        None => Ok(()),
+    }
+}
+
 /// Run `body` and map its result to the exit-code contract.
 pub fn main_with(body: impl FnOnce() -> Result<()>) -> ExitCode {
     exit::finish(body())

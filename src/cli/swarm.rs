@@ -7,7 +7,6 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use super::Common;
-use crate::exit::{err, Kind};
 use crate::retry;
 use crate::swarm::{self, EnsureOptions};
 
@@ -100,15 +99,11 @@ impl Args {
             }
             Command::Status(s) => {
                 let st = swarm::status(&config)?;
-                if s.json {
-                    println!("{}", serde_json::to_string_pretty(&st)?);
-                } else {
-                    print!("{st}");
-                }
-                if st.has_problems() {
-                    return Err(err(Kind::Failed, "the swarm has problems (see above)"));
-                }
-                Ok(())
+                super::print_status(
+                    &st,
+                    s.json,
+                    st.has_problems().then_some("the swarm has problems"),
+                )
             }
         }
     }
