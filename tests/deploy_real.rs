@@ -442,13 +442,7 @@ fn portainer_runs_with_its_certificate_secrets_and_follows_a_rotation() {
                 "services": {"portainer": {"traefik_labels": ["traefik.enable=true"]}}}}}
     }));
     w.swarm.write_toolkit(json!({
-        "ca": {
-            "url": ca.url(),
-            "state_dir": ca.dir.path(),
-            "root_cert": ca.root_cert(),
-            "provisioner": ca.provisioner(),
-            "provisioner_password_file": ca.password_file(),
-        },
+        "ca": ca.toolkit_ca(),
         "renewal": {"lifetime": "1h", "threshold": "66%", "command_timeout_secs": 60,
                     "guest_drop_dir": dir.path().join("guest-tmp")},
         "swarm": {"update_timeout_secs": 90},

@@ -44,13 +44,7 @@ fn world() -> World {
         std::fs::create_dir_all(dir.path().join(d)).unwrap();
     }
     swarm.write_toolkit(json!({
-        "ca": {
-            "url": ca.url(),
-            "state_dir": ca.dir.path(),
-            "root_cert": ca.root_cert(),
-            "provisioner": ca.provisioner(),
-            "provisioner_password_file": ca.password_file(),
-        },
+        "ca": ca.toolkit_ca(),
         "renewal": {"lifetime": "1h", "threshold": "66%", "command_timeout_secs": 60,
                     "guest_drop_dir": dir.path().join("guest-tmp")},
         "swarm": {"update_timeout_secs": 90},

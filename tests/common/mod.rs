@@ -163,6 +163,18 @@ impl TestCa {
             .cloned()
             .unwrap_or_else(|| "admin".into())
     }
+
+    /// toolkit.json's `ca` section for this CA, its directory as the
+    /// state directory (it holds the published token).
+    pub fn toolkit_ca(&self) -> serde_json::Value {
+        serde_json::json!({
+            "url": self.url(),
+            "state_dir": self.dir.path(),
+            "root_cert": self.root_cert(),
+            "provisioner": self.provisioner(),
+            "provisioner_password_file": self.password_file(),
+        })
+    }
 }
 
 impl Drop for TestCa {
