@@ -45,6 +45,23 @@ fn verify(dir: &Path) {
     assert!(o.status.success() && all.is_empty(), "verify: {all}");
 }
 
+/// Run the generator as systemd does (three directories under `dir`,
+/// `generate` implied) with `config`; it must succeed. Its normal
+/// directory.
+fn run_generator(dir: &Path, config: &Path) -> PathBuf {
+    let gen = dir.join("normal");
+    std::fs::create_dir(&gen).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_phoenix-mount"))
+        .arg(&gen)
+        .arg(dir.join("early"))
+        .arg(dir.join("late"))
+        .env("PHOENIX_CONFIG", config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    gen
+}
+
 fn nfs_mounts() -> serde_json::Value {
     json!([
         {"type": "nfs", "server": "10.0.0.13", "path": "/quickOS/lxc-persistent-data/103/ssl",
@@ -60,17 +77,7 @@ fn nfs_mounts() -> serde_json::Value {
 fn generator_units_pass_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), json!({"mounts": nfs_mounts()}));
-    let gen = dir.path().join("normal");
-    std::fs::create_dir(&gen).unwrap();
-    // As systemd runs a generator: three directories, `generate` implied.
-    let o = Command::new(env!("CARGO_BIN_EXE_phoenix-mount"))
-        .arg(&gen)
-        .arg(dir.path().join("early"))
-        .arg(dir.path().join("late"))
-        .env("PHOENIX_CONFIG", &config)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let gen = run_generator(dir.path(), &config);
     let ca = gen.join("etc-step\\x2dca-ssl.mount");
     let text = std::fs::read_to_string(&ca).unwrap();
     assert!(
@@ -110,16 +117,7 @@ fn the_ca_wait_follows_the_configured_state_directory() {
         dir.path(),
         json!({"ca": {"guest_state_dir": "/srv/step-ca%1/ssl"}}),
     );
-    let gen = dir.path().join("normal");
-    std::fs::create_dir(&gen).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_phoenix-mount"))
-        .arg(&gen)
-        .arg(dir.path().join("early"))
-        .arg(dir.path().join("late"))
-        .env("PHOENIX_CONFIG", &config)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let gen = run_generator(dir.path(), &config);
     let dropin = gen.join("phoenix-ca-wait.service.d/phoenix-ca-state.conf");
     let text = std::fs::read_to_string(&dropin).unwrap();
     assert!(
