@@ -1,9 +1,11 @@
 //! The `log` backend of every binary.
 //!
-//! Lines go to stderr. Under systemd (`JOURNAL_STREAM` set) each line starts
-//! with its sd-daemon priority (`<3>` error ... `<7>` debug) so journald
-//! files it at the right level and adds the timestamp itself; on a terminal
-//! or in a Proxmox task log the line is plain. Where stderr goes nowhere
+//! Lines go to stderr. When stderr is the journal's stream (systemd sets
+//! `JOURNAL_STREAM` to its `DEVICE:INODE`, and stderr's `fstat()` matches
+//! it) each line starts with its sd-daemon priority (`<3>` error ... `<7>`
+//! debug) so journald files it at the right level and adds the timestamp
+//! itself; on a terminal, in a Proxmox task log, or redirected to a file by
+//! a unit's child (which inherits `JOURNAL_STREAM`) the line is plain. Where stderr goes nowhere
 //! durable (hookscripts), the same lines can also go to syslog with the
 //! binary's name as ident.
 
@@ -70,7 +72,7 @@ pub fn init(opts: &Options) {
     };
     let logger = Logger {
         level,
-        journal: std::env::var_os("JOURNAL_STREAM").is_some(),
+        journal: stderr_is_journal(),
         prefix: opts.prefix.clone(),
         syslog,
     };
@@ -80,6 +82,43 @@ pub fn init(opts: &Options) {
             log::set_max_level(level);
         }
     }
+}
+
+/// Whether stderr is the journal's stream: `JOURNAL_STREAM` names the
+/// device and inode of the stream systemd connected, and only a stderr with
+/// the same ones is it (systemd.exec(5)). The variable alone is not enough:
+/// children inherit it, also with their stderr sent elsewhere.
+fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(nix::libc::STDERR_FILENO) else {
+        return false;
+    };
+    // dev_t and ino_t are not u64 on every target.
+    #[allow(clippy::unnecessary_cast)]
+    let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
+    journal_stream_matches(&value, dev, ino)
+}
+
+/// Parse a `JOURNAL_STREAM` value, `DEVICE:INODE` in decimal.
+fn parse_journal_stream(value: &str) -> Option<(u64, u64)> {
+    let (dev, ino) = value.split_once(':')?;
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    Some((number(dev)?, number(ino)?))
+}
+
+/// Whether `JOURNAL_STREAM`'s `value` names the stream whose `fstat()` gave
+/// `dev` and `ino`. A value that does not parse names nothing.
+fn journal_stream_matches(value: &std::ffi::OsStr, dev: u64, ino: u64) -> bool {
+    value
+        .to_str()
+        .and_then(parse_journal_stream)
+        .is_some_and(|named| named == (dev, ino))
 }
 
 fn priority(level: Level) -> u8 {
@@ -128,5 +167,54 @@ impl Log for Logger {
 
     fn flush(&self) {
         let _ = std::io::stderr().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn journal_stream_is_device_colon_inode() {
+        assert_eq!(parse_journal_stream("8:12345"), Some((8, 12345)));
+        assert_eq!(parse_journal_stream("0:1"), Some((0, 1)));
+        assert_eq!(
+            parse_journal_stream("18446744073709551615:7"),
+            Some((u64::MAX, 7))
+        );
+        for bad in [
+            "",
+            "1",
+            ":",
+            "8:",
+            ":5",
+            "8:5:1",
+            "8 :5",
+            "+8:5",
+            "-8:5",
+            "8:x",
+            "0x8:5",
+            "18446744073709551616:1",
+        ] {
+            assert_eq!(parse_journal_stream(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_named_stream_is_the_journal() {
+        assert!(journal_stream_matches(OsStr::new("25:4711"), 25, 4711));
+        // The same inode on another device, another inode on the device.
+        assert!(!journal_stream_matches(OsStr::new("25:4711"), 26, 4711));
+        assert!(!journal_stream_matches(OsStr::new("25:4711"), 25, 4712));
+        // Set but empty or garbled (a hand-made environment): no prefix.
+        assert!(!journal_stream_matches(OsStr::new(""), 0, 0));
+        assert!(!journal_stream_matches(OsStr::new("yes"), 25, 4711));
+        use std::os::unix::ffi::OsStrExt;
+        assert!(!journal_stream_matches(
+            OsStr::from_bytes(b"25:47\xff"),
+            25,
+            47
+        ));
     }
 }
