@@ -8,9 +8,39 @@
 //!   `signal`, or a bare `{"pid": N}` (printed when its `--timeout` runs
 //!   out, with `timeout reached, returning pid` on stderr) are failures.
 //!   stdout and stderr are read apart, so a warning never spoils the JSON.
+//! - `qm` prints that JSON with `to_json(..., utf8 => 1)` (qemu-server
+//!   src/PVE/CLI/qm.pm, `$print_agent_result`) after `decode_base64` of
+//!   the agent's `out-data` (src/PVE/QemuServer/Agent.pm,
+//!   `qemu_exec_status`): the guest's bytes are taken as characters and
+//!   encoded once more, so "é" arrives as "Ã©". [`parse_qm_exec`] undoes
+//!   it ([`undo_double_utf8`]).
 //! - `pct exec` exits with the command's own status.
 //! - Secrets reach the guest on stdin (`--pass-stdin 1` for `qm`), never in
 //!   argv.
+//!
+//! Proxmox's own messages that say whether to try again (checked in that
+//! order by qemu-server src/PVE/QemuServer/Agent.pm
+//! `assert_agent_available`, for `qm guest cmd|exec|exec-status`):
+//!
+//! - "No QEMU guest agent configured" (the VM's config has no `agent:`
+//!   line): final, [`Kind::Config`], never retried: the message says to
+//!   enable the agent in the VM's options (`qm set ID --agent 1`).
+//! - "VM ID is not running", "QEMU guest agent is not running" (a VM
+//!   still booting, or `agent: 0`, which gives QEMU no agent channel:
+//!   src/PVE/QemuServer.pm adds `qga0` only when enabled): temporary.
+//! - `qm`/`pct` missing (spawning it fails with ENOENT): not a Proxmox VE
+//!   node; final ([`Kind::Config`]).
+//! - "can't lock file '/run/lock/lxc/pve-config-ID.lock' - got timeout"
+//!   (pve-common src/PVE/Tools.pm `lock_file_full`, after 10 s:
+//!   pve-guest-common src/PVE/AbstractConfig.pm `lock_config`; `pct push`
+//!   takes it, pve-container src/PVE/CLI/pct.pm): another task holds the
+//!   guest's config; temporary ([`Kind::TempFail`]).
+//! - "Task finished with N warning(s)!" (pve-common
+//!   src/PVE/RESTEnvironment.pm, the sync task's `TASK WARNINGS: N`) on
+//!   stderr, exit 0: the task succeeded; not a failure.
+//!
+//! A Perl `die` exits with `$!` when it is set, else 255, so the exit code
+//! of a failed `qm`/`pct` says nothing: the message is what is read.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,8 +48,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::exec::Cmd;
-use crate::exit::{err, Kind};
+use crate::exec::{Cmd, Output};
+use crate::exit::{err, kind_of, Kind};
 use crate::phoenix::GuestType;
 use crate::signal;
 
@@ -134,6 +164,37 @@ pub enum Stdout {
 
 /// [`parse_qm_exec`], with `stdout` quoted in messages or not.
 pub fn parse_qm_exec_as(stdout: &str, what: &str, quote: Stdout) -> Result<GuestOutput> {
+    match parse_qm_reply(stdout, what, quote)? {
+        Finished::Done(out) => Ok(out),
+        Finished::Running { pid } => Err(still_running(what, pid)),
+    }
+}
+
+/// The error for a command `qm` gave up waiting for: [`Kind::Timeout`].
+fn still_running(what: &str, pid: i64) -> anyhow::Error {
+    err(
+        Kind::Timeout,
+        format!("{what}: still running in the guest when qm's timeout ran out (pid {pid})"),
+    )
+}
+
+/// What `qm guest exec` (or `exec-status`) said of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// It ended, with this.
+    Done(GuestOutput),
+    /// It was still running in the guest when qm's `--timeout` ran out
+    /// (`{"pid": N}`), or when `exec-status` was asked (`{"exited": 0}`):
+    /// it goes on running there.
+    Running {
+        /// Its pid in the guest, for `qm guest exec-status`.
+        pid: i64,
+    },
+}
+
+/// The JSON of `qm guest exec` / `qm guest exec-status`: a finished
+/// command, or one still running (`pid`, when `exec` printed it).
+fn parse_qm_reply(stdout: &str, what: &str, quote: Stdout) -> Result<Finished> {
     let res: QmExecResult = serde_json::from_str(stdout.trim()).map_err(|e| match quote {
         Stdout::Shown => anyhow::anyhow!(
             "{what}: qm guest exec printed no JSON result ({e}): {}",
@@ -151,13 +212,12 @@ pub fn parse_qm_exec_as(stdout: &str, what: &str, quote: Stdout) -> Result<Guest
         ),
     })?;
     if !perl_bool(&res.exited) {
-        return Err(match res.pid {
-            Some(pid) => err(
-                Kind::Timeout,
-                format!("{what}: still running in the guest when qm's timeout ran out (pid {pid})"),
-            ),
-            None => anyhow::anyhow!("{what}: qm guest exec result says the command has not exited"),
-        });
+        return match res.pid {
+            Some(pid) => Ok(Finished::Running { pid }),
+            None => Err(anyhow::anyhow!(
+                "{what}: qm guest exec result says the command has not exited"
+            )),
+        };
     }
     if let Some(sig) = res.signal {
         return Err(anyhow::anyhow!(
@@ -171,15 +231,127 @@ pub fn parse_qm_exec_as(stdout: &str, what: &str, quote: Stdout) -> Result<Guest
     };
     let out = GuestOutput {
         exitcode: i32::try_from(code).unwrap_or(i32::MAX),
-        stdout: res.out_data.unwrap_or_default(),
-        stderr: res.err_data.unwrap_or_default(),
+        stdout: undo_double_utf8(res.out_data.unwrap_or_default()),
+        stderr: undo_double_utf8(res.err_data.unwrap_or_default()),
         out_truncated: perl_bool(&res.out_truncated),
         err_truncated: perl_bool(&res.err_truncated),
     };
     if out.out_truncated || out.err_truncated {
         log::warn!("{what}: the guest agent truncated the command's output");
     }
-    Ok(out)
+    Ok(Finished::Done(out))
+}
+
+/// The guest's output as it printed it. `qm` base64-decodes the agent's
+/// `out-data` into a byte string and prints it with `to_json(..., utf8 =>
+/// 1)` (qemu-server src/PVE/QemuServer/Agent.pm `qemu_exec_status`,
+/// src/PVE/CLI/qm.pm `$print_agent_result`): every byte becomes a
+/// character U+0000..U+00FF, encoded in UTF-8 once more, so the guest's
+/// "é" (C3 A9) arrives as "Ã©" and "✔" as "â\u{9c}\u{94}". Text made only of
+/// such characters is turned back into those bytes and read as UTF-8.
+/// When they are no UTF-8 (a guest printing Latin-1, or a `qm` that
+/// encodes once), the text is kept as it came: nothing is lost either way,
+/// and a character above U+00FF proves it was encoded once.
+pub fn undo_double_utf8(text: String) -> String {
+    if text.is_ascii() || text.chars().any(|c| u32::from(c) > 0xff) {
+        return text;
+    }
+    let bytes: Vec<u8> = text.chars().map(|c| u32::from(c) as u8).collect();
+    String::from_utf8(bytes).unwrap_or(text)
+}
+
+/// Proxmox's message (a line of `stderr`) that says what kind of failure
+/// a `qm`/`pct` call is, as an error naming `guest` and quoting `detail`
+/// (the failed command and its output); `None` for any other.
+fn classify(stderr: &str, guest: Guest, detail: &str) -> Option<anyhow::Error> {
+    for line in stderr.lines().map(str::trim) {
+        if line == NO_AGENT_CONFIGURED {
+            return Some(err(
+                Kind::Config,
+                format!(
+                    "{guest} has no QEMU guest agent configured, so nothing can be run in it: \
+                     enable the agent in the VM's options (`qm set {id} --agent 1`, or \
+                     Options > QEMU Guest Agent in the web interface; it takes effect when \
+                     Proxmox next starts the VM) and run qemu-guest-agent in the guest; not \
+                     retried ({detail})",
+                    id = guest.id
+                ),
+            ));
+        }
+        if is_lock_timeout(line) {
+            return Some(err(
+                Kind::TempFail,
+                format!(
+                    "{guest}: its configuration is locked by another Proxmox task (the lock \
+                     was not free in time); retry later ({detail})"
+                ),
+            ));
+        }
+        if line == AGENT_NOT_RUNNING {
+            return Some(err(
+                Kind::TempFail,
+                format!(
+                    "{guest}: its QEMU guest agent does not answer (still booting?); retry \
+                     later ({detail})"
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// qemu-server src/PVE/QemuServer/Agent.pm `assert_agent_available`.
+const NO_AGENT_CONFIGURED: &str = "No QEMU guest agent configured";
+/// The same, when the agent does not answer `guest-ping`.
+const AGENT_NOT_RUNNING: &str = "QEMU guest agent is not running";
+
+/// pve-common src/PVE/Tools.pm `lock_file_full`: "can't lock file
+/// 'FILE' - got timeout".
+fn is_lock_timeout(line: &str) -> bool {
+    line.starts_with("can't lock file '") && line.ends_with("' - got timeout")
+}
+
+/// A line of a sync task's stderr that is no failure: "Task finished with
+/// N warning(s)!" (pve-common src/PVE/RESTEnvironment.pm), and the lock's
+/// "trying to acquire lock..." / " OK" (src/PVE/Tools.pm) when it was
+/// free in time.
+fn is_task_noise(line: &str) -> bool {
+    let line = line.trim();
+    let warnings = line
+        .strip_prefix("Task finished with ")
+        .and_then(|l| l.strip_suffix(" warning(s)!"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    warnings || line == "trying to acquire lock..." || line == "OK" || line.is_empty()
+}
+
+/// Run a `qm`/`pct` call. A tool that is not there (ENOENT) means this is
+/// no Proxmox VE node: final, [`Kind::Config`].
+fn run_tool(cmd: &Cmd) -> Result<Output> {
+    cmd.run().map_err(|e| {
+        let missing = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        });
+        if missing {
+            err(
+                Kind::Config,
+                format!(
+                    "cannot run {cmd}: {e:#}; this host is not a Proxmox VE node (qm and pct \
+                     come with qemu-server and pve-container), or they are not on PATH; not \
+                     retried"
+                ),
+            )
+        } else {
+            e
+        }
+    })
+}
+
+/// A `qm`/`pct` call about `guest` that exited non-zero: typed when
+/// Proxmox's message says what kind of failure it is.
+fn call_failed(cmd: &Cmd, out: &Output, guest: Guest) -> anyhow::Error {
+    let detail = cmd.failure_message(out);
+    classify(&out.stderr_str(), guest, &detail).unwrap_or_else(|| anyhow::anyhow!("{detail}"))
 }
 
 /// Run state of a guest, as `qm status`/`pct status` print it.
@@ -215,10 +387,14 @@ impl Proxmox {
     /// `qm status ID` / `pct status ID`: it exits 0 for a stopped guest
     /// too, so the answer is read from `status: ...`.
     pub fn status(&self, guest: Guest) -> Result<RunState> {
-        let out = Cmd::new(self.tool(guest.kind))
+        let cmd = Cmd::new(self.tool(guest.kind))
             .args(["status", &guest.id.to_string()])
-            .timeout(self.call_timeout)
-            .run_ok()
+            .timeout(self.call_timeout);
+        let out = run_tool(&cmd)
+            .and_then(|out| match out.status.success() {
+                true => Ok(out),
+                false => Err(call_failed(&cmd, &out, guest)),
+            })
             .with_context(|| format!("reading the state of {guest}"))?;
         let text = out.stdout_str();
         let state = text
@@ -235,11 +411,18 @@ impl Proxmox {
 
     /// `qm guest cmd ID ping`: the VM's guest agent answers.
     pub fn agent_ping(&self, vmid: u32) -> Result<()> {
-        Cmd::new(&self.qm)
+        let vm = Guest {
+            kind: GuestType::Vm,
+            id: vmid,
+        };
+        let cmd = Cmd::new(&self.qm)
             .args(["guest", "cmd", &vmid.to_string(), "ping"])
-            .timeout(self.call_timeout)
-            .run_ok()
-            .with_context(|| format!("VM {vmid}: the guest agent does not answer"))?;
+            .timeout(self.call_timeout);
+        let out = run_tool(&cmd)?;
+        if !out.status.success() {
+            return Err(call_failed(&cmd, &out, vm))
+                .with_context(|| format!("VM {vmid}: the guest agent does not answer"));
+        }
         Ok(())
     }
 
@@ -258,7 +441,9 @@ impl Proxmox {
     }
 
     /// Like [`Self::ensure_reachable`], retried with backoff (1 s doubling
-    /// to 10 s) up to `bound`: a cold VM's agent can take ~100 s.
+    /// to 10 s) up to `bound`: a cold VM's agent can take ~100 s. A final
+    /// failure ([`Kind::Config`]: no agent configured, no `qm` on this
+    /// host) ends it at once: no waiting can mend it.
     pub fn wait_reachable(&self, guest: Guest, bound: Duration) -> Result<()> {
         let deadline = Instant::now() + bound;
         let mut delay = Duration::from_secs(1);
@@ -266,15 +451,25 @@ impl Proxmox {
             signal::check()?;
             match self.ensure_reachable(guest) {
                 Ok(()) => return Ok(()),
+                Err(e) if kind_of(&e) == Kind::Config => return Err(e),
                 Err(e) if Instant::now() + delay >= deadline => {
                     // The kind must sit at the root of the chain for
                     // kind_of to find it (anyhow cannot downcast a
                     // context layer to its context type), so the cause is
                     // folded into the message.
+                    let hint = if format!("{e:#}").contains(AGENT_NOT_RUNNING) {
+                        format!(
+                            " (is qemu-guest-agent installed and started in the guest, and the \
+                             agent enabled in the VM's options: `qm set {} --agent 1`?)",
+                            guest.id
+                        )
+                    } else {
+                        String::new()
+                    };
                     return Err(err(
                         Kind::TempFail,
                         format!(
-                            "{guest} not reachable after {}: {e:#}",
+                            "{guest} not reachable after {}: {e:#}{hint}",
                             humantime::format_duration(bound)
                         ),
                     ));
@@ -308,6 +503,33 @@ impl Proxmox {
         stdin: Option<&[u8]>,
         quote: Stdout,
     ) -> Result<GuestOutput> {
+        let what = format!("{guest}: `{}`", argv.join(" "));
+        match self.exec_or_pid_as(guest, argv, stdin, quote)? {
+            Finished::Done(out) => Ok(out),
+            Finished::Running { pid } => Err(still_running(&what, pid)),
+        }
+    }
+
+    /// [`Self::exec`], with a command still running in a VM when qm's
+    /// `--timeout` (the `guest_timeout`) ran out told apart: it goes on
+    /// running there, and its end can be asked for with
+    /// [`Self::exec_status`]; a caller must not start it again meanwhile.
+    pub fn exec_or_pid(
+        &self,
+        guest: Guest,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+    ) -> Result<Finished> {
+        self.exec_or_pid_as(guest, argv, stdin, Stdout::Shown)
+    }
+
+    fn exec_or_pid_as(
+        &self,
+        guest: Guest,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        quote: Stdout,
+    ) -> Result<Finished> {
         if argv.is_empty() {
             return Err(err(Kind::Config, format!("{guest}: empty command")));
         }
@@ -321,7 +543,7 @@ impl Proxmox {
                 if let Some(data) = stdin {
                     cmd = cmd.stdin(data);
                 }
-                let out = cmd.run().with_context(|| what.clone())?;
+                let out = run_tool(&cmd).with_context(|| what.clone())?;
                 let exitcode = match out.status.code() {
                     Some(c) => c,
                     None => {
@@ -331,12 +553,27 @@ impl Proxmox {
                         ))
                     }
                 };
-                Ok(GuestOutput {
+                let stderr = out.stderr_str();
+                if exitcode != 0 {
+                    // pct's own refusals, when they are all it printed
+                    // (the guest command's stderr comes through too):
+                    // pve-container src/PVE/CLI/pct.pm `exec`.
+                    let only = stderr.trim();
+                    if only == format!("container '{}' not running!", guest.id) {
+                        return Err(anyhow::anyhow!("{guest} is not running ({only})"));
+                    }
+                    if !only.contains('\n') {
+                        if let Some(e) = classify(only, guest, &cmd.failure_message(&out)) {
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(Finished::Done(GuestOutput {
                     exitcode,
                     stdout: out.stdout_str(),
-                    stderr: out.stderr_str(),
+                    stderr,
                     ..GuestOutput::default()
-                })
+                }))
             }
             GuestType::Vm => {
                 let mut cmd = Cmd::new(&self.qm)
@@ -357,13 +594,41 @@ impl Proxmox {
                 if quote == Stdout::Secret {
                     cmd = cmd.secret_stdout();
                 }
-                let out = cmd.run().with_context(|| what.clone())?;
+                let out = run_tool(&cmd).with_context(|| what.clone())?;
                 if !out.status.success() {
-                    return Err(anyhow::anyhow!("{what}: {}", cmd.failure_message(&out)));
+                    return Err(call_failed(&cmd, &out, guest)).context(what);
                 }
-                parse_qm_exec_as(&out.stdout_str(), &what, quote)
+                parse_qm_reply(&out.stdout_str(), &what, quote)
             }
         }
+    }
+
+    /// `qm guest exec-status VMID PID`: the end of a command that
+    /// [`Self::exec_or_pid`] left running, or [`Finished::Running`]
+    /// while it runs. A pid the agent does not know (the VM or its agent
+    /// restarted, or the result was already collected: "Agent error:
+    /// Invalid parameter 'pid'") is an error.
+    pub fn exec_status(&self, vmid: u32, pid: i64) -> Result<Finished> {
+        let vm = Guest {
+            kind: GuestType::Vm,
+            id: vmid,
+        };
+        let what = format!("{vm}: pid {pid}");
+        let cmd = Cmd::new(&self.qm)
+            .args(["guest", "exec-status", &vmid.to_string(), &pid.to_string()])
+            .timeout(self.call_timeout);
+        let out = run_tool(&cmd).with_context(|| what.clone())?;
+        if !out.status.success() {
+            return Err(call_failed(&cmd, &out, vm)).context(what);
+        }
+        let text = out.stdout_str();
+        // A command still running: {"exited": 0}, no pid.
+        if let Ok(res) = serde_json::from_str::<QmExecResult>(text.trim()) {
+            if !perl_bool(&res.exited) && res.pid.is_none() {
+                return Ok(Finished::Running { pid });
+            }
+        }
+        parse_qm_reply(&text, &what, Stdout::Shown)
     }
 
     /// [`Self::exec`], requiring exit code 0.
@@ -395,22 +660,53 @@ impl Proxmox {
     /// a running container as `dest`, created with `mode` (the content
     /// never reaches argv). `pct push` runs the copy as a task and exits
     /// 0 even when the task fails (`failed to open SRC for reading`,
-    /// `failed to create file: DEST: ...` on stderr), so any stderr is
-    /// taken as a failure.
+    /// `failed to create file: DEST: ...` on stderr), so stderr is taken
+    /// as a failure, except the lines of a task that succeeded: "Task
+    /// finished with N warning(s)!" (the warnings themselves come on
+    /// stdout, the task's output: logged) and the config lock's "trying
+    /// to acquire lock..." / " OK". A config lock held past its 10 s
+    /// ("can't lock file '/run/lock/lxc/pve-config-ID.lock' - got
+    /// timeout") is temporary ([`Kind::TempFail`]).
     pub fn pct_push(&self, ctid: u32, src: &Path, dest: &str, mode: u32) -> Result<()> {
+        let ct = Guest {
+            kind: GuestType::Lxc,
+            id: ctid,
+        };
         let cmd = Cmd::new(&self.pct)
             .args(["push", &ctid.to_string()])
             .arg(src)
             .arg(dest)
             .args(["--perms", &format!("{mode:04o}")])
             .timeout(self.call_timeout);
-        let out = cmd.run_ok()?;
+        let out = run_tool(&cmd)?;
+        if !out.status.success() {
+            return Err(call_failed(&cmd, &out, ct));
+        }
         let stderr = out.stderr_str();
-        if !stderr.trim().is_empty() {
+        if let Some(e) = classify(&stderr, ct, &cmd.failure_message(&out)) {
+            return Err(e);
+        }
+        let failure: Vec<&str> = stderr.lines().filter(|l| !is_task_noise(l)).collect();
+        if !failure.is_empty() {
             return Err(anyhow::anyhow!(
                 "{cmd} exited 0 but its task failed: {}",
-                stderr.trim().chars().take(2000).collect::<String>()
+                failure
+                    .join("\n")
+                    .trim()
+                    .chars()
+                    .take(2000)
+                    .collect::<String>()
             ));
+        }
+        if stderr
+            .lines()
+            .any(|l| l.trim().starts_with("Task finished with "))
+        {
+            let said = out.stdout_str();
+            log::warn!(
+                "{cmd}: the copy finished with warnings: {}",
+                said.trim().chars().take(2000).collect::<String>()
+            );
         }
         Ok(())
     }
@@ -501,6 +797,135 @@ mod tests {
         assert_eq!(kind_of(&e), Kind::TempFail, "{e:#}");
         assert!(e.to_string().contains("VM 7 not reachable"), "{e}");
         assert!(e.to_string().contains("exited with status 1"), "{e}");
+    }
+
+    /// An executable shell script `body` named `name` in `dir`.
+    fn script(dir: &Path, name: &str, body: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn double_encoded_output_is_decoded() {
+        // What qm prints for a guest that printed "é ✔\n": each byte a
+        // character, encoded again (to_json with utf8 => 1).
+        let guest_bytes = "é ✔\n".as_bytes();
+        let twice: String = guest_bytes.iter().map(|&b| char::from(b)).collect();
+        let reply = serde_json::json!({"exited": 1, "exitcode": 0, "out-data": twice,
+            "err-data": twice});
+        let out = parse_qm_exec(&reply.to_string(), "VM 1: x").unwrap();
+        assert_eq!(out.stdout, "é ✔\n");
+        assert_eq!(out.stderr, "é ✔\n");
+        // Encoded once (a character above U+00FF), ASCII, or Latin-1 bytes
+        // that are no UTF-8: kept as they came.
+        for kept in ["é ✔", "plain", "caf\u{e9}"] {
+            assert_eq!(undo_double_utf8(kept.to_string()), kept);
+        }
+    }
+
+    #[test]
+    fn proxmox_messages_are_typed() {
+        let vm = Guest {
+            kind: GuestType::Vm,
+            id: 1001,
+        };
+        let e = classify("No QEMU guest agent configured\n", vm, "`qm ...`").unwrap();
+        assert_eq!(kind_of(&e), Kind::Config);
+        assert!(
+            e.to_string()
+                .contains("VM 1001 has no QEMU guest agent configured"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("qm set 1001 --agent 1"), "{e}");
+        let e = classify("QEMU guest agent is not running\n", vm, "x").unwrap();
+        assert_eq!(kind_of(&e), Kind::TempFail);
+        let lock = "trying to acquire lock...\n\
+                    can't lock file '/run/lock/lxc/pve-config-101.lock' - got timeout\n";
+        let e = classify(lock, vm, "x").unwrap();
+        assert_eq!(kind_of(&e), Kind::TempFail);
+        assert!(classify("VM 1001 is not running\n", vm, "x").is_none());
+        assert!(is_task_noise("Task finished with 2 warning(s)!"));
+        assert!(is_task_noise(" OK"));
+        assert!(!is_task_noise("failed to open /x for reading"));
+        assert!(!is_task_noise("Task finished with many warning(s)!"));
+    }
+
+    #[test]
+    fn a_missing_qm_is_final_at_once() {
+        let px = Proxmox {
+            qm: "/nonexistent/phoenix/qm".into(),
+            ..Proxmox::default()
+        };
+        let vm = Guest {
+            kind: GuestType::Vm,
+            id: 7,
+        };
+        let started = Instant::now();
+        let e = px.wait_reachable(vm, Duration::from_secs(120)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(kind_of(&e), Kind::Config, "{e:#}");
+        assert!(format!("{e:#}").contains("not a Proxmox VE node"), "{e:#}");
+        let e = px.exec(vm, &["true".to_string()], None).unwrap_err();
+        assert_eq!(kind_of(&e), Kind::Config, "{e:#}");
+    }
+
+    #[test]
+    fn an_unconfigured_agent_is_final_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let qm = script(
+            dir.path(),
+            "qm",
+            "case \"$1\" in status) echo 'status: running';; \
+             *) echo 'No QEMU guest agent configured' >&2; exit 255;; esac\n",
+        );
+        let px = Proxmox {
+            qm,
+            ..Proxmox::default()
+        };
+        let vm = Guest {
+            kind: GuestType::Vm,
+            id: 1001,
+        };
+        let started = Instant::now();
+        let e = px.wait_reachable(vm, Duration::from_secs(120)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(kind_of(&e), Kind::Config, "{e:#}");
+        assert!(format!("{e:#}").contains("qm set 1001 --agent 1"), "{e:#}");
+    }
+
+    #[test]
+    fn pct_push_with_warnings_succeeds_and_a_held_lock_is_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let pct = script(
+            dir.path(),
+            "pct",
+            "echo 'WARN: something odd'\necho 'Task finished with 1 warning(s)!' >&2\n",
+        );
+        let px = Proxmox {
+            pct,
+            ..Proxmox::default()
+        };
+        px.pct_push(101, Path::new("/etc/hostname"), "/tmp/x", 0o600)
+            .unwrap();
+        let pct = script(
+            dir.path(),
+            "pct2",
+            "echo 'trying to acquire lock...' >&2\n\
+             echo \"can't lock file '/run/lock/lxc/pve-config-101.lock' - got timeout\" >&2\n\
+             exit 255\n",
+        );
+        let px = Proxmox {
+            pct,
+            ..Proxmox::default()
+        };
+        let e = px
+            .pct_push(101, Path::new("/etc/hostname"), "/tmp/x", 0o600)
+            .unwrap_err();
+        assert_eq!(kind_of(&e), Kind::TempFail, "{e:#}");
+        assert!(format!("{e:#}").contains("got timeout"), "{e:#}");
     }
 
     #[test]

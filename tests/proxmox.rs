@@ -6,7 +6,8 @@ mod common;
 use common::FakePve;
 use phoenix_hooks::exit::{kind_of, Kind};
 use phoenix_hooks::phoenix::GuestType;
-use phoenix_hooks::proxmox::{Guest, Proxmox, RunState};
+use phoenix_hooks::proxmox::{Finished, Guest, Proxmox, RunState};
+use std::time::{Duration, Instant};
 
 fn argv(words: &[&str]) -> Vec<String> {
     words.iter().map(|s| s.to_string()).collect()
@@ -106,5 +107,106 @@ fn transports_report_what_the_guest_did() {
         format!("{e:#}").contains("999.conf' does not exist"),
         "{e:#}"
     );
-    let _ = ct_dir;
+    std::fs::remove_file(vm_dir.join("agent")).unwrap();
+
+    // Non-ASCII output comes back as the guest printed it: qm encodes it
+    // twice (to_json with utf8 => 1 over decode_base64's bytes), pct not.
+    for g in [vm, ct] {
+        let out = px
+            .exec(
+                g,
+                &argv(&["sh", "-c", "printf 'é ✔\\n'; printf 'ü' >&2"]),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            (out.stdout.as_str(), out.stderr.as_str()),
+            ("é ✔\n", "ü"),
+            "{g}"
+        );
+    }
+
+    // No agent configured: final at once, with what to do, not retried for
+    // the bound (two minutes here) and not 75.
+    std::fs::write(vm_dir.join("agent"), "unconfigured").unwrap();
+    let started = Instant::now();
+    let e = px.wait_reachable(vm, Duration::from_secs(120)).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "retried");
+    assert_eq!(kind_of(&e), Kind::Config, "{e:#}");
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("VM 1001 has no QEMU guest agent configured"),
+        "{msg}"
+    );
+    assert!(msg.contains("qm set 1001 --agent 1"), "{msg}");
+    let e = px.exec(vm, &argv(&["true"]), None).unwrap_err();
+    assert_eq!(kind_of(&e), Kind::Config, "{e:#}");
+    // ...whereas an agent that does not answer yet is temporary.
+    std::fs::write(vm_dir.join("agent"), "absent").unwrap();
+    let e = px.wait_reachable(vm, Duration::ZERO).unwrap_err();
+    assert_eq!(kind_of(&e), Kind::TempFail, "{e:#}");
+    assert!(format!("{e:#}").contains("--agent 1"), "{e:#}");
+    std::fs::remove_file(vm_dir.join("agent")).unwrap();
+
+    // A command that outlives qm's --timeout is told apart, with its pid,
+    // and its end can be asked for.
+    let started = px
+        .exec_or_pid(vm, &argv(&["sh", "-c", "sleep 3; echo done"]), None)
+        .unwrap();
+    let Finished::Running { pid } = started else {
+        panic!("{started:?}")
+    };
+    assert_eq!(
+        px.exec_status(1001, pid).unwrap(),
+        Finished::Running { pid }
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        match px.exec_status(1001, pid).unwrap() {
+            Finished::Done(out) => break out,
+            Finished::Running { .. } if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(out.stdout, "done\n");
+    // Collected once: the agent forgets it.
+    assert!(px.exec_status(1001, pid).is_err());
+
+    // A stopped CT: pct exec's own refusal, not an exit code of the command.
+    pve.set_status(&ct_dir, "stopped");
+    let e = px.exec(ct, &argv(&["true"]), None).unwrap_err();
+    assert!(format!("{e:#}").contains("CT 101 is not running"), "{e:#}");
+    pve.set_status(&ct_dir, "running");
+
+    // pct push: a held config lock is temporary; warnings are no failure.
+    let src = pve.dir.path().join("src.pem");
+    std::fs::write(&src, "data").unwrap();
+    let dest = pve.dir.path().join("dest.pem");
+    std::fs::write(ct_dir.join("lock"), "").unwrap();
+    let e = px
+        .pct_push(101, &src, dest.to_str().unwrap(), 0o600)
+        .unwrap_err();
+    assert_eq!(kind_of(&e), Kind::TempFail, "{e:#}");
+    assert!(
+        format!("{e:#}").contains("pve-config-101.lock' - got timeout"),
+        "{e:#}"
+    );
+    std::fs::remove_file(ct_dir.join("lock")).unwrap();
+    std::fs::write(ct_dir.join("push_warnings"), "2").unwrap();
+    px.pct_push(101, &src, dest.to_str().unwrap(), 0o600)
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), b"data");
+
+    // Not a Proxmox node: no qm at all. Final at once.
+    let none = Proxmox {
+        qm: pve.dir.path().join("no-qm").display().to_string(),
+        ..px.clone()
+    };
+    let e = none
+        .wait_reachable(vm, Duration::from_secs(120))
+        .unwrap_err();
+    assert_eq!(kind_of(&e), Kind::Config, "{e:#}");
+    assert!(format!("{e:#}").contains("not a Proxmox VE node"), "{e:#}");
 }

@@ -4,18 +4,28 @@
 Behaves like the real tools where the toolkit depends on it:
 - `qm status ID` / `pct status ID` print `status: running|stopped` and exit 0
   either way; an unknown guest: "Configuration file '...' does not exist", 255.
-- `qm guest cmd ID ping`: silent exit 0; "VM ID not running" or
-  "QEMU guest agent is not running", 255.
+- `qm guest cmd ID ping`, `qm guest exec`, `qm guest exec-status`: first
+  the checks of qemu-server src/PVE/QemuServer/Agent.pm
+  `assert_agent_available`, in its order: "No QEMU guest agent configured"
+  (no `agent:` in the VM's config), "VM ID is not running", "QEMU guest
+  agent is not running", each 255 (a Perl `die`: 255 unless `$!` is set).
+  `ping` then is a silent exit 0.
 - `qm guest exec ID [--timeout T] [--pass-stdin 0|1] [--synchronous 0|1] -- ARGV`:
   exits 0 whatever the command did and prints the result as PVE does
   (`to_json(pretty, canonical)`: 3-space indent, `"key" : value`, sorted),
   with `exited` 1/0, `exitcode` (absent when killed by a signal, `signal`
-  then), `out-data`/`err-data` when non-empty. When the command outlives
+  then), `out-data`/`err-data` when non-empty. Those are the guest's
+  bytes, each taken as a character (Agent.pm `decode_base64`) and encoded
+  as UTF-8 by `to_json(..., utf8 => 1)` (src/PVE/CLI/qm.pm
+  `$print_agent_result`): non-ASCII output comes doubly encoded, the
+  guest's "é" (C3 A9) as "Ã©" (C3 83 C2 A9), not escaped. When the command outlives
   --timeout (default 30 s) it prints "timeout reached, returning pid" on
   stderr and `{"pid" : N}` on stdout; the command goes on running.
   --pass-stdin over 1 MiB: "'input-data' (STDIN) is limited to 1 MiB, aborting".
 - `qm guest exec-status ID PID`: `{"exited" : 0}` while running, the result once done.
-- `pct exec ID -- ARGV`: the command's own exit status and output.
+- `pct exec ID -- ARGV`: the command's own exit status and output. A
+  stopped CT: "container 'ID' not running!", 255 (pve-container
+  src/PVE/CLI/pct.pm `exec`, which takes no lock).
 - `pct push ID FILE DEST [--perms P] [--user U] [--group G]` (pve-container
   src/PVE/CLI/pct.pm): writes FILE's bytes to DEST (the fake guests share
   the host's file system), created with mode 0 then chmod P (octal unless
@@ -25,12 +35,24 @@ Behaves like the real tools where the toolkit depends on it:
   the task fails (CLI fork_worker returns the status, `push` has no exit
   handler): "failed to open FILE for reading", "invalid mode: 'P'",
   "failed to create file: DEST: <strerror>" go to stderr, exit 0.
+  `push` holds the CT's config lock (`lock_config`, pve-guest-common
+  src/PVE/AbstractConfig.pm, 10 s): when it is held (`lock` below) it
+  prints "trying to acquire lock..." and then, where the real one waits
+  the 10 s first, "can't lock file '/run/lock/lxc/pve-config-ID.lock' -
+  got timeout" (pve-common src/PVE/Tools.pm `lock_file_full`), 255. A task
+  with warnings (`push_warnings` below) prints them on stdout (the sync
+  task's output is teed to stdout) and "Task finished with N
+  warning(s)!" on stderr, exit 0 (pve-common src/PVE/RESTEnvironment.pm).
 - Unknown options: "Unknown option: X" + "400 unable to parse option", 255.
 
 State lives under $PHOENIX_FAKE_PVE:
   qemu/ID/ or lxc/ID/      the guest exists
     status                 "running" (default) or "stopped"
-    agent                  (VMs) present: the agent runs; "absent": it does not
+    agent                  (VMs) missing: the agent runs; "absent": it does
+                           not (a booting VM); "unconfigured": no `agent:`
+                           line in the VM's config
+    lock                   (CTs) present: another task holds the config lock
+    push_warnings          (CTs) N: `pct push` ends with N warnings
     bin/                   the guest's commands: first on PATH for ARGV
     hang                   a call whose argv contains this text (e.g.
                            "guest exec") hangs for ever, as qm does on a
@@ -68,8 +90,25 @@ def record(tool, argv, stdin_bytes=0):
                             "env": dict(os.environ)}) + "\n")
 
 
-def pve_json(obj):
-    return json.dumps(obj, indent=3, sort_keys=True, separators=(",", " : ")) + "\n"
+def print_agent_result(obj):
+    """`to_json($result, {pretty => 1, canonical => 1, utf8 => 1})`: JSON::XS
+    writes non-ASCII characters as UTF-8, unescaped (qemu-server
+    src/PVE/CLI/qm.pm `$print_agent_result`)."""
+    text = json.dumps(obj, indent=3, sort_keys=True, separators=(",", " : "),
+                      ensure_ascii=False) + "\n"
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8"))
+    sys.stdout.buffer.flush()
+
+
+def assert_agent_available(d, vmid):
+    """qemu-server src/PVE/QemuServer/Agent.pm `assert_agent_available`."""
+    if read(os.path.join(d, "agent"), "running") == "unconfigured":
+        die("No QEMU guest agent configured")
+    if not is_running(d):
+        die(f"VM {vmid} is not running")
+    if read(os.path.join(d, "agent"), "running") == "absent":
+        die("QEMU guest agent is not running")
 
 
 def guest_dir(kind, vmid):
@@ -142,10 +181,11 @@ def result_of(proc_returncode, out, err):
         res["signal"] = -proc_returncode
     else:
         res["exitcode"] = proc_returncode
+    # decode_base64 gives bytes; each is one character to to_json.
     if out:
-        res["out-data"] = out.decode("utf-8", "replace")
+        res["out-data"] = out.decode("latin-1")
     if err:
-        res["err-data"] = err.decode("utf-8", "replace")
+        res["err-data"] = err.decode("latin-1")
     return res
 
 
@@ -168,10 +208,7 @@ def qm_guest_exec(args):
             die("'input-data' (STDIN) is limited to 1 MiB, aborting")
     record("qm", ["guest", "exec"] + args, len(data or b""))
     d = guest_dir("qm", vmid)
-    if not is_running(d):
-        die(f"VM {vmid} not running")
-    if read(os.path.join(d, "agent"), "running") == "absent":
-        die("QEMU guest agent is not running")
+    assert_agent_available(d, vmid)
     if not argv:
         die("400 Parameter verification failed.\nextra-args: No command given")
     # The command's output goes to files, as the agent buffers it, so a
@@ -193,18 +230,18 @@ def qm_guest_exec(args):
     with open(pidfile + ".paths", "w") as f:
         json.dump({"out": out_path, "err": err_path}, f)
     if not sync:
-        sys.stdout.write(pve_json({"pid": proc.pid}))
+        print_agent_result({"pid": proc.pid})
         return 0
     start = time.time()
     while timeout == 0 or time.time() - start < timeout:
         rc = proc.poll()
         if rc is not None:
             res = result_of(rc, open(out_path, "rb").read(), open(err_path, "rb").read())
-            sys.stdout.write(pve_json(res))
+            print_agent_result(res)
             return 0
         time.sleep(0.02)
     sys.stderr.write("timeout reached, returning pid\n")
-    sys.stdout.write(pve_json({"pid": proc.pid}))
+    print_agent_result({"pid": proc.pid})
     return 0
 
 
@@ -214,13 +251,14 @@ def qm_exec_status(args):
     vmid, pid = args
     record("qm", ["guest", "exec-status"] + args)
     d = guest_dir("qm", vmid)
+    assert_agent_available(d, vmid)
     paths = os.path.join(d, "jobs", f"{pid}.json.paths")
     if not os.path.exists(paths):
         die(f"Agent error: Invalid parameter 'pid'")
     try:
         os.kill(int(pid), 0)
         if read(f"/proc/{pid}/stat", "").split(" ")[2:3] != ["Z"]:
-            sys.stdout.write(pve_json({"exited": 0}))
+            print_agent_result({"exited": 0})
             return 0
     except ProcessLookupError:
         pass
@@ -228,7 +266,7 @@ def qm_exec_status(args):
     os.unlink(paths)
     # The exit status of a process we did not wait for is unknown here:
     # report a plain exit 0 as the agent would for a clean end.
-    sys.stdout.write(pve_json(result_of(0, open(p["out"], "rb").read(), open(p["err"], "rb").read())))
+    print_agent_result(result_of(0, open(p["out"], "rb").read(), open(p["err"], "rb").read()))
     return 0
 
 
@@ -242,10 +280,7 @@ def qm_main(args):
         record("qm", args)
         vmid, cmd = args[2], args[3]
         d = guest_dir("qm", vmid)
-        if not is_running(d):
-            die(f"VM {vmid} not running")
-        if read(os.path.join(d, "agent"), "running") == "absent":
-            die("QEMU guest agent is not running")
+        assert_agent_available(d, vmid)
         if cmd != "ping":
             die(f"400 Parameter verification failed.\ncommand: value '{cmd}' does not have a value in the enumeration")
         return 0
@@ -281,6 +316,10 @@ def pct_push(args):
     if not vmid.isdigit():
         die("400 Parameter verification failed.\nvmid: invalid format - value does not look like a valid VM ID")
     d = os.path.join(state_root(), "lxc", vmid)
+    # lock_config first, then the check inside it (pct.pm `push`).
+    if os.path.exists(os.path.join(d, "lock")):
+        sys.stderr.write("trying to acquire lock...\n")
+        die(f"can't lock file '/run/lock/lxc/pve-config-{vmid}.lock' - got timeout")
     if not os.path.isdir(d) or not is_running(d):
         die("can only push files to a running CT")
     # From here on the real tool runs a task: errors on stderr, exit 0.
@@ -333,6 +372,11 @@ def pct_push(args):
             break
         os.write(fd, chunk)
     os.close(fd)
+    warnings = int(read(os.path.join(d, "push_warnings"), "0") or "0")
+    if warnings:
+        for i in range(warnings):
+            sys.stdout.write(f"WARN: fake warning {i + 1}\n")
+        sys.stderr.write(f"Task finished with {warnings} warning(s)!\n")
     return 0
 
 
@@ -352,7 +396,7 @@ def pct_main(args):
         record("pct", args, len(data))
         d = guest_dir("pct", vmid)
         if not is_running(d):
-            die(f"CT {vmid} not running")
+            die(f"container '{vmid}' not running!")
         if not rest:
             die("400 Parameter verification failed.\nextra-args: No command given")
         try:
