@@ -1,5 +1,6 @@
 //! The exit-code contract shared by every binary, and the small typed error
-//! that carries a kind through an `anyhow` chain to `main`.
+//! that carries a kind through an `anyhow` chain to `main`. [`CONTRACT`]
+//! is the table as the documentation shows it (README, `--help`, man).
 //!
 //! | code | meaning |
 //! |------|---------|
@@ -39,6 +40,64 @@ impl Kind {
             Kind::Timeout => 124,
             Kind::Interrupted(sig) => (128 + sig).clamp(129, 255) as u8,
         }
+    }
+}
+
+/// An exit status as the documentation shows it: its code (or codes) and
+/// what it means in every binary. A binary says more about one in its
+/// [`Documented`] list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// The code, or the codes of one meaning (`129/130/131/143`).
+    pub codes: &'static str,
+    /// What it means, in every binary.
+    pub meaning: &'static str,
+}
+
+/// Exit 0.
+pub const OK: Status = Status {
+    codes: "0",
+    meaning: "ok",
+};
+/// [`Kind::Failed`].
+pub const FAILED: Status = Status {
+    codes: "1",
+    meaning: "failed",
+};
+/// [`Kind::Config`].
+pub const CONFIG: Status = Status {
+    codes: "2",
+    meaning: "usage or configuration error (permanent: do not retry)",
+};
+/// [`Kind::TempFail`].
+pub const TEMPFAIL: Status = Status {
+    codes: "75",
+    meaning: "temporary failure, retry later (includes \"already running\")",
+};
+/// [`Kind::Timeout`].
+pub const TIMEOUT: Status = Status {
+    codes: "124",
+    meaning: "timed out",
+};
+/// [`Kind::Interrupted`], for each of the stop signals, all handled alike.
+pub const STOPPED: Status = Status {
+    codes: "129/130/131/143",
+    meaning: "stopped by SIGHUP/SIGINT/SIGQUIT/SIGTERM (128 + the signal's number)",
+};
+
+/// Every status of the contract, in order.
+pub const CONTRACT: [Status; 6] = [OK, FAILED, CONFIG, TEMPFAIL, TIMEOUT, STOPPED];
+
+/// One status a binary can exit with, and when, for that binary (`""`:
+/// nothing to add to the contract's meaning).
+pub type Documented = (Status, &'static str);
+
+/// The line of `--help` and the man page for `doc`: the contract's meaning,
+/// then the binary's words.
+pub fn describe(doc: &Documented) -> String {
+    match doc {
+        (status, "") => status.meaning.to_string(),
+        (status, when) => format!("{}: {when}", status.meaning),
     }
 }
 
@@ -134,6 +193,36 @@ mod tests {
         assert_eq!(kind_of(&e), Kind::TempFail);
         let e = err(Kind::Failed, "inner").context(Error::new(Kind::Timeout, "outer"));
         assert_eq!(kind_of(&e), Kind::Timeout);
+    }
+
+    #[test]
+    fn the_documented_codes_are_the_kinds_codes() {
+        let code = |k: Kind| k.code().to_string();
+        assert_eq!(OK.codes, "0");
+        assert_eq!(FAILED.codes, code(Kind::Failed));
+        assert_eq!(CONFIG.codes, code(Kind::Config));
+        assert_eq!(TEMPFAIL.codes, code(Kind::TempFail));
+        assert_eq!(TIMEOUT.codes, code(Kind::Timeout));
+        let mut stopped: Vec<(u8, &str)> = crate::signal::STOP_SIGNALS
+            .iter()
+            .map(|s| (Kind::Interrupted(*s as i32).code(), s.as_str()))
+            .collect();
+        stopped.sort();
+        let codes: Vec<String> = stopped.iter().map(|(c, _)| c.to_string()).collect();
+        assert_eq!(STOPPED.codes, codes.join("/"));
+        let names: Vec<&str> = stopped.iter().map(|(_, n)| *n).collect();
+        assert!(
+            STOPPED
+                .meaning
+                .starts_with(&format!("stopped by {}", names.join("/"))),
+            "{}",
+            STOPPED.meaning
+        );
+        assert_eq!(describe(&(TIMEOUT, "")), "timed out");
+        assert_eq!(
+            describe(&(FAILED, "status: not ready")),
+            "failed: status: not ready"
+        );
     }
 
     #[test]

@@ -10,11 +10,13 @@ use clap::{Parser, Subcommand};
 use super::Common;
 use crate::ca::{self, Health, PublishOptions, WaitOptions};
 use crate::config::{CaPaths, Config};
-use crate::exit::{err, Kind};
+use crate::exit::{self, err, Kind};
 
 const ABOUT: &str = "Wait for, publish or invalidate the Step-CA readiness token";
 
-const LONG_ABOUT: &str = "\
+/// The long description of `--help` and the man page, with the exit statuses.
+pub const LONG_ABOUT: super::LongAbout = super::LongAbout {
+    text: "\
 Wait for, publish or invalidate the Step-CA readiness token.
 
 The CA state directory holds ca.generation (written by the Proxmox host
@@ -27,10 +29,20 @@ and to ca.guest_state_dir (/etc/step-ca/ssl) elsewhere. publish also copies
 the public part (ca.ready, ca.generation, the root certificate and its
 fingerprint, no secret) into public/ inside it, and invalidate keeps that
 copy's generation current: dependents mount public/ and wait on it with the
-same commands.
-
-Exit status: 0 ok, 1 failed (status: not ready), 2 usage or configuration
-error, 75 temporary failure, 124 timed out, 130/143 stopped by a signal.";
+same commands.",
+    exit: &[
+        (exit::OK, ""),
+        (exit::FAILED, "also the CA not ready (status)"),
+        (exit::CONFIG, ""),
+        (
+            exit::TIMEOUT,
+            "the bound (--timeout) passed, saying what was missing (wait, \
+             publish), or update-ca-certificates ran past its own (wait \
+             --bootstrap)",
+        ),
+        (exit::STOPPED, ""),
+    ],
+};
 
 /// Command line of `phoenix-ca`.
 #[derive(Debug, Parser)]

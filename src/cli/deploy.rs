@@ -9,11 +9,13 @@ use clap::{Parser, Subcommand};
 
 use super::Common;
 use crate::deploy::{self, RunOptions};
-use crate::retry;
+use crate::{exit, retry};
 
 const ABOUT: &str = "Deploy the Phoenix stacks on the Docker Swarm, after the certificates";
 
-const LONG_ABOUT: &str = "\
+/// The long description of `--help` and the man page, with the exit statuses.
+pub const LONG_ABOUT: super::LongAbout = super::LongAbout {
+    text: "\
 Deploy the Phoenix stacks on the Docker Swarm, after the certificates.
 
 Which stacks: each VM's docker_stacks in phoenix_vm_configs.json, defined
@@ -32,13 +34,30 @@ it, or that has gone from the swarm, is deployed on the manager with
 `docker stack deploy -c -` (the compose on stdin), then waited for, up to
 deploy.converge_timeout_secs, until every service runs; a task that fails
 is reported with docker's error. An unchanged stack is not deployed again.
-One run at a time (lock `deploy`).
-
-Exit status: 0 ok (status: every stack runs), 1 a stack does not run
-(status: a problem), 2 usage, configuration or compose error (the file
-and line named), 75 temporary (the manager not reachable or not an active
-manager, a stack still converging at the bound, another run holds the
-lock), 129/130/131/143 stopped.";
+One run at a time (lock `deploy`).",
+    exit: &[
+        (exit::OK, ""),
+        (
+            exit::FAILED,
+            "a stack does not run (run), or a problem (status)",
+        ),
+        (
+            exit::CONFIG,
+            "also a compose error (the file and line named)",
+        ),
+        (
+            exit::TEMPFAIL,
+            "the manager not reachable or not an active manager, a stack \
+             still converging at the bound, another run holds the lock",
+        ),
+        (
+            exit::TIMEOUT,
+            "the one failing stack's command (qm, docker in a VM) ran past \
+             its bound",
+        ),
+        (exit::STOPPED, ""),
+    ],
+};
 
 /// Command line of `phoenix-deploy`.
 #[derive(Debug, Parser)]

@@ -11,7 +11,9 @@ use crate::{logging, signal};
 
 const ABOUT: &str = "Proxmox hookscript: storage, CA secrets and CA readiness per guest";
 
-const LONG_ABOUT: &str = "\
+/// The long description of `--help` and the man page, with the exit statuses.
+pub const LONG_ABOUT: super::LongAbout = super::LongAbout {
+    text: "\
 Proxmox hookscript: storage, CA secrets and CA readiness per guest.
 
 Proxmox runs it as `phoenix-hook VMID PHASE` (set it with
@@ -30,10 +32,23 @@ post-stop
 
 A guest the Phoenix configs do not know: nothing, exit 0. An unknown
 phase: a warning, exit 0. Every phase has a hard deadline. Lines go to
-stderr (the task log) and to syslog (ident phoenix-hook).
-
-Exit status: 0 ok, 1 failed (pre-start: start refused), 2 usage or
-configuration error, 124 timed out.";
+stderr (the task log) and to syslog (ident phoenix-hook).",
+    exit: &[
+        (
+            exit::OK,
+            "also every stop phase, an unknown phase, a guest the Phoenix \
+             configs do not know",
+        ),
+        (exit::FAILED, "the start is refused (pre-start)"),
+        (exit::CONFIG, ""),
+        (
+            exit::TIMEOUT,
+            "the CA not ready at the bound, or the hard deadline passed (a \
+             start phase)",
+        ),
+        (exit::STOPPED, "while a start phase waits"),
+    ],
+};
 
 /// Command line of `phoenix-hook`.
 #[derive(Debug, Parser)]

@@ -8,12 +8,14 @@ use clap::{Parser, Subcommand};
 
 use super::Common;
 use crate::config::{self, Config};
-use crate::exit::{err, Kind};
+use crate::exit::{self, err, Kind};
 use crate::mount::{self, ApplyOptions};
 
 const ABOUT: &str = "Mount the shared CA state directory and other volumes in a guest";
 
-const LONG_ABOUT: &str = "\
+/// The long description of `--help` and the man page, with the exit statuses.
+pub const LONG_ABOUT: super::LongAbout = super::LongAbout {
+    text: "\
 Mount the shared CA state directory and other volumes in a guest.
 
 Volumes come from toolkit.json \"mounts\", or with --vmid N from that VM's
@@ -25,10 +27,21 @@ As a systemd generator (link this binary into
 /usr/lib/systemd/system-generators/; systemd passes the three directories
 and the `generate` word is implied) it writes one .mount unit per volume;
 the CA state mount orders Before=phoenix-ca-wait.service. /etc/fstab is
-never edited; a mount point it already has is left to it.
-
-Exit status: 0 ok, 1 failed (check: something not mounted as configured),
-2 usage or configuration error.";
+never edited; a mount point it already has is left to it.",
+    exit: &[
+        (exit::OK, ""),
+        (
+            exit::FAILED,
+            "a volume not mounted as configured (check), or not mounted: its \
+             mount command failed, ran past --timeout or was stopped by a \
+             signal, and the others were still tried (apply)",
+        ),
+        (
+            exit::CONFIG,
+            "also a generator directory that does not exist",
+        ),
+    ],
+};
 
 /// Command line of `phoenix-mount`.
 #[derive(Debug, Parser)]

@@ -14,7 +14,9 @@ use crate::retry;
 
 const ABOUT: &str = "Issue and renew the certificates of the Phoenix manifest";
 
-const LONG_ABOUT: &str = "\
+/// The long description of `--help` and the man page, with the exit statuses.
+pub const LONG_ABOUT: super::LongAbout = super::LongAbout {
+    text: "\
 Issue and renew the certificates of the Phoenix manifest.
 
 For each certificate of certificate-manifest.json (toolkit.json
@@ -28,15 +30,29 @@ the post-renewal action runs in the guest. One run at a time.
 
 A manifest entry that fails its checks (unknown owner, bad SAN, a file
 another entry claims...) is refused alone: the others are still renewed,
-and the run exits 2 at its end. `status` shows it as a row too.
-
-Exit status: 0 every selected certificate is valid, installed and not
-due; 1 a certificate (or its action) failed, or is held back by the
-failure backoff;
-2 usage or configuration error, unreadable manifest (nothing touched), or
-a refused manifest entry; 75 the CA is unreachable or another run holds
-the lock (retry later); 129/130/131/143 stopped by SIGHUP, SIGINT,
-SIGQUIT, SIGTERM (no failure recorded).";
+and the run exits 2 at its end. `status` shows it as a row too.",
+    exit: &[
+        (
+            crate::exit::OK,
+            "every selected certificate is valid, installed and not due",
+        ),
+        (
+            crate::exit::FAILED,
+            "a certificate (or its action) failed, or is held back by the \
+             failure backoff",
+        ),
+        (
+            crate::exit::CONFIG,
+            "also an unreadable manifest (nothing touched), or a refused \
+             manifest entry (the others renewed)",
+        ),
+        (
+            crate::exit::TEMPFAIL,
+            "the CA is unreachable or another run holds the lock",
+        ),
+        (crate::exit::STOPPED, "no failure recorded"),
+    ],
+};
 
 /// Command line of `phoenix-renew`.
 #[derive(Debug, Parser)]

@@ -7,12 +7,14 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use super::Common;
-use crate::retry;
 use crate::swarm::{self, EnsureOptions};
+use crate::{exit, retry};
 
 const ABOUT: &str = "Bring the Docker Swarm up on the Phoenix VMs, idempotently";
 
-const LONG_ABOUT: &str = "\
+/// The long description of `--help` and the man page, with the exit statuses.
+pub const LONG_ABOUT: super::LongAbout = super::LongAbout {
+    text: "\
 Bring the Docker Swarm up on the Phoenix VMs, idempotently.
 
 Roles, addresses and labels come from phoenix_vm_configs.json (swarm_role,
@@ -25,11 +27,23 @@ ensure: an inactive manager is initialised; a pending, erroring or locked
 one, or one whose state cannot be read, is waited for and reported (exit
 75), never re-created. Members join with a token passed on stdin; a member
 of another swarm is left alone unless --repair. Stale Down twins of Ready
-nodes are removed and missing labels added. A second run changes nothing.
-
-Exit status: 0 ok (status: no problem), 1 failed (status: a problem),
-2 usage or configuration error, 75 temporary failure (a VM or its swarm
-state not ready, or another run holds the lock), 130/143 stopped.";
+nodes are removed and missing labels added. A second run changes nothing.",
+    exit: &[
+        (exit::OK, ""),
+        (exit::FAILED, "also a problem (status)"),
+        (exit::CONFIG, ""),
+        (
+            exit::TEMPFAIL,
+            "a VM or its swarm state not ready, or another run holds the lock",
+        ),
+        (
+            exit::TIMEOUT,
+            "the one failing step's command (qm, docker in a VM) ran past its \
+             bound",
+        ),
+        (exit::STOPPED, ""),
+    ],
+};
 
 /// Command line of `phoenix-swarm`.
 #[derive(Debug, Parser)]
