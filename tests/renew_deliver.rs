@@ -351,3 +351,187 @@ fn pct_push_fails_on_a_stopped_ct_and_on_a_task_error() {
     let e = format!("{:#}", px.pct_push(101, &src, &dest_s, 0o600).unwrap_err());
     assert!(e.contains("can only push files to a running CT"), "{e}");
 }
+
+/// A legacy `qm guest exec VMID -- ARGV` string runs through the typed
+/// transport, with `renewal.command_timeout_secs` as qm's `--timeout` (not
+/// qm's 30 s default), and one that outlives it fails as a timeout that
+/// names its pid.
+#[test]
+fn a_legacy_qm_guest_exec_runs_typed_with_the_configured_timeout() {
+    let mut b = Bench::new();
+    let vm = b.pve.add_vm(1001);
+    b.pve.guest_command(&vm, "systemctl", SYSTEMCTL);
+    // Slow while the guest holds `slow`: a `docker service update` that
+    // outlives the bound.
+    b.pve.guest_command(
+        &vm,
+        "update",
+        "#!/bin/sh\necho \"$*\" >> \"$FAKE_PVE/update.log\"\n\
+         [ -e \"$FAKE_GUEST_DIR/slow\" ] && sleep 4\nexit 0\n",
+    );
+    let d = certs(&b);
+    let entry = |command: &str| {
+        json!({"common_name": "docker.test.internal", "sans": ["10.0.0.111"],
+            "guest_id": 1001, "guest_type": "vm",
+            "cert_path": d.join("1001/cert.pem"), "key_path": d.join("1001/key.pem"),
+            "owner": "0:33", "include_ca": true,
+            "post_renewal_command": command})
+    };
+    b.write_manifest(&json!([entry(
+        "qm guest exec 1001 -- systemctl restart 'docker'"
+    )]));
+    let out = b.run(&["run"]);
+    ok(&out);
+    assert_eq!(systemctl_log(&b), ["1001 restart docker"]);
+    let calls = b.pve_calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c == "qm guest exec 1001 --timeout 20 -- systemctl restart docker"),
+        "{calls:#?}"
+    );
+
+    // Another certificate, a slow command, a 2 s bound.
+    let b2 = {
+        b.set_renewal("command_timeout_secs", json!(2));
+        b
+    };
+    std::fs::write(vm.join("slow"), "").unwrap();
+    let mut e2 = entry("qm guest exec 1001 -- update --force web_service");
+    e2["common_name"] = json!("swarm.test.internal");
+    e2["cert_path"] = json!(d.join("swarm/cert.pem"));
+    e2["key_path"] = json!(d.join("swarm/key.pem"));
+    b2.write_manifest(&json!([e2]));
+    let started = std::time::Instant::now();
+    let out = b2.run(&["run"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("still running after renewal.command_timeout_secs (2 s)")
+            && err.contains("qm returned its pid")
+            && err.contains("not start it again while the guest agent says it runs"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(b2
+        .pve_calls()
+        .iter()
+        .any(|c| c == "qm guest exec 1001 --timeout 2 -- update --force web_service"));
+}
+
+/// The pid of a legacy `qm guest exec` left running is kept under the
+/// state directory: the command is not started again while the guest
+/// agent says it runs, and is once it has ended.
+#[test]
+fn a_legacy_qm_command_left_running_is_not_started_again() {
+    use phoenix_hooks::exit::{kind_of, Kind};
+    use phoenix_hooks::phoenix::GuestType;
+    use phoenix_hooks::proxmox::{Guest, Proxmox};
+    use phoenix_hooks::renew::manifest::{Entry, PostAction};
+    use phoenix_hooks::renew::post;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+
+    let pve = common::FakePve::new();
+    let vm = pve.add_vm(1002);
+    pve.guest_command(
+        &vm,
+        "update",
+        "#!/bin/sh\necho start >> \"$FAKE_PVE/update.log\"\n\
+         [ -e \"$FAKE_GUEST_DIR/slow\" ] && sleep 3\necho end >> \"$FAKE_PVE/update.log\"\n",
+    );
+    std::fs::write(vm.join("slow"), "").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The fake's state directory, without touching this process's env.
+    let qm = dir.path().join("qm");
+    std::fs::write(
+        &qm,
+        format!(
+            "#!/bin/sh\nPHOENIX_FAKE_PVE='{}' exec '{}' \"$@\"\n",
+            pve.dir.path().display(),
+            common::fakes().join("qm").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&qm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let px = Proxmox {
+        qm: qm.display().to_string(),
+        ..Proxmox::default()
+    };
+    let manifest = dir.path().join("certificate-manifest.json");
+    std::fs::write(&manifest, "[]").unwrap();
+    std::fs::set_permissions(&manifest, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let state = dir.path().join("state");
+    let entry = Entry {
+        index: 0,
+        name: "swarm.test.internal".into(),
+        guest: Guest {
+            kind: GuestType::Vm,
+            id: 1002,
+        },
+        sans: Vec::new(),
+        wanted: Default::default(),
+        cert_path: dir.path().join("cert.pem"),
+        key_path: dir.path().join("key.pem"),
+        uid: 0,
+        gid: 0,
+        key_mode: 0o600,
+        include_ca: false,
+        post: PostAction::Legacy("qm guest exec 1002 -- update --force web_service".into()),
+        deliver: false,
+        warnings: Vec::new(),
+    };
+    let bounds = post::Bounds {
+        command: Duration::from_secs(1),
+        update: Duration::from_secs(10),
+    };
+    let starts = || {
+        std::fs::read_to_string(pve.dir.path().join("update.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "start")
+            .count()
+    };
+    let execs = || {
+        pve.calls()
+            .iter()
+            .filter(|c| c["argv"][1] == "exec")
+            .count()
+    };
+
+    let e = post::run_in(&entry, &px, &manifest, bounds, Some(&state)).unwrap_err();
+    assert_eq!(kind_of(&e), Kind::Timeout, "{e:#}");
+    assert!(
+        format!("{e:#}").contains("no later run starts it again"),
+        "{e:#}"
+    );
+    let kept: Vec<_> = std::fs::read_dir(state.join("post-running"))
+        .unwrap()
+        .collect();
+    assert_eq!(kept.len(), 1);
+
+    // Asked again while it runs: not started, temporary.
+    let e = post::run_in(&entry, &px, &manifest, bounds, Some(&state)).unwrap_err();
+    assert_eq!(kind_of(&e), Kind::TempFail, "{e:#}");
+    assert!(format!("{e:#}").contains("not started again"), "{e:#}");
+    assert_eq!((starts(), execs()), (1, 1));
+
+    // Once it has ended, the next run runs it (quick now) and forgets it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(pve.dir.path().join("update.log"))
+        .unwrap_or_default()
+        .contains("end")
+    {
+        assert!(Instant::now() < deadline, "the guest command never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(vm.join("slow")).unwrap();
+    post::run_in(&entry, &px, &manifest, bounds, Some(&state)).unwrap();
+    assert_eq!((starts(), execs()), (2, 2));
+    assert_eq!(
+        std::fs::read_dir(state.join("post-running"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

@@ -1,13 +1,178 @@
-//! Recognising the old bash's Swarm secret chain in a legacy
-//! `post_renewal_command`: `docker secret rm X; docker secret create X
-//! /tmp/cert.pem; ...; docker service update --force S`. On a live swarm
-//! Docker refuses to remove a secret a service uses, so every `rm` and
-//! `create` fails, the last `service update` succeeds, and the command
-//! reports success while the service keeps the old certificate. Such a
-//! command is named at plan time with its structured equivalent
-//! (`post_renewal.swarm_secrets`), which rotates for real.
+//! Legacy `post_renewal_command` strings.
 //!
-//! Only recognised, never rewritten: the operator's manifest is theirs.
+//! - A string that is one `qm guest exec VMID [OPTIONS] -- ARGV` and
+//!   nothing else ([`qm_guest_exec`]) is run through the typed transport
+//!   ([`crate::proxmox::Proxmox::exec_or_pid`]) with
+//!   `renewal.command_timeout_secs`, not through `sh -c` under qm's 30 s
+//!   default `--timeout` (qemu-server src/PVE/CLI/qm.pm `exec`), after
+//!   which qm prints `{"pid": N}` and the command goes on running.
+//!
+//! - The old bash's Swarm secret chain: `docker secret rm X; docker secret
+//!   create X /tmp/cert.pem; ...; docker service update --force S`. On a
+//!   live swarm Docker refuses to remove a secret a service uses, so every
+//!   `rm` and `create` fails, the last `service update` succeeds, and the
+//!   command reports success while the service keeps the old certificate.
+//!   Such a command is named at plan time with its structured equivalent
+//!   (`post_renewal.swarm_secrets`), which rotates for real.
+//!
+//! Only read, never rewritten: the operator's manifest is theirs.
+
+/// A legacy command that is exactly one `qm guest exec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QmGuestExec {
+    /// The VM.
+    pub vmid: u32,
+    /// The command in the guest, as `sh` would have split it.
+    pub argv: Vec<String>,
+    /// `--timeout N` as the string gave it: replaced by
+    /// `renewal.command_timeout_secs`.
+    pub timeout: Option<String>,
+}
+
+/// `command` as one `qm guest exec VMID [--timeout N] [--pass-stdin B]
+/// [--synchronous 1] -- ARGV` (or without `--` when no word of ARGV starts
+/// with `-`), split into words as `sh -c` would. `None` for anything the
+/// shell would do more with: several commands, pipes, redirections,
+/// expansions (`$`, backquotes, globs, `~`), comments, assignments; other
+/// `qm` options, `--synchronous 0` (the operator asked not to wait); a
+/// string that is no `qm guest exec`. Those run with `sh -c` as before.
+pub fn qm_guest_exec(command: &str) -> Option<QmGuestExec> {
+    let words = shell_words(command)?;
+    let mut it = words.into_iter();
+    let qm = it.next()?;
+    if !(qm == "qm" || qm == "/usr/sbin/qm") || it.next()? != "guest" || it.next()? != "exec" {
+        return None;
+    }
+    let mut vmid = None;
+    let mut timeout = None;
+    let mut argv = Vec::new();
+    let mut rest = it.peekable();
+    while let Some(w) = rest.next() {
+        if w == "--" {
+            argv.extend(rest.by_ref());
+            break;
+        }
+        if let Some(opt) = w.strip_prefix("--").or_else(|| w.strip_prefix('-')) {
+            let (name, value) = match opt.split_once('=') {
+                Some((n, v)) => (n.to_string(), v.to_string()),
+                None => (opt.to_string(), rest.next()?),
+            };
+            match name.as_str() {
+                "timeout" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                    timeout = Some(value)
+                }
+                // No stdin reaches it either way (`sh -c` had /dev/null).
+                "pass-stdin" if perl_bool(&value).is_some() => {}
+                "synchronous" if perl_bool(&value) == Some(true) => {}
+                _ => return None,
+            }
+            continue;
+        }
+        if vmid.is_none() {
+            vmid = Some(
+                w.parse::<u32>()
+                    .ok()
+                    .filter(|_| w.bytes().all(|b| b.is_ascii_digit()))?,
+            );
+        } else {
+            argv.push(w);
+        }
+    }
+    if argv.is_empty() {
+        return None;
+    }
+    Some(QmGuestExec {
+        vmid: vmid?,
+        argv,
+        timeout,
+    })
+}
+
+/// A PVE boolean option value.
+fn perl_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// The words `sh -c` would make of `command` when it is one simple
+/// command with no expansion: blanks split words; `'...'` is literal;
+/// `"..."` is literal but for `\"`, `\\`, `\$`, `` \` `` and a
+/// backslash-newline; a backslash outside quotes takes the next character
+/// as it is. `None` when the shell would do more: an unquoted `;`, `&`,
+/// `|`, `<`, `>`, `(`, `)`, newline, `$`, `` ` ``, `*`, `?`, `[`, a `~` or
+/// `#` starting a word, a `$` or `` ` `` inside double quotes, an
+/// unterminated quote, or a first word that assigns (`VAR=value`).
+pub fn shell_words(command: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    // A word is under way (`''` is an empty word).
+    let mut started = false;
+    let mut chars = command.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            '\'' => {
+                started = true;
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => word.push(c),
+                    }
+                }
+            }
+            '"' => {
+                started = true;
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '$' | '`' => return None,
+                        '\\' => match chars.next()? {
+                            c @ ('"' | '\\' | '$' | '`') => word.push(c),
+                            '\n' => {}
+                            c => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                        },
+                        c => word.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                started = true;
+                match chars.next() {
+                    Some('\n') => {}
+                    Some(c) => word.push(c),
+                    None => word.push('\\'),
+                }
+            }
+            ';' | '&' | '|' | '<' | '>' | '(' | ')' | '\n' | '$' | '`' | '*' | '?' | '[' => {
+                return None
+            }
+            '~' | '#' if !started => return None,
+            c => {
+                started = true;
+                word.push(c);
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    let first = words.first()?;
+    if first.contains('=') {
+        return None;
+    }
+    Some(words)
+}
 
 /// The warning for a legacy command that rotates secrets in place, with
 /// the structured equivalent; `None` for any other command.
@@ -132,6 +297,65 @@ mod tests {
             ),
             "{w}"
         );
+    }
+
+    #[test]
+    fn a_lone_qm_guest_exec_is_split_as_sh_would() {
+        let q = qm_guest_exec(PORTAINER).unwrap();
+        assert_eq!(q.vmid, 1001);
+        assert_eq!(q.argv[..2], ["/bin/bash", "-c"]);
+        assert_eq!(q.argv.len(), 3);
+        assert!(
+            q.argv[2].starts_with("SECRET_CERT=\"portainer_tls_cert.pem\"; "),
+            "{:?}",
+            q.argv
+        );
+        assert!(q.argv[2].ends_with("$SERVICE_NAME; fi"), "{:?}", q.argv);
+        let q = qm_guest_exec(
+            "qm guest exec 1002 --timeout 30 -- docker service update --force \"my svc\" a\\ b",
+        )
+        .unwrap();
+        assert_eq!((q.vmid, q.timeout.as_deref()), (1002, Some("30")));
+        assert_eq!(
+            q.argv,
+            ["docker", "service", "update", "--force", "my svc", "a b"]
+        );
+        let q =
+            qm_guest_exec("qm guest exec --pass-stdin=1 1003 systemctl restart docker").unwrap();
+        assert_eq!((q.vmid, q.argv.len()), (1003, 3));
+        assert_eq!(
+            qm_guest_exec("  qm guest exec 7 -- echo ''  ")
+                .unwrap()
+                .argv,
+            ["echo", ""]
+        );
+    }
+
+    #[test]
+    fn anything_the_shell_does_more_with_is_left_to_it() {
+        for command in [
+            "qm guest exec 1001 -- true && echo done",
+            "qm guest exec 1001 -- true; reboot",
+            "qm guest exec 1001 -- cat /x > /y",
+            "qm guest exec 1001 -- echo $HOME",
+            "qm guest exec 1001 -- echo \"$HOME\"",
+            "qm guest exec 1001 -- echo `id`",
+            "qm guest exec 1001 -- ls /tmp/*.pem",
+            "qm guest exec 1001 -- ls ~",
+            "qm guest exec 1001 -- ls # x",
+            "qm guest exec 1001 -- echo 'open",
+            "qm guest exec 1001 --synchronous 0 -- true",
+            "qm guest exec 1001 --bogus 1 -- true",
+            "qm guest exec 1001",
+            "qm guest exec 1001 --",
+            "qm guest exec abc -- true",
+            "qm guest exec 1001 ls -l",
+            "X=1 qm guest exec 1001 -- true",
+            "pct exec 101 -- systemctl reload nginx",
+            "qm guest exec 1001 -- true\nreboot",
+        ] {
+            assert_eq!(qm_guest_exec(command), None, "{command}");
+        }
     }
 
     #[test]

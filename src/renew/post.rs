@@ -4,26 +4,39 @@
 //!   the typed transport (`pct exec`, or `qm guest exec` after `qm status`
 //!   says running and the agent answers a ping).
 //! - Legacy `post_renewal_command` strings: the operator's own commands,
-//!   run with `sh -c` on the host as root, so only from a manifest owned
-//!   by root and writable by nobody else; deprecated (warned every run). One
-//!   that starts with `qm guest exec` has its JSON checked the same way as
-//!   the typed transport's (`qm` itself exits 0 whatever the command did).
+//!   only from a manifest owned by root and writable by nobody else;
+//!   deprecated (warned every run). One that is a lone `qm guest exec VMID
+//!   -- ARGV` ([`legacy::qm_guest_exec`]) runs through the typed transport
+//!   with `renewal.command_timeout_secs` (not qm's 30 s default). One it
+//!   outlives is not started again while it may still run: qm prints `{"pid":
+//!   N}` and leaves it running (qemu-server src/PVE/CLI/qm.pm `exec`), so
+//!   the pid is kept (in this process, and under the state directory with
+//!   [`run_in`]) and the guest agent is asked (`qm guest exec-status`)
+//!   before it is started again. Any other string runs with `sh -c` on the
+//!   host as root; one that starts with `qm guest exec` has its JSON
+//!   checked the same way as the typed transport's (`qm` itself exits 0
+//!   whatever the command did).
 //! - `"post_renewal": {"swarm_secrets": {...}, "services": [...]}`: the
 //!   new files become versioned Swarm secrets on the manager VM, rolled
 //!   into the services ([`crate::swarm::secrets`]).
 
-use std::path::Path;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::exec::Cmd;
+use crate::exit::{err, kind_of, Kind};
 use crate::guestdir;
 use crate::phoenix::GuestType;
-use crate::proxmox::{self, Guest, Proxmox};
+use crate::proxmox::{self, Finished, Guest, Proxmox};
 use crate::swarm::docker::Docker;
 use crate::swarm::secrets::{self, Material, Part, Rotation};
 
+use super::legacy::{self, QmGuestExec};
 use super::manifest::{self, Entry, PostAction};
 
 /// Bounds of the post-renewal actions.
@@ -35,8 +48,23 @@ pub struct Bounds {
     pub update: Duration,
 }
 
-/// Run the entry's post-renewal action.
+/// Run the entry's post-renewal action. A legacy `qm guest exec` left
+/// running is remembered in this process only: [`run_in`] keeps it across
+/// runs.
 pub fn run(entry: &Entry, px: &Proxmox, manifest_path: &Path, bounds: Bounds) -> Result<()> {
+    run_in(entry, px, manifest_path, bounds, None)
+}
+
+/// [`run`], keeping the pid of a legacy `qm guest exec` command that
+/// outlived its bound under `state_dir` (`<state_dir>/post-running/`), so
+/// that no later run starts it again while the guest agent says it runs.
+pub fn run_in(
+    entry: &Entry,
+    px: &Proxmox,
+    manifest_path: &Path,
+    bounds: Bounds,
+    state_dir: Option<&Path>,
+) -> Result<()> {
     match &entry.post {
         PostAction::None => Ok(()),
         PostAction::SwarmSecrets(rot) => swarm_secrets(entry, rot, px, bounds.update),
@@ -57,7 +85,9 @@ pub fn run(entry: &Entry, px: &Proxmox, manifest_path: &Path, bounds: Bounds) ->
             );
             Ok(())
         }
-        PostAction::Legacy(command) => legacy(entry, command, manifest_path, bounds.command),
+        PostAction::Legacy(command) => {
+            legacy(entry, command, px, manifest_path, bounds.command, state_dir)
+        }
     }
 }
 
@@ -101,7 +131,14 @@ fn swarm_secrets(entry: &Entry, rot: &Rotation, px: &Proxmox, bound: Duration) -
     Ok(())
 }
 
-fn legacy(entry: &Entry, command: &str, manifest_path: &Path, timeout: Duration) -> Result<()> {
+fn legacy(
+    entry: &Entry,
+    command: &str,
+    px: &Proxmox,
+    manifest_path: &Path,
+    timeout: Duration,
+    state_dir: Option<&Path>,
+) -> Result<()> {
     log::warn!(
         "{}: post_renewal_command is deprecated; use \"post_renewal\": {{\"run\": [...]}}, run in the guest",
         entry.name
@@ -112,6 +149,18 @@ fn legacy(entry: &Entry, command: &str, manifest_path: &Path, timeout: Duration)
             manifest_path.display()
         )
     })?;
+    if let Some(q) = legacy::qm_guest_exec(command) {
+        return legacy_qm(entry, &q, px, timeout, state_dir);
+    }
+    if command.trim_start().starts_with("qm guest exec") {
+        log::warn!(
+            "{}: post_renewal_command is more than one plain `qm guest exec` (shell operators, \
+             expansions or other options): it runs with sh -c, under qm's own --timeout (30 s \
+             unless it sets one), not renewal.command_timeout_secs; use \"post_renewal\": \
+             {{\"run\": [...]}}",
+            entry.name
+        );
+    }
     let cmd = Cmd::new("sh").args(["-c", command]).timeout(timeout);
     let out = cmd.run()?;
     if !out.status.success() {
@@ -133,4 +182,244 @@ fn legacy(entry: &Entry, command: &str, manifest_path: &Path, timeout: Duration)
     }
     log::info!("{}: post_renewal_command ok", entry.name);
     Ok(())
+}
+
+/// A legacy `qm guest exec VMID -- ARGV`, through the typed transport with
+/// `timeout` as qm's `--timeout`. One still running when it ran out is a
+/// timeout failure, remembered ([`Running`]) so that it is not started
+/// again while the guest agent says it runs.
+fn legacy_qm(
+    entry: &Entry,
+    q: &QmGuestExec,
+    px: &Proxmox,
+    timeout: Duration,
+    state_dir: Option<&Path>,
+) -> Result<()> {
+    let vm = Guest {
+        kind: GuestType::Vm,
+        id: q.vmid,
+    };
+    let what = format!(
+        "{}: post_renewal_command `{}` in {vm}",
+        entry.name,
+        q.argv.join(" ")
+    );
+    let secs = timeout.as_secs().max(1);
+    if let Some(t) = &q.timeout {
+        log::debug!(
+            "{what}: its --timeout {t} is replaced by renewal.command_timeout_secs ({secs} s)"
+        );
+    }
+    let running = Running::new(q, state_dir);
+    if let Some(earlier) = running.load() {
+        match px.exec_status(q.vmid, earlier.pid) {
+            Ok(Finished::Running { pid }) => {
+                return Err(err(
+                    Kind::TempFail,
+                    format!(
+                        "{what}: not started again: the one an earlier run started at {} still \
+                         runs in the guest (pid {pid}; it outlived renewal.command_timeout_secs \
+                         then); a later run asks the guest agent again",
+                        time(earlier.started)
+                    ),
+                ));
+            }
+            Ok(Finished::Done(out)) => {
+                let line = format!(
+                    "{what}: the one an earlier run started at {} (pid {}) has ended, with \
+                     status {}{}",
+                    time(earlier.started),
+                    earlier.pid,
+                    out.exitcode,
+                    tail(&out.stderr)
+                );
+                if out.exitcode == 0 {
+                    log::info!("{line}; running it for this run");
+                } else {
+                    log::warn!("{line}; running it again");
+                }
+                running.clear();
+            }
+            Err(e) if kind_of(&e) == Kind::Config => return Err(e),
+            // The agent no longer knows the pid: the VM or its agent
+            // restarted, or its end was already collected.
+            Err(e) if format!("{e:#}").contains("Agent error") => {
+                log::info!(
+                    "{what}: the guest agent no longer knows pid {} of an earlier run ({e:#}); \
+                     taken as ended",
+                    earlier.pid
+                );
+                running.clear();
+            }
+            Err(e) => {
+                return Err(e).context(format!(
+                    "{what}: cannot tell whether pid {} (started by an earlier run at {}) \
+                     still runs, so it is not started again",
+                    earlier.pid,
+                    time(earlier.started)
+                ))
+            }
+        }
+    }
+    px.ensure_reachable(vm)?;
+    let px = Proxmox {
+        guest_timeout: secs,
+        ..px.clone()
+    };
+    match px.exec_or_pid(vm, &q.argv, None)? {
+        Finished::Done(out) => {
+            if out.exitcode != 0 {
+                return Err(anyhow!(
+                    "{what}: exited with status {}{}",
+                    out.exitcode,
+                    tail(if out.stderr.trim().is_empty() {
+                        &out.stdout
+                    } else {
+                        &out.stderr
+                    })
+                ));
+            }
+            log::info!("{}: post_renewal_command ok (in {vm})", entry.name);
+            Ok(())
+        }
+        Finished::Running { pid } => {
+            let kept = running.save(pid, &entry.name);
+            let next = match (&kept, state_dir) {
+                (Ok(()), Some(_)) => {
+                    "no later run starts it again while the guest agent says \
+                                      it runs"
+                }
+                _ => "this run does not start it again while the guest agent says it runs",
+            };
+            if let Err(e) = kept {
+                log::error!("{what}: cannot record pid {pid}: {e:#}");
+            }
+            Err(err(
+                Kind::Timeout,
+                format!(
+                    "{what}: still running after renewal.command_timeout_secs ({secs} s); qm \
+                     returned its pid {pid} and it goes on running in the guest: {next} \
+                     (`qm guest exec-status {} {pid}` tells its end)",
+                    q.vmid
+                ),
+            ))
+        }
+    }
+}
+
+/// ": TEXT" with the last 2000 characters of `text`, or nothing.
+fn tail(text: &str) -> String {
+    let t = text.trim();
+    if t.is_empty() {
+        return String::new();
+    }
+    let skip = t.chars().count().saturating_sub(2000);
+    format!(": {}", t.chars().skip(skip).collect::<String>())
+}
+
+fn time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// Legacy `qm guest exec` commands this process left running, by
+/// [`Running::key`].
+static LEFT_RUNNING: Mutex<BTreeMap<String, Started>> = Mutex::new(BTreeMap::new());
+
+/// A command left running in a VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Started {
+    vmid: u32,
+    pid: i64,
+    argv: Vec<String>,
+    /// Unix seconds.
+    started: u64,
+    /// The manifest entry that ran it.
+    entry: String,
+}
+
+/// Where a legacy `qm guest exec` left running is remembered: by its VM
+/// and argv (two entries running the same command share it), in this
+/// process and, given a state directory, in a file there.
+struct Running<'a> {
+    q: &'a QmGuestExec,
+    key: String,
+    file: Option<PathBuf>,
+}
+
+impl<'a> Running<'a> {
+    fn new(q: &'a QmGuestExec, state_dir: Option<&Path>) -> Running<'a> {
+        let digest = crate::digest::sha256_hex(q.argv.join("\0").as_bytes());
+        let key = format!("{}-{}", q.vmid, &digest[..16]);
+        let file = state_dir.map(|d| d.join("post-running").join(format!("{key}.json")));
+        Running { q, key, file }
+    }
+
+    fn load(&self) -> Option<Started> {
+        if let Some(s) = LEFT_RUNNING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.key)
+        {
+            return Some(s.clone());
+        }
+        let file = self.file.as_ref()?;
+        let bytes = match crate::fsutil::read_limited(file, 1 << 20) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                log::warn!("cannot read '{}': {e}", file.display());
+                return None;
+            }
+        };
+        match serde_json::from_slice::<Started>(&bytes) {
+            Ok(s) if s.vmid == self.q.vmid && s.argv == self.q.argv => Some(s),
+            Ok(_) => None,
+            Err(e) => {
+                log::warn!("ignoring '{}': {e}", file.display());
+                None
+            }
+        }
+    }
+
+    fn save(&self, pid: i64, entry: &str) -> Result<()> {
+        let started = Started {
+            vmid: self.q.vmid,
+            pid,
+            argv: self.q.argv.clone(),
+            started: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            entry: entry.to_string(),
+        };
+        LEFT_RUNNING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.key.clone(), started.clone());
+        if let Some(file) = &self.file {
+            if let Some(dir) = file.parent() {
+                crate::fsutil::ensure_dir(dir, 0o700)?;
+            }
+            crate::fsutil::write_atomic(
+                file,
+                &serde_json::to_vec_pretty(&started)?,
+                crate::fsutil::FileOptions::mode(0o600),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn clear(&self) {
+        LEFT_RUNNING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+        if let Some(file) = &self.file {
+            if let Err(e) = std::fs::remove_file(file) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("cannot remove '{}': {e}", file.display());
+                }
+            }
+        }
+    }
 }
