@@ -52,8 +52,16 @@ pub struct Config {
     #[serde(rename = "$comment")]
     pub comment: Option<serde_json::Value>,
     /// Where Proxmox mounts shared storages (`<storage_root>/<storage>`):
-    /// a host path under it needs its storage mounted.
+    /// the default `path` of an nfs, cifs or cephfs storage, and, without
+    /// a `storage.cfg`, the rule itself (a host path under it needs its
+    /// storage mounted).
     pub storage_root: PathBuf,
+    /// Proxmox's cluster configuration (`storage.cfg`, `lxc/`,
+    /// `qemu-server/`), read by the hookscript.
+    pub pve_dir: PathBuf,
+    /// Host directories that must be mount points when a checked path
+    /// lies under them, beyond what `storage.cfg` says.
+    pub required_mounts: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -71,6 +79,8 @@ impl Default for Config {
             deploy: DeployConfig::default(),
             comment: None,
             storage_root: "/mnt/pve".into(),
+            pve_dir: "/etc/pve".into(),
+            required_mounts: Vec::new(),
         }
     }
 }
@@ -197,10 +207,15 @@ pub enum MountType {
     Tmpfs,
 }
 
-/// A `mounts[]` entry.
+/// A `mounts[]` entry: the shape of a VM's `volumes[]` object in
+/// `phoenix_vm_configs.json`, so one can be copied over as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MountConfig {
+    /// The volume's name in the Phoenix VM config: kept, shown in
+    /// messages and the unit's description; it changes nothing mounted.
+    #[serde(default)]
+    pub name: Option<String>,
     /// nfs, bind or tmpfs.
     #[serde(rename = "type")]
     pub kind: MountType,
@@ -501,7 +516,18 @@ impl Config {
         if !self.renewal.guest_drop_dir.is_absolute() {
             return bad("renewal.guest_drop_dir", "must be an absolute path");
         }
+        if !self.pve_dir.is_absolute() {
+            return bad("pve_dir", "must be an absolute path");
+        }
+        for (i, p) in self.required_mounts.iter().enumerate() {
+            if !p.is_absolute() {
+                return bad(&format!("required_mounts[{i}]"), "must be an absolute path");
+            }
+        }
         for (i, m) in self.mounts.iter().enumerate() {
+            if m.name.as_deref().is_some_and(|n| n.chars().any(char::is_control)) {
+                return bad(&format!("mounts[{i}].name"), "holds a control character");
+            }
             if !m.mount_point.is_absolute() {
                 return bad(
                     &format!("mounts[{i}].mount_point"),

@@ -7,8 +7,10 @@
 //! every guest:
 //!
 //! - the CA guest (`ca.guest_id`), pre-start: its bind mounts and state
-//!   directory sit on mounted storage, its secrets are not open to group or
-//!   others, then a new generation (the old readiness token goes stale);
+//!   directory sit on mounted storage (as `storage.cfg` defines it), its
+//!   secrets are not open to group or others, then a new generation (the
+//!   old readiness token goes stale); a warning when other onboot guests
+//!   start beside or before it ([`onboot`]);
 //! - the CA guest, post-start: wait, bounded, for the fresh token and a
 //!   healthy CA, so Proxmox's onboot order starts dependents only then;
 //! - a container with bind mounts, pre-start: every source sits on mounted
@@ -24,6 +26,7 @@
 //! hangs a start task, even on a file system that stopped answering.
 
 pub mod exposure;
+pub mod onboot;
 pub mod secrets;
 pub mod storage;
 
@@ -37,6 +40,7 @@ use crate::config::Config;
 use crate::exit::{err, kind_of, Kind};
 use crate::mount::mountinfo::MountTable;
 use crate::phoenix::{self, Lxc};
+use storage::Storages;
 
 /// Time a phase gets beyond its configured waits before the watchdog
 /// ends it (file checks, one last health check).
@@ -188,6 +192,9 @@ fn pre_start(config: &Config, vmid: u32) -> Result<()> {
             }
         }
     };
+    if is_ca {
+        warn_onboot_order(config, vmid);
+    }
     let sources: Vec<_> = ct
         .iter()
         .flat_map(|c| c.mount_points.iter().map(|m| m.host_path.clone()))
@@ -197,9 +204,22 @@ fn pre_start(config: &Config, vmid: u32) -> Result<()> {
         return Ok(());
     }
     let table = MountTable::read()?;
+    let storages = Storages::load(
+        &config.pve_dir.join("storage.cfg"),
+        &config.storage_root,
+        &config.required_mounts,
+    )?;
+    for w in &storages.warnings {
+        log::warn!("{}: {w}", config.pve_dir.join("storage.cfg").display());
+    }
+    if storages.from_storage_cfg() {
+        log::debug!("{}", storages.describe_source());
+    } else {
+        log::info!("{}", storages.describe_source());
+    }
     let mut problems = Vec::new();
     for src in &sources {
-        match storage::check(&table, &config.storage_root, "bind mount source", src) {
+        match storages.check(&table, "bind mount source", src) {
             Ok(what) => log::info!("{what}"),
             Err(why) => {
                 log::error!("{name}: {why}");
@@ -208,7 +228,7 @@ fn pre_start(config: &Config, vmid: u32) -> Result<()> {
         }
     }
     if is_ca {
-        ca_checks(config, &table, &mut problems)?;
+        ca_checks(config, &table, &storages, &mut problems)?;
     } else if let Some(ct) = &ct {
         warn_exposed_secrets(config, &name, ct);
     }
@@ -244,9 +264,14 @@ fn pre_start(config: &Config, vmid: u32) -> Result<()> {
 
 /// The CA's state directory and secrets; problems that must stop the start
 /// are pushed onto `problems`.
-fn ca_checks(config: &Config, table: &MountTable, problems: &mut Vec<String>) -> Result<()> {
+fn ca_checks(
+    config: &Config,
+    table: &MountTable,
+    storages: &Storages,
+    problems: &mut Vec<String>,
+) -> Result<()> {
     let dir = &config.ca.state_dir;
-    match storage::check(table, &config.storage_root, "CA state directory", dir) {
+    match storages.check(table, "CA state directory", dir) {
         Ok(_) if !dir.is_dir() => {
             let why = format!("CA state directory '{}' is not a directory", dir.display());
             log::error!("{why}");
@@ -283,6 +308,19 @@ fn ca_checks(config: &Config, table: &MountTable, problems: &mut Vec<String>) ->
         }
     }
     Ok(())
+}
+
+/// Warn when other onboot guests of this node start beside or before the
+/// CA guest `vmid` (a warning only: the start goes on).
+fn warn_onboot_order(config: &Config, vmid: u32) {
+    let (guests, skipped) = onboot::guests(&config.pve_dir);
+    for s in skipped {
+        log::warn!("guest config {s}: skipped in the onboot order check");
+    }
+    match onboot::warning(&guests, vmid) {
+        Some(w) => log::warn!("{w}"),
+        None => log::debug!("onboot order: no other onboot guest starts with or before the CA"),
+    }
 }
 
 /// Warn about each bind mount of a dependent container that exposes the

@@ -1,19 +1,433 @@
 //! "Does this host path sit on mounted storage?" for the hookscript.
 //!
-//! Proxmox mounts a shared storage `S` at `<storage_root>/S` (default
-//! `/mnt/pve/S`). When that mount is missing, `<storage_root>/S/...` is an
-//! ordinary (often empty) directory on the root file system, and a guest
-//! started on it writes its state into the wrong place. So a path under
-//! `<storage_root>/S/` needs `<storage_root>/S` to be a mount point (asked
-//! of the kernel's mount table, never of the possibly-hung NFS server) and
-//! then to exist; a path elsewhere only needs to exist.
+//! When a storage is not there, its directory is often still an ordinary
+//! (empty) directory on the root file system, and a guest started on it
+//! writes its state into the wrong place. Proxmox storages differ in what
+//! "there" means, so the rule is read from `/etc/pve/storage.cfg` and is
+//! the one pve-storage itself applies before it activates the storage
+//! (`activate_storage` of each plugin, `src/PVE/Storage/*Plugin.pm` of
+//! <https://github.com/proxmox/pve-storage>):
+//!
+//! - `dir` (and `btrfs`, which reuses it) without `is_mountpoint`: a plain
+//!   directory; Proxmox only makes sure it exists (`DirPlugin.pm`
+//!   `activate_storage` -> `config_aware_base_mkdir`, `mkdir` /
+//!   `create-base-path`). Here it must exist: the hook creates nothing.
+//! - `dir` with `is_mountpoint yes` (or a path as its value): that path
+//!   must be a mount point, of any type (`DirPlugin.pm`
+//!   `parse_is_mountpoint`, `path_is_mounted`).
+//! - `zfspool`: the pool's dataset mounted, type `zfs`, at its
+//!   `mountpoint` or `/<pool>` (`ZFSPoolPlugin.pm` `path` and
+//!   `dataset_mounted_heuristic`: a mounted child dataset counts).
+//! - `nfs`, `cifs`, `cephfs`: `path` (default `/mnt/pve/<id>`,
+//!   `check_config`) is a mount point of that type from the configured
+//!   server and export, share or subdir (`NFSPlugin.pm` `nfs_is_mounted`,
+//!   `CIFSPlugin.pm` `cifs_is_mounted`, `CephFSPlugin.pm`
+//!   `cephfs_is_mounted`).
+//!
+//! A path under no configured storage only has to exist, unless it lies
+//! under one of toolkit.json's `required_mounts`. Without a `storage.cfg`
+//! (not a Proxmox node, or a test) the old rule stands in: a path under
+//! `<storage_root>/S/` needs `<storage_root>/S` to be a mount point.
+//! Mount points are asked of the kernel's mount table, never of a
+//! possibly-hung NFS server.
 
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use crate::mount::mountinfo::MountTable;
+use anyhow::{Context, Result};
 
-/// The storage a path lies on: its name and mount point, if the path is
-/// under `<storage_root>/<name>`.
+use crate::fsutil;
+use crate::mount::mountinfo::{Mount, MountTable};
+
+/// Largest `storage.cfg` read (pmxcfs holds files of at most 1 MiB).
+pub const STORAGE_CFG_LIMIT: u64 = 1 << 20;
+
+/// One section of `storage.cfg`: `TYPE: ID` and its indented properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    /// The storage type, lowercased as pve-storage does (`dir`, `nfs`...).
+    pub kind: String,
+    /// The storage ID.
+    pub id: String,
+    /// Its properties; `None` for a bare key (a boolean set to 1).
+    pub props: BTreeMap<String, Option<String>>,
+}
+
+impl Section {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.props.get(key).and_then(|v| v.as_deref())
+    }
+
+    /// A boolean property as pve-common reads one (a bare key is true).
+    fn flag(&self, key: &str) -> bool {
+        match self.props.get(key) {
+            Some(None) => true,
+            Some(Some(v)) => parse_boolean(v) == Some(true),
+            None => false,
+        }
+    }
+}
+
+/// `PVE::JSONSchema::parse_boolean`.
+fn parse_boolean(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "on" | "yes" | "true" => Some(true),
+        "0" | "off" | "no" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parse `storage.cfg` as `PVE::SectionConfig::parse_config` does: lines
+/// starting (after blanks) with `#` are skipped; a section is a header
+/// `TYPE: ID` and the indented `key [value]` lines after it, up to an empty
+/// line. Returns the sections and one warning per line it ignored (the
+/// lines pve-storage also ignores with a warning).
+pub fn parse(text: &str) -> (Vec<Section>, Vec<String>) {
+    let mut lines = text
+        .split('\n')
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with('#'));
+    let mut sections = Vec::new();
+    let mut warnings = Vec::new();
+    while let Some((n, line)) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        let Some((kind, id)) = header(line) else {
+            warnings.push(format!("line {}: ignored: {line}", n + 1));
+            continue;
+        };
+        let valid_id = id.len() >= 2
+            && id.starts_with(|c: char| c.is_ascii_alphabetic())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid_id {
+            warnings.push(format!("line {}: section '{id}' skipped: bad ID", n + 1));
+        }
+        let mut props = BTreeMap::new();
+        for (n, line) in lines.by_ref() {
+            if line.is_empty() {
+                break;
+            }
+            match property(line) {
+                Some((k, _)) if props.contains_key(k) => warnings.push(format!(
+                    "line {}: section '{id}': duplicate '{k}' ignored",
+                    n + 1
+                )),
+                Some((k, v)) => {
+                    props.insert(k.to_string(), v.map(String::from));
+                }
+                None => warnings.push(format!("line {}: section '{id}': ignored: {line}", n + 1)),
+            }
+        }
+        if valid_id {
+            sections.push(Section {
+                kind: kind.to_ascii_lowercase(),
+                id: id.to_string(),
+                props,
+            });
+        }
+    }
+    (sections, warnings)
+}
+
+/// `^(\S+):\s*(\S+)\s*$` (the type takes every colon but the last).
+fn header(line: &str) -> Option<(&str, &str)> {
+    let (kind, rest) = line.rsplit_once(':')?;
+    let id = rest.trim();
+    let plain = |s: &str| !s.is_empty() && !s.contains(char::is_whitespace);
+    (plain(kind) && plain(id)).then_some((kind, id))
+}
+
+/// `^\s+(\S+)(\s+(.*\S))?\s*$`
+fn property(line: &str) -> Option<(&str, Option<&str>)> {
+    if !line.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let body = line.trim();
+    if body.is_empty() {
+        return None;
+    }
+    Some(match body.split_once(char::is_whitespace) {
+        Some((k, v)) => (k, Some(v.trim_start())),
+        None => (body, None),
+    })
+}
+
+/// The network file systems whose storages Proxmox mounts itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetFs {
+    /// `nfs`: `server`, `export`.
+    Nfs,
+    /// `cifs`: `server`, `share`, `subdir`.
+    Cifs,
+    /// `cephfs`: `subdir`.
+    CephFs,
+}
+
+impl NetFs {
+    /// Whether a mount table type is this file system (the plugins'
+    /// `$_->[2] =~ /^nfs/`, `/^cifs/`, `m#^ceph|fuse\.ceph-fuse#`).
+    fn is_type(self, fs_type: &str) -> bool {
+        match self {
+            NetFs::Nfs => fs_type.starts_with("nfs"),
+            NetFs::Cifs => fs_type.starts_with("cifs"),
+            NetFs::CephFs => fs_type.starts_with("ceph") || fs_type.contains("fuse.ceph-fuse"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            NetFs::Nfs => "nfs",
+            NetFs::Cifs => "cifs",
+            NetFs::CephFs => "cephfs",
+        }
+    }
+}
+
+/// What makes a storage "there", as pve-storage checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// `dir`/`btrfs` without `is_mountpoint`: a directory that exists.
+    Directory,
+    /// `dir`/`btrfs` with `is_mountpoint`: this path is a mount point.
+    MountPoint(PathBuf),
+    /// `zfspool`: `dataset` (or a child) mounted, type zfs, at `at`.
+    Zfs {
+        /// The `pool` property: a pool or `pool/dataset`.
+        dataset: String,
+        /// `mountpoint`, else `/<pool>` (the `pool` value, a dataset).
+        at: PathBuf,
+    },
+    /// `nfs`, `cifs`, `cephfs`: a mount of that type at `at`.
+    Network {
+        /// Which file system.
+        fs: NetFs,
+        /// `path`, else `<storage_root>/<id>`.
+        at: PathBuf,
+        /// The mount source the plugin looks for (`server:export`,
+        /// `//server/share`, `:subdir`), if the section names one.
+        source: Option<String>,
+    },
+    /// A type with a `path` this module has no rule for: exists.
+    Other,
+}
+
+/// A storage a host path can lie on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storage {
+    /// Its ID.
+    pub id: String,
+    /// Its type, as written.
+    pub kind: String,
+    /// Where its files are.
+    pub path: PathBuf,
+    /// What is checked.
+    pub rule: Rule,
+    /// `disable` is set (Proxmox does not activate it).
+    pub disabled: bool,
+}
+
+/// `File::Spec->canonpath` as far as it matters here: no trailing `/`.
+fn canon(p: &str) -> PathBuf {
+    PathBuf::from(p).components().collect()
+}
+
+impl Storage {
+    /// The storage of `s`, if it has a place in the file system.
+    pub fn from_section(s: &Section, storage_root: &Path) -> Option<Storage> {
+        let (path, rule) = match s.kind.as_str() {
+            "dir" | "btrfs" => {
+                let path = canon(s.get("path")?);
+                // DirPlugin.pm parse_is_mountpoint: a boolean, else a path.
+                let rule = match s.props.get("is_mountpoint") {
+                    None | Some(None) => Rule::Directory,
+                    Some(Some(v)) => match parse_boolean(v) {
+                        Some(true) => Rule::MountPoint(path.clone()),
+                        Some(false) => Rule::Directory,
+                        None => Rule::MountPoint(canon(v)),
+                    },
+                };
+                (path, rule)
+            }
+            "zfspool" => {
+                let dataset = s.get("pool")?.trim_end_matches('/').to_string();
+                // ZFSPoolPlugin.pm `path`: `mountpoint // "/$scfg->{pool}"`,
+                // the whole `pool` value (`rpool/data` -> `/rpool/data`).
+                let at = s
+                    .get("mountpoint")
+                    .map(canon)
+                    .unwrap_or_else(|| PathBuf::from(format!("/{dataset}")));
+                (at.clone(), Rule::Zfs { dataset, at })
+            }
+            kind @ ("nfs" | "cifs" | "cephfs") => {
+                let at = s
+                    .get("path")
+                    .map(canon)
+                    .unwrap_or_else(|| storage_root.join(&s.id));
+                let bracket = |h: &str| {
+                    if h.contains(':') {
+                        format!("[{h}]")
+                    } else {
+                        h.to_string()
+                    }
+                };
+                let (fs, source) = match kind {
+                    "nfs" => (
+                        NetFs::Nfs,
+                        s.get("server")
+                            .zip(s.get("export"))
+                            .map(|(h, e)| format!("{}:{e}", bracket(h))),
+                    ),
+                    "cifs" => (
+                        NetFs::Cifs,
+                        s.get("server").zip(s.get("share")).map(|(h, sh)| {
+                            format!("//{}/{sh}{}", bracket(h), s.get("subdir").unwrap_or(""))
+                        }),
+                    ),
+                    _ => (
+                        NetFs::CephFs,
+                        Some(format!(":{}", s.get("subdir").unwrap_or("/"))),
+                    ),
+                };
+                (at.clone(), Rule::Network { fs, at, source })
+            }
+            _ => (canon(s.get("path")?), Rule::Other),
+        };
+        Some(Storage {
+            id: s.id.clone(),
+            kind: s.kind.clone(),
+            path,
+            rule,
+            disabled: s.flag("disable"),
+        })
+    }
+
+    /// `storage 'quickOS' (nfs: 10.0.0.13:/quickOS at '/mnt/pve/quickOS')`.
+    pub fn describe(&self) -> String {
+        let detail = match &self.rule {
+            Rule::Directory => "a plain directory, no is_mountpoint".to_string(),
+            Rule::MountPoint(mp) => format!("is_mountpoint '{}'", mp.display()),
+            Rule::Zfs { dataset, at } => format!("pool {dataset} at '{}'", at.display()),
+            Rule::Network { source, at, .. } => match source {
+                Some(s) => format!("{s} at '{}'", at.display()),
+                None => format!("at '{}'", at.display()),
+            },
+            Rule::Other => format!("path '{}'", self.path.display()),
+        };
+        let disabled = if self.disabled { ", disabled" } else { "" };
+        format!("storage '{}' ({}: {detail}{disabled})", self.id, self.kind)
+    }
+
+    /// `Ok` (what was checked) when the storage is there as pve-storage
+    /// would have it, for a path at `path` on it.
+    fn mounted(&self, table: &MountTable, path: &Path) -> Result<String, String> {
+        let me = self.describe();
+        match &self.rule {
+            Rule::Directory | Rule::Other => Ok(format!("{me}: exists")),
+            Rule::MountPoint(mp) => {
+                if is_mount_point(table, mp) {
+                    Ok(format!("{me}: '{}' is a mount point", mp.display()))
+                } else {
+                    Err(format!(
+                        "{me} is not mounted: '{}' is not a mount point",
+                        mp.display()
+                    ))
+                }
+            }
+            Rule::Zfs { dataset, at } => {
+                let of_pool = |m: &Mount| {
+                    m.fs_type == "zfs"
+                        && (m.source == *dataset || m.source.starts_with(&format!("{dataset}/")))
+                };
+                let holder = holding_mount(table, path);
+                match holder {
+                    Some(m) if m.mount_point.starts_with(at) && of_pool(m) => Ok(format!(
+                        "{me}: '{}' is zfs dataset {}",
+                        m.mount_point.display(),
+                        m.source
+                    )),
+                    Some(m) => Err(format!(
+                        "{me} is not mounted: no zfs dataset of '{dataset}' is mounted at '{}' \
+                         (the path is on {} {} mounted at '{}')",
+                        at.display(),
+                        m.fs_type,
+                        m.source,
+                        m.mount_point.display()
+                    )),
+                    None => Err(format!(
+                        "{me} is not mounted: no zfs dataset of '{dataset}' is mounted at '{}'",
+                        at.display()
+                    )),
+                }
+            }
+            Rule::Network { fs, at, source } => {
+                let m = table.at(at).or_else(|| {
+                    std::fs::canonicalize(at)
+                        .ok()
+                        .and_then(|real| table.at(&real))
+                });
+                let Some(m) = m else {
+                    return Err(format!(
+                        "{me} is not mounted: '{}' is not a mount point",
+                        at.display()
+                    ));
+                };
+                if !fs.is_type(&m.fs_type) {
+                    return Err(format!(
+                        "{me} is not mounted: '{}' has {} {} mounted, not {}",
+                        at.display(),
+                        m.fs_type,
+                        m.source,
+                        fs.name()
+                    ));
+                }
+                let same = match (fs, source) {
+                    (_, None) => true,
+                    (NetFs::CephFs, Some(s)) => m.source.ends_with(s) || m.source == "ceph-fuse",
+                    (_, Some(s)) => m.source.strip_suffix('/').unwrap_or(&m.source) == s,
+                };
+                if !same {
+                    return Err(format!(
+                        "{me} is not mounted: '{}' has {} {} mounted, not {}",
+                        at.display(),
+                        m.fs_type,
+                        m.source,
+                        source.as_deref().unwrap_or_default()
+                    ));
+                }
+                Ok(format!(
+                    "{me}: '{}' is {} {}",
+                    at.display(),
+                    m.fs_type,
+                    m.source
+                ))
+            }
+        }
+    }
+}
+
+/// The mount `path` lies on: the deepest mount point above it (as
+/// written, else as it resolves).
+fn holding_mount<'a>(table: &'a MountTable, path: &Path) -> Option<&'a Mount> {
+    table.holding(path).or_else(|| {
+        std::fs::canonicalize(path)
+            .ok()
+            .and_then(|real| table.holding(&real))
+    })
+}
+
+/// Whether `dir` is a mount point: as written, or (reached through a
+/// symbolic link) as it resolves, which is what `DirPlugin.pm`
+/// `path_is_mounted` compares (`Cwd::realpath`).
+fn is_mount_point(table: &MountTable, dir: &Path) -> bool {
+    table.is_mount_point(dir)
+        || std::fs::canonicalize(dir).is_ok_and(|real| table.is_mount_point(&real))
+}
+
+/// The storage a path lies on under the fallback rule (no storage.cfg):
+/// its name and mount point, if the path is under `<storage_root>/<name>`.
 pub fn storage_of(storage_root: &Path, path: &Path) -> Option<(String, PathBuf)> {
     let rest = path.strip_prefix(storage_root).ok()?;
     match rest.components().next()? {
@@ -24,57 +438,207 @@ pub fn storage_of(storage_root: &Path, path: &Path) -> Option<(String, PathBuf)>
     }
 }
 
-/// Whether `dir` is a mount point: as written, or (for a storage root
-/// reached through a symbolic link) as it resolves.
-fn is_mount_point(table: &MountTable, dir: &Path) -> bool {
-    table.is_mount_point(dir)
-        || std::fs::canonicalize(dir).is_ok_and(|real| table.is_mount_point(&real))
+/// Where the storages come from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// `storage.cfg`, read.
+    Cfg(Vec<Storage>),
+    /// No `storage.cfg`: `<storage_root>/S` must be a mount point.
+    Fallback(PathBuf),
 }
 
-/// Check `path` (`what` names it in messages: "bind mount source", "CA
-/// state directory"). `Ok` says what was checked; `Err` says what is wrong,
-/// naming the path and the storage.
-pub fn check(
-    table: &MountTable,
-    storage_root: &Path,
-    what: &str,
-    path: &Path,
-) -> Result<String, String> {
-    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
-        return Err(format!(
-            "{what} '{}' is not an absolute path without '..'",
-            path.display()
-        ));
-    }
-    let exists = |p: &Path| match std::fs::metadata(p) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(format!("{what} '{}' does not exist", p.display()))
+/// The host's storages and the mounts toolkit.json requires: what
+/// [`Storages::check`] checks a host path against.
+#[derive(Debug, Clone)]
+pub struct Storages {
+    cfg_path: PathBuf,
+    source: Source,
+    required: Vec<PathBuf>,
+    /// Lines of storage.cfg that were ignored, for the log.
+    pub warnings: Vec<String>,
+}
+
+impl Storages {
+    /// Read `cfg_path` (`<pve_dir>/storage.cfg`, bounded). Absent: the
+    /// `<storage_root>/S` fallback. Unreadable: an error.
+    pub fn load(cfg_path: &Path, storage_root: &Path, required: &[PathBuf]) -> Result<Storages> {
+        match fsutil::read_limited(cfg_path, STORAGE_CFG_LIMIT) {
+            Ok(bytes) => Ok(Self::from_text(
+                cfg_path,
+                &String::from_utf8_lossy(&bytes),
+                storage_root,
+                required,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Storages {
+                cfg_path: cfg_path.to_path_buf(),
+                source: Source::Fallback(storage_root.to_path_buf()),
+                required: required.to_vec(),
+                warnings: Vec::new(),
+            }),
+            Err(e) => Err(e).with_context(|| {
+                format!("reading the storage configuration '{}'", cfg_path.display())
+            }),
         }
-        Err(e) => Err(format!("{what} '{}': {e}", p.display())),
-    };
-    match storage_of(storage_root, path) {
-        Some((name, mount_point)) => {
-            if !is_mount_point(table, &mount_point) {
+    }
+
+    /// The storages of `text` (the content of `cfg_path`), with the
+    /// `local` storage pve-storage always has (`dir` at `/var/lib/vz`,
+    /// `Plugin.pm` `parse_config`) when the file has no usable one.
+    pub fn from_text(
+        cfg_path: &Path,
+        text: &str,
+        storage_root: &Path,
+        required: &[PathBuf],
+    ) -> Storages {
+        let (sections, warnings) = parse(text);
+        let mut storages: Vec<Storage> = sections
+            .iter()
+            .filter_map(|s| Storage::from_section(s, storage_root))
+            .collect();
+        let local_ok = storages
+            .iter()
+            .any(|s| s.id == "local" && s.kind == "dir" && s.path == Path::new("/var/lib/vz"));
+        if !local_ok {
+            storages.retain(|s| s.id != "local");
+            storages.push(Storage {
+                id: "local".into(),
+                kind: "dir".into(),
+                path: "/var/lib/vz".into(),
+                rule: Rule::Directory,
+                disabled: false,
+            });
+        }
+        Storages {
+            cfg_path: cfg_path.to_path_buf(),
+            source: Source::Cfg(storages),
+            required: required.to_vec(),
+            warnings,
+        }
+    }
+
+    /// Whether storage.cfg was found (else the fallback rule is in use).
+    pub fn from_storage_cfg(&self) -> bool {
+        matches!(self.source, Source::Cfg(_))
+    }
+
+    /// One line for the log: where the rules come from.
+    pub fn describe_source(&self) -> String {
+        match &self.source {
+            Source::Cfg(s) => format!(
+                "storages from '{}' ({} with a path)",
+                self.cfg_path.display(),
+                s.len()
+            ),
+            Source::Fallback(root) => format!(
+                "no '{}': a path under '{}/<storage>/' needs '{}/<storage>' to be a mount point",
+                self.cfg_path.display(),
+                root.display(),
+                root.display()
+            ),
+        }
+    }
+
+    /// The storage `path` lies on (the one with the longest path).
+    pub fn storage_of(&self, path: &Path) -> Option<&Storage> {
+        let Source::Cfg(storages) = &self.source else {
+            return None;
+        };
+        storages
+            .iter()
+            .filter(|s| path.starts_with(&s.path))
+            .max_by_key(|s| s.path.components().count())
+    }
+
+    /// Check `path` (`what` names it in messages: "bind mount source", "CA
+    /// state directory"). `Ok` says what was checked; `Err` says what is
+    /// wrong, naming the path, the storage, its type and what was checked.
+    pub fn check(&self, table: &MountTable, what: &str, path: &Path) -> Result<String, String> {
+        if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+            return Err(format!(
+                "{what} '{}' is not an absolute path without '..'",
+                path.display()
+            ));
+        }
+        let exists = |p: &Path| match std::fs::metadata(p) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(format!("{what} '{}' does not exist", p.display()))
+            }
+            Err(e) => Err(format!("{what} '{}': {e}", p.display())),
+        };
+        let mut checked = Vec::new();
+        for r in self.required.iter().filter(|r| path.starts_with(r)) {
+            if !is_mount_point(table, r) {
                 return Err(format!(
-                    "{what} '{}': storage '{name}' is not mounted ('{}' is not a mount point)",
+                    "{what} '{}': '{}' is not a mount point (toolkit.json required_mounts)",
                     path.display(),
-                    mount_point.display()
+                    r.display()
                 ));
             }
-            exists(path).map_err(|e| format!("{e} on storage '{name}'"))?;
-            Ok(format!(
-                "{what} '{}' exists on mounted storage '{name}'",
-                path.display()
-            ))
+            checked.push(format!("'{}' is a mount point", r.display()));
         }
-        None => {
-            exists(path)?;
-            Ok(format!(
-                "{what} '{}' exists (not under '{}': no storage mount to check)",
-                path.display(),
-                storage_root.display()
-            ))
+        let also = |checked: &[String]| {
+            if checked.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", checked.join(", "))
+            }
+        };
+        match &self.source {
+            Source::Cfg(_) => match self.storage_of(path) {
+                Some(s) => {
+                    let ok = s
+                        .mounted(table, path)
+                        .map_err(|e| format!("{what} '{}': {e}", path.display()))?;
+                    exists(path).map_err(|e| format!("{e} on {}", s.describe()))?;
+                    Ok(format!(
+                        "{what} '{}' exists on {ok}{}",
+                        path.display(),
+                        also(&checked)
+                    ))
+                }
+                None => {
+                    exists(path)?;
+                    Ok(format!(
+                        "{what} '{}' exists (on no storage of '{}': no storage mount to check{})",
+                        path.display(),
+                        self.cfg_path.display(),
+                        also(&checked)
+                    ))
+                }
+            },
+            Source::Fallback(root) => match storage_of(root, path) {
+                Some((name, mount_point)) => {
+                    if !is_mount_point(table, &mount_point) {
+                        return Err(format!(
+                            "{what} '{}': storage '{name}' is not mounted ('{}' is not a mount \
+                             point; no '{}', so every '{}/<storage>' is taken for a mount point)",
+                            path.display(),
+                            mount_point.display(),
+                            self.cfg_path.display(),
+                            root.display()
+                        ));
+                    }
+                    exists(path).map_err(|e| format!("{e} on storage '{name}'"))?;
+                    Ok(format!(
+                        "{what} '{}' exists on mounted storage '{name}' (no '{}': '{}' taken \
+                         for its mount point){}",
+                        path.display(),
+                        self.cfg_path.display(),
+                        mount_point.display(),
+                        also(&checked)
+                    ))
+                }
+                None => {
+                    exists(path)?;
+                    Ok(format!(
+                        "{what} '{}' exists (not under '{}': no storage mount to check{})",
+                        path.display(),
+                        root.display(),
+                        also(&checked)
+                    ))
+                }
+            },
         }
     }
 }
@@ -83,16 +647,280 @@ pub fn check(
 mod tests {
     use super::*;
 
-    fn table_with(mount_point: &Path) -> MountTable {
-        let line = format!(
-            "40 22 0:40 / {} rw,relatime - nfs4 10.0.0.13:/quickOS rw\n",
-            mount_point.display()
-        );
-        MountTable::parse(line.as_bytes())
+    /// A storage.cfg as pve-storage writes it: tab-indented properties,
+    /// a blank line between sections, comments.
+    const CFG: &str = "\
+# storages of this node
+dir: local
+\tpath /var/lib/vz
+\tcontent iso,vztmpl,backup
+
+zfspool: local-zfs
+\tpool rpool/data
+\tsparse
+\tcontent images,rootdir
+
+dir: scratch
+\tpath /srv/scratch/
+\tcontent images
+\tshared 0
+
+dir: backup
+\tpath /mnt/usb/pve
+\tcontent backup
+\tis_mountpoint /mnt/usb
+\tprune-backups keep-last=3
+
+dir: big
+\tpath /mnt/big
+\tcontent images
+\tis_mountpoint yes
+\tdisable
+
+nfs: quickOS
+\texport /quickOS
+\tpath /mnt/pve/quickOS
+\tserver 10.0.0.13
+\tcontent images,rootdir
+\toptions vers=4.2
+
+cifs: share
+\tserver fd00::5
+\tshare pve
+\tsubdir /guests
+\tcontent backup
+
+cephfs: cephfs
+\tpath /mnt/pve/cephfs
+\tcontent backup,vztmpl
+\tfs-name cephfs
+
+lvmthin: local-lvm
+\tthinpool data
+\tvgname pve
+\tcontent rootdir,images
+";
+
+    fn storages(text: &str) -> Storages {
+        Storages::from_text(
+            Path::new("/etc/pve/storage.cfg"),
+            text,
+            Path::new("/mnt/pve"),
+            &[],
+        )
+    }
+
+    fn table(lines: &[&str]) -> MountTable {
+        MountTable::parse(lines.join("\n").as_bytes())
     }
 
     #[test]
-    fn storage_is_the_first_component_under_the_root() {
+    fn parses_sections_as_pve_section_config_does() {
+        let (sections, warnings) = parse(CFG);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let ids: Vec<_> = sections.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "local",
+                "local-zfs",
+                "scratch",
+                "backup",
+                "big",
+                "quickOS",
+                "share",
+                "cephfs",
+                "local-lvm"
+            ]
+        );
+        let zfs = &sections[1];
+        assert_eq!(zfs.kind, "zfspool");
+        assert_eq!(zfs.get("pool"), Some("rpool/data"));
+        assert_eq!(zfs.props.get("sparse"), Some(&None), "a bare key");
+        assert!(sections[4].flag("disable"));
+        assert!(!sections[2].flag("shared"));
+    }
+
+    #[test]
+    fn odd_lines_are_ignored_with_a_warning_and_a_blank_line_ends_a_section() {
+        let text = "dir: a1\n\tpath /a\n\tpath /b\n  # comment inside\nnot a property\n\n\
+                    \tpath /orphan\nDIR: b1  \n\tpath /b\n\n1: x\n";
+        let (sections, warnings) = parse(text);
+        assert_eq!(sections.len(), 2, "{sections:?}");
+        assert_eq!(sections[0].get("path"), Some("/a"), "the first one stays");
+        assert_eq!(sections[1].kind, "dir", "type lowercased");
+        assert_eq!(sections[1].id, "b1");
+        assert_eq!(warnings.len(), 4, "{warnings:?}");
+        assert!(warnings[0].contains("duplicate 'path'"), "{warnings:?}");
+        assert!(warnings[2].contains("/orphan"), "{warnings:?}");
+        assert!(warnings[3].contains("bad ID"), "{warnings:?}");
+    }
+
+    #[test]
+    fn each_type_gets_the_rule_its_plugin_applies() {
+        let s = storages(CFG);
+        let of = |p: &str| s.storage_of(Path::new(p)).unwrap();
+        assert_eq!(of("/var/lib/vz/snippets").rule, Rule::Directory);
+        assert_eq!(of("/srv/scratch/x").path, Path::new("/srv/scratch"));
+        assert_eq!(
+            of("/mnt/usb/pve/dump").rule,
+            Rule::MountPoint("/mnt/usb".into())
+        );
+        assert_eq!(of("/mnt/big/x").rule, Rule::MountPoint("/mnt/big".into()));
+        assert!(of("/mnt/big/x").disabled);
+        assert_eq!(
+            of("/rpool/data/subvol-101-disk-0").rule,
+            Rule::Zfs {
+                dataset: "rpool/data".into(),
+                at: "/rpool/data".into()
+            }
+        );
+        assert_eq!(
+            of("/mnt/pve/quickOS/lxc").rule,
+            Rule::Network {
+                fs: NetFs::Nfs,
+                at: "/mnt/pve/quickOS".into(),
+                source: Some("10.0.0.13:/quickOS".into())
+            }
+        );
+        // No path written: /mnt/pve/<id> (check_config); IPv6 in brackets.
+        assert_eq!(
+            of("/mnt/pve/share/x").rule,
+            Rule::Network {
+                fs: NetFs::Cifs,
+                at: "/mnt/pve/share".into(),
+                source: Some("//[fd00::5]/pve/guests".into())
+            }
+        );
+        assert!(s.storage_of(Path::new("/mnt/pve/other/x")).is_none());
+        assert!(s.storage_of(Path::new("/mnt/usb/other")).is_none());
+    }
+
+    #[test]
+    fn local_is_always_there() {
+        let s = storages("nfs: n1\n\tserver h\n\texport /e\n");
+        let local = s.storage_of(Path::new("/var/lib/vz/images")).unwrap();
+        assert_eq!(
+            (local.id.as_str(), &local.rule),
+            ("local", &Rule::Directory)
+        );
+    }
+
+    #[test]
+    fn plain_directory_only_needs_to_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("dir: plain\n\tpath {}\n", dir.path().display());
+        let s = storages(&text);
+        let ok = s.check(&table(&[]), "source", dir.path()).unwrap();
+        assert!(
+            ok.contains("storage 'plain' (dir: a plain directory"),
+            "{ok}"
+        );
+        let why = s
+            .check(&table(&[]), "source", &dir.path().join("gone"))
+            .unwrap_err();
+        assert!(
+            why.contains("does not exist on storage 'plain' (dir"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn is_mountpoint_needs_a_mount_of_any_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        std::fs::create_dir(dir.path().join("pve")).unwrap();
+        let text = format!("dir: usb\n\tpath {d}/pve\n\tis_mountpoint {d}\n\tcontent backup\n");
+        let s = storages(&text);
+        let src = dir.path().join("pve");
+        let why = s.check(&table(&[]), "source", &src).unwrap_err();
+        assert!(
+            why.contains(&format!(
+                "storage 'usb' (dir: is_mountpoint '{d}') is not mounted: '{d}' is not a mount point"
+            )),
+            "{why}"
+        );
+        let t = table(&[&format!("40 1 8:1 / {d} rw - ext4 /dev/sdb1 rw")]);
+        assert!(s.check(&t, "source", &src).is_ok());
+    }
+
+    #[test]
+    fn zfspool_needs_its_dataset_mounted_as_zfs() {
+        let s = storages(CFG);
+        let p = Path::new("/rpool/data/subvol-101-disk-0/data");
+        // ZFS root: '/' is zfs too, but of another dataset.
+        let root_only = table(&["22 1 0:21 / / rw - zfs rpool/ROOT/pve-1 rw"]);
+        let why = s.check(&root_only, "source", p).unwrap_err();
+        assert!(
+            why.contains(
+                "storage 'local-zfs' (zfspool: pool rpool/data at '/rpool/data') is not mounted"
+            ) && why.contains("on zfs rpool/ROOT/pve-1 mounted at '/'"),
+            "{why}"
+        );
+        let ext4 = table(&["40 1 8:1 / /rpool/data rw - ext4 /dev/sdb1 rw"]);
+        let why = s.check(&ext4, "source", p).unwrap_err();
+        assert!(why.contains("on ext4 /dev/sdb1"), "{why}");
+        // A mounted child dataset counts (the root one may be canmount=off).
+        let child = table(&[
+            "22 1 0:21 / / rw - zfs rpool/ROOT/pve-1 rw",
+            "41 22 0:41 / /rpool/data/subvol-101-disk-0 rw - zfs rpool/data/subvol-101-disk-0 rw",
+        ]);
+        let mounted = s.storage_of(p).unwrap().mounted(&child, p).unwrap();
+        assert!(
+            mounted.contains("is zfs dataset rpool/data/subvol-101-disk-0"),
+            "{mounted}"
+        );
+    }
+
+    #[test]
+    fn nfs_needs_its_export_mounted_there() {
+        let s = storages(CFG);
+        let at = Path::new("/mnt/pve/quickOS");
+        let p = at.join("lxc-persistent-data");
+        let st = s.storage_of(&p).unwrap();
+        let why = st.mounted(&table(&[]), &p).unwrap_err();
+        assert_eq!(
+            why,
+            "storage 'quickOS' (nfs: 10.0.0.13:/quickOS at '/mnt/pve/quickOS') is not mounted: \
+             '/mnt/pve/quickOS' is not a mount point"
+        );
+        let ext4 = table(&["40 1 8:1 / /mnt/pve/quickOS rw - ext4 /dev/sdb1 rw"]);
+        let why = st.mounted(&ext4, &p).unwrap_err();
+        assert!(why.contains("has ext4 /dev/sdb1 mounted, not nfs"), "{why}");
+        let other = table(&["40 1 0:40 / /mnt/pve/quickOS rw - nfs4 10.0.0.14:/quickOS rw"]);
+        let why = st.mounted(&other, &p).unwrap_err();
+        assert!(why.contains("not 10.0.0.13:/quickOS"), "{why}");
+        let good = table(&["40 1 0:40 / /mnt/pve/quickOS rw - nfs4 10.0.0.13:/quickOS/ rw"]);
+        assert!(st.mounted(&good, &p).is_ok());
+        let ceph = s.storage_of(Path::new("/mnt/pve/cephfs/x")).unwrap();
+        let t = table(&["40 1 0:40 / /mnt/pve/cephfs rw - ceph 10.0.0.1,10.0.0.2:/ rw"]);
+        assert!(ceph.mounted(&t, Path::new("/mnt/pve/cephfs/x")).is_ok());
+    }
+
+    #[test]
+    fn paths_on_no_storage_only_need_to_exist_unless_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storages(CFG);
+        let ok = s.check(&table(&[]), "source", dir.path()).unwrap();
+        assert!(
+            ok.contains("on no storage of '/etc/pve/storage.cfg'"),
+            "{ok}"
+        );
+        let s = Storages::from_text(
+            Path::new("/etc/pve/storage.cfg"),
+            CFG,
+            Path::new("/mnt/pve"),
+            &[dir.path().to_path_buf()],
+        );
+        let why = s.check(&table(&[]), "source", dir.path()).unwrap_err();
+        assert!(why.contains("required_mounts"), "{why}");
+        let d = dir.path().display();
+        let t = table(&[&format!("40 1 8:1 / {d} rw - ext4 /dev/sdb1 rw")]);
+        assert!(s.check(&t, "source", dir.path()).is_ok());
+    }
+
+    #[test]
+    fn fallback_storage_is_the_first_component_under_the_root() {
         let root = Path::new("/mnt/pve");
         assert_eq!(
             storage_of(root, Path::new("/mnt/pve/quickOS/lxc/103/ssl")),
@@ -103,49 +931,61 @@ mod tests {
         assert_eq!(storage_of(root, Path::new("/mnt/pveX/a")), None);
     }
 
+    fn fallback(root: &Path) -> Storages {
+        Storages::load(&root.join("no-storage.cfg"), root, &[]).unwrap()
+    }
+
     #[test]
-    fn unmounted_storage_is_refused_even_if_the_path_exists() {
+    fn fallback_refuses_unmounted_storage_even_if_the_path_exists() {
         let root = tempfile::tempdir().unwrap();
         let src = root.path().join("quickOS/lxc/101/logs");
         std::fs::create_dir_all(&src).unwrap();
-        let why = check(
-            &MountTable::default(),
-            root.path(),
-            "bind mount source",
-            &src,
-        )
-        .unwrap_err();
+        let s = fallback(root.path());
+        assert!(!s.from_storage_cfg());
+        let why = s
+            .check(&MountTable::default(), "bind mount source", &src)
+            .unwrap_err();
         assert!(why.contains("storage 'quickOS' is not mounted"), "{why}");
+        assert!(why.contains("no-storage.cfg'"), "{why}");
         assert!(why.contains(&src.display().to_string()), "{why}");
     }
 
     #[test]
-    fn mounted_storage_needs_the_path_too() {
+    fn fallback_mounted_storage_needs_the_path_too() {
         let root = tempfile::tempdir().unwrap();
         let storage = root.path().join("quickOS");
         std::fs::create_dir_all(storage.join("present")).unwrap();
-        let table = table_with(&storage);
-        let ok = check(&table, root.path(), "source", &storage.join("present")).unwrap();
+        let t = table(&[&format!(
+            "40 22 0:40 / {} rw - nfs4 10.0.0.13:/quickOS rw",
+            storage.display()
+        )]);
+        let s = fallback(root.path());
+        let ok = s.check(&t, "source", &storage.join("present")).unwrap();
         assert!(ok.contains("mounted storage 'quickOS'"), "{ok}");
-        let why = check(&table, root.path(), "source", &storage.join("absent")).unwrap_err();
+        let why = s.check(&t, "source", &storage.join("absent")).unwrap_err();
         assert!(why.contains("does not exist on storage 'quickOS'"), "{why}");
     }
 
     #[test]
-    fn paths_elsewhere_only_need_to_exist() {
+    fn fallback_paths_elsewhere_only_need_to_exist() {
         let root = tempfile::tempdir().unwrap();
         let other = tempfile::tempdir().unwrap();
-        let ok = check(&MountTable::default(), root.path(), "source", other.path()).unwrap();
+        let s = fallback(root.path());
+        let t = MountTable::default();
+        let ok = s.check(&t, "source", other.path()).unwrap();
         assert!(ok.contains("no storage mount to check"), "{ok}");
-        let gone = other.path().join("gone");
-        let why = check(&MountTable::default(), root.path(), "source", &gone).unwrap_err();
+        let why = s
+            .check(&t, "source", &other.path().join("gone"))
+            .unwrap_err();
         assert!(why.contains("does not exist"), "{why}");
-        assert!(check(
-            &MountTable::default(),
-            root.path(),
-            "source",
-            Path::new("rel")
-        )
-        .is_err());
+        assert!(s.check(&t, "source", Path::new("rel")).is_err());
+    }
+
+    #[test]
+    fn unreadable_storage_cfg_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be.
+        let e = Storages::load(dir.path(), Path::new("/mnt/pve"), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("storage configuration"), "{e:#}");
     }
 }

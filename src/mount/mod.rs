@@ -3,10 +3,16 @@
 //! instead of having files pushed into it while it boots (the pull model).
 //!
 //! The volumes come from `toolkit.json` `mounts`, or from a VM's `volumes`
-//! in `phoenix_vm_configs.json`. Three uses: a systemd generator that
-//! writes one `.mount` unit per volume ([`generate`]), mounting now,
+//! in `phoenix_vm_configs.json` (a `mounts` entry has the shape of such a
+//! volume object, its `name` included). Three uses: a systemd generator
+//! that writes one `.mount` unit per volume ([`generate`]), mounting now,
 //! idempotently ([`apply`]), and a check that every volume is mounted as
 //! configured ([`check`]). Nothing here edits `/etc/fstab`.
+//!
+//! Each of them warns when this guest waits for the CA at boot
+//! (`phoenix-ca-wait.service` enabled, or pulled in by Docker's drop-in)
+//! but nothing mounts `ca.guest_state_dir`: the wait would run into its
+//! bound at every boot ([`ca_wait_uncovered`]).
 
 pub mod mountinfo;
 pub mod unit;
@@ -24,9 +30,14 @@ use crate::fsutil::{self, FileOptions};
 use crate::phoenix;
 use mountinfo::{Mount, MountTable};
 
+/// Where `systemctl enable` puts its links.
+pub const SYSTEMD_CONF_DIR: &str = "/etc/systemd/system";
+
 /// One volume, resolved: what to mount where, with the final options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume {
+    /// Its `name` in the configuration, if it has one (for messages).
+    pub name: Option<String>,
     /// nfs, bind or tmpfs.
     pub kind: MountType,
     /// `server:/export`, the bind source, or `tmpfs`.
@@ -94,7 +105,12 @@ impl Volume {
                 }
             }
         }
-        for (field, text) in [("what", &what), ("options", &options.join(","))] {
+        let name = m.name.clone().unwrap_or_default();
+        for (field, text) in [
+            ("what", &what),
+            ("options", &options.join(",")),
+            ("name", &name),
+        ] {
             if text.chars().any(char::is_control) {
                 return Err(err(
                     Kind::Config,
@@ -106,6 +122,7 @@ impl Volume {
             }
         }
         Ok(Volume {
+            name: m.name.clone().filter(|n| !n.is_empty()),
             kind: m.kind,
             what,
             mount_point: m.mount_point.clone(),
@@ -115,15 +132,21 @@ impl Volume {
         })
     }
 
-    /// `nfs 10.0.0.13:/x on /mnt/y (ro)`, for messages.
+    /// `nfs 10.0.0.13:/x on '/mnt/y' (ro)`, for messages; a named volume
+    /// `NAME: nfs ...`.
     pub fn describe(&self) -> String {
         let kind = match self.kind {
             MountType::Nfs => "nfs",
             MountType::Bind => "bind",
             MountType::Tmpfs => "tmpfs",
         };
+        let name = self
+            .name
+            .as_ref()
+            .map(|n| format!("{n}: "))
+            .unwrap_or_default();
         format!(
-            "{kind} {} on '{}' ({})",
+            "{name}{kind} {} on '{}' ({})",
             self.what,
             self.mount_point.display(),
             if self.read_only { "ro" } else { "rw" }
@@ -132,8 +155,23 @@ impl Volume {
 }
 
 /// The volumes in effect: `vmid`'s `volumes` in `phoenix_vm_configs.json`,
-/// else `toolkit.json` `mounts`.
+/// else `toolkit.json` `mounts`. Warns (once, for every subcommand) when
+/// this guest waits for the CA but none of them, nor `/etc/fstab`, mounts
+/// the CA state directory ([`ca_wait_uncovered`]).
 pub fn volumes(config: &Config, vmid: Option<u32>) -> Result<Vec<Volume>> {
+    let vols = configured_volumes(config, vmid)?;
+    if let Some(w) = ca_wait_uncovered(
+        config,
+        &vols,
+        Path::new(SYSTEMD_CONF_DIR),
+        Path::new("/etc/fstab"),
+    ) {
+        log::warn!("{w}");
+    }
+    Ok(vols)
+}
+
+fn configured_volumes(config: &Config, vmid: Option<u32>) -> Result<Vec<Volume>> {
     let Some(vmid) = vmid else {
         return config
             .mounts
@@ -169,6 +207,7 @@ pub fn volumes(config: &Config, vmid: Option<u32>) -> Result<Vec<Volume>> {
                 }
             };
             let m = MountConfig {
+                name: None,
                 kind,
                 server: v.server.clone(),
                 path: v.path.clone(),
@@ -391,14 +430,83 @@ pub fn check(volumes: &[Volume], json: bool, out: &mut dyn std::io::Write) -> Re
 /// then systemd-fstab-generator makes its unit, and a second one of the
 /// same name would make that generator fail.
 fn in_fstab(fstab: &Path, mount_point: &Path) -> bool {
+    fstab_mount_points(fstab).iter().any(|p| p == mount_point)
+}
+
+/// The mount points `fstab` lists (none if it is unreadable).
+fn fstab_mount_points(fstab: &Path) -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string(fstab) else {
-        return false;
+        return Vec::new();
     };
     text.lines()
         .map(str::trim)
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_whitespace().nth(1))
-        .any(|p| Path::new(&p.replace("\\040", " ")) == mount_point)
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .collect()
+}
+
+/// Why this guest waits for the CA at boot, if it does: the link or
+/// drop-in in `systemd_dir` (`/etc/systemd/system`) that starts
+/// `phoenix-ca-wait.service`, as `systemctl enable` (a link in a
+/// `*.wants/` or `*.requires/` directory) or the shipped Docker drop-in
+/// (`docker.service.d/phoenix-ca-wait.conf`, `Wants=` it) leave it. A
+/// masked unit (a link to `/dev/null`) waits for nothing.
+pub fn ca_wait_enabled(systemd_dir: &Path) -> Option<PathBuf> {
+    let unit = unit::CA_WAIT_UNIT;
+    let masked =
+        std::fs::read_link(systemd_dir.join(unit)).is_ok_and(|to| to == Path::new("/dev/null"));
+    if masked {
+        return None;
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(systemd_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.ends_with(".wants") || n.ends_with(".requires")
+        })
+        .map(|e| e.path().join(unit))
+        .collect();
+    dirs.sort();
+    dirs.push(systemd_dir.join("docker.service.d/phoenix-ca-wait.conf"));
+    dirs.into_iter()
+        .find(|p| std::fs::symlink_metadata(p).is_ok())
+}
+
+/// The warning for a guest that waits for the CA (see [`ca_wait_enabled`])
+/// while no volume, nor a line of `fstab`, mounts `ca.guest_state_dir` or
+/// a directory above it (`/` does not count): its wait would last its
+/// whole bound at every boot, for a token nothing brings.
+pub fn ca_wait_uncovered(
+    config: &Config,
+    volumes: &[Volume],
+    systemd_dir: &Path,
+    fstab: &Path,
+) -> Option<String> {
+    let why = ca_wait_enabled(systemd_dir)?;
+    let dir = &config.ca.guest_state_dir;
+    let covers = |p: &Path| p != Path::new("/") && dir.starts_with(p);
+    if volumes.iter().any(|v| covers(&v.mount_point))
+        || fstab_mount_points(fstab).iter().any(|p| covers(p))
+    {
+        return None;
+    }
+    Some(format!(
+        "this guest waits for the CA at boot ({} exists) but no mount covers \
+         ca.guest_state_dir '{}': none of the configured volumes (toolkit.json \
+         \"mounts\", or the VM's \"volumes\" with --vmid), nor '{}'. {} will wait \
+         its whole bound (ca.wait_timeout_secs, {} s) at every boot for a readiness \
+         token that cannot arrive. Add the CA state directory's mount (docs/hook.md, \
+         \"In the guests\"), or disable the wait",
+        why.display(),
+        dir.display(),
+        fstab.display(),
+        unit::CA_WAIT_UNIT,
+        config.ca.wait_timeout_secs
+    ))
 }
 
 /// The generator: one `.mount` unit per volume in `dir` (systemd's
@@ -491,6 +599,7 @@ mod tests {
 
     fn nfs(mount_point: &str, options: Option<&str>, read_only: Option<bool>) -> MountConfig {
         MountConfig {
+            name: None,
             kind: MountType::Nfs,
             server: Some("10.0.0.13".into()),
             path: Some("/quickOS/lxc-persistent-data/103/ssl".into()),
@@ -559,6 +668,73 @@ mod tests {
             &dir.path().join("none"),
             Path::new("/mnt/persistent")
         ));
+    }
+
+    #[test]
+    fn a_volume_keeps_its_name_for_messages() {
+        let c = Config::default();
+        let mut m = nfs("/mnt/persistent", None, None);
+        m.name = Some("persistent".into());
+        let v = Volume::resolve(&c, &m).unwrap();
+        assert_eq!(v.name.as_deref(), Some("persistent"));
+        assert!(
+            v.describe().starts_with("persistent: nfs 10.0.0.13:"),
+            "{}",
+            v.describe()
+        );
+        m.name = Some("a\nb".into());
+        assert!(Volume::resolve(&c, &m).is_err());
+    }
+
+    #[test]
+    fn the_ca_wait_is_enabled_by_a_link_or_the_docker_dropin_unless_masked() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(ca_wait_enabled(d.path()), None);
+        let dropin = d.path().join("docker.service.d/phoenix-ca-wait.conf");
+        std::fs::create_dir_all(dropin.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink("/usr/share/phoenix-hooks/x.conf", &dropin).unwrap();
+        assert_eq!(ca_wait_enabled(d.path()), Some(dropin.clone()));
+        let wants = d.path().join("multi-user.target.wants");
+        std::fs::create_dir(&wants).unwrap();
+        let link = wants.join("phoenix-ca-wait.service");
+        std::os::unix::fs::symlink("/usr/lib/systemd/system/phoenix-ca-wait.service", &link)
+            .unwrap();
+        assert_eq!(ca_wait_enabled(d.path()), Some(link));
+        std::os::unix::fs::symlink("/dev/null", d.path().join("phoenix-ca-wait.service")).unwrap();
+        assert_eq!(ca_wait_enabled(d.path()), None, "masked");
+    }
+
+    #[test]
+    fn a_waiting_guest_without_a_ca_mount_is_warned_about() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::default();
+        let fstab = d.path().join("fstab");
+        std::fs::write(&fstab, "UUID=x / ext4 defaults 0 1\n").unwrap();
+        let sd = d.path().join("system");
+        let wants = sd.join("multi-user.target.wants");
+        std::fs::create_dir_all(&wants).unwrap();
+        std::fs::write(wants.join("phoenix-ca-wait.service"), "").unwrap();
+        let other = Volume::resolve(&c, &nfs("/mnt/persistent", None, None)).unwrap();
+        let w = ca_wait_uncovered(&c, &[other.clone()], &sd, &fstab).unwrap();
+        assert!(
+            w.contains("no mount covers ca.guest_state_dir '/etc/step-ca/ssl'"),
+            "{w}"
+        );
+        assert!(w.contains("300 s"), "{w}");
+        // Covered: by a volume there or above, or by an fstab line.
+        let ca = Volume::resolve(&c, &nfs("/etc/step-ca", None, None)).unwrap();
+        assert_eq!(
+            ca_wait_uncovered(&c, &[other.clone(), ca], &sd, &fstab),
+            None
+        );
+        std::fs::write(&fstab, "srv:/ssl /etc/step-ca/ssl nfs ro 0 0\n").unwrap();
+        assert_eq!(ca_wait_uncovered(&c, &[other.clone()], &sd, &fstab), None);
+        // Not waiting (the host): nothing to say.
+        std::fs::remove_file(&fstab).unwrap();
+        assert_eq!(
+            ca_wait_uncovered(&c, &[other], &d.path().join("none"), &fstab),
+            None
+        );
     }
 
     #[test]

@@ -83,6 +83,16 @@ impl MountTable {
     pub fn is_mount_point(&self, path: &Path) -> bool {
         self.at(path).is_some()
     }
+
+    /// The mount `path` lies on, as written (no link resolved): the
+    /// topmost mount at the deepest mount point that is `path` or one of
+    /// its parents.
+    pub fn holding(&self, path: &Path) -> Option<&Mount> {
+        self.mounts
+            .iter()
+            .filter(|m| path.starts_with(&m.mount_point))
+            .max_by_key(|m| m.mount_point.components().count())
+    }
 }
 
 fn parse_line(line: &[u8]) -> Option<Mount> {
@@ -163,6 +173,20 @@ garbage line
     fn topmost_mount_wins() {
         let t = MountTable::parse(SAMPLE);
         assert_eq!(t.at(Path::new("/tmp/x")).unwrap().source, "other");
+        assert_eq!(t.holding(Path::new("/tmp/x/y")).unwrap().source, "other");
+    }
+
+    #[test]
+    fn holding_mount_is_the_deepest_parent() {
+        let t = MountTable::parse(SAMPLE);
+        let on = |p: &str| t.holding(Path::new(p)).unwrap().mount_point.clone();
+        assert_eq!(
+            on("/mnt/pve/quickOS/lxc/103"),
+            Path::new("/mnt/pve/quickOS")
+        );
+        assert_eq!(on("/mnt/pve/quickOSX"), Path::new("/"));
+        assert_eq!(on("/"), Path::new("/"));
+        assert!(MountTable::default().holding(Path::new("/a")).is_none());
     }
 
     #[test]

@@ -92,10 +92,10 @@ pub fn render(volume: &Volume, source: &Path) -> String {
         source.display()
     ));
     unit.push_str("[Unit]\n");
-    let description = if volume.ca_state {
-        format!("Phoenix CA state directory from {what}")
-    } else {
-        format!("Phoenix volume {what} on {where_}")
+    let description = match (&volume.name, volume.ca_state) {
+        (_, true) => format!("Phoenix CA state directory from {what}"),
+        (Some(name), false) => format!("Phoenix volume {}: {what} on {where_}", value(name)),
+        (None, false) => format!("Phoenix volume {what} on {where_}"),
     };
     unit.push_str(&format!("Description={description}\n"));
     unit.push_str("Documentation=man:systemd.mount(5)\n");
@@ -176,6 +176,7 @@ mod tests {
     #[test]
     fn ca_state_unit_orders_before_the_wait() {
         let v = Volume {
+            name: None,
             kind: MountType::Nfs,
             what: "10.0.0.13:/quickOS/103/ssl".into(),
             mount_point: PathBuf::from("/etc/step-ca/ssl"),
