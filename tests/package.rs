@@ -1,9 +1,11 @@
 //! The Debian package: scripts/build-deb.sh builds it from the test build's
-//! binaries, its contents are what README.md promises, it installs into a
-//! throwaway root with `dpkg --root`, its units verify there with
-//! `systemd-analyze verify --root` (silently), every binary answers
-//! `--version` from the root, the generator writes nothing without
-//! `mounts`, nothing is enabled, and a purge removes it all.
+//! binaries, lintian finds no error or warning in it, its contents are
+//! what README.md promises, it installs into a throwaway root with `dpkg
+//! --root`, its units verify there with `systemd-analyze verify --root`
+//! (silently), every binary answers `--version` from the root, the
+//! generator writes nothing without `mounts`, nothing is enabled (neither
+//! by the install nor by `systemctl preset-all`), and a purge removes it
+//! all, the operator's enable links included.
 //!
 //! `dpkg --root` with `--force-script-chrootless`: the maintainer scripts
 //! run without a chroot (the empty root has no /bin/sh), with `DPKG_ROOT`
@@ -26,6 +28,35 @@ const BINARIES: [&str; 6] = [
     "phoenix-renew",
     "phoenix-swarm",
 ];
+
+/// The units with an [Install] section: what an operator may enable.
+const ENABLEABLE: [&str; 4] = [
+    "phoenix-ca-wait.service",
+    "phoenix-renew.timer",
+    "phoenix-sync-boot.service",
+    "phoenix-sync.target",
+];
+
+/// Every enable link (a symlink under a `.wants`/`.requires` directory,
+/// or an alias) to a phoenix unit under `etc/systemd` of `root`.
+fn phoenix_links(root: &Path) -> Vec<String> {
+    if !root.join("etc/systemd").exists() {
+        return Vec::new();
+    }
+    let out = run(Command::new("find")
+        .arg(root.join("etc/systemd"))
+        .args(["-type", "l", "-name", "phoenix-*"]));
+    text(&out.stdout).lines().map(String::from).collect()
+}
+
+/// `systemctl --root=ROOT ARGS...`: enable, preset, without a manager.
+fn systemctl(root: &Path, args: &[&str]) -> String {
+    let out = run(Command::new("systemctl")
+        .arg(format!("--root={}", root.display()))
+        .args(args)
+        .env("SYSTEMD_LOG_COLOR", "0"));
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
 
 fn dpkg(root: &Path) -> Command {
     let mut cmd = Command::new("dpkg");
@@ -58,6 +89,35 @@ fn units(root: &Path) -> Vec<String> {
 fn package_builds_installs_verifies_and_purges() {
     let tmp = tempfile::tempdir().unwrap();
     let deb = build(tmp.path());
+
+    // --- lintian: no error, no warning, no stale override ----------------
+    // Info tags (I:) are allowed, and said; an override needs its reason
+    // written in packaging/lintian-overrides.
+    let out = Command::new("lintian")
+        // --fail-on: exit 2 on an error or a warning (not with
+        // --show-overrides, which makes any override fail the run).
+        .args(["--pedantic", "--info", "--tag-display-limit=0"])
+        .args(["--fail-on", "error,warning"])
+        .arg(&deb)
+        .output()
+        .expect("lintian is needed: apt-get install lintian");
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let bad: Vec<&str> = said
+        .lines()
+        .filter(|l| {
+            l.starts_with("E:")
+                || l.starts_with("W:")
+                || l.contains("unused-override")
+                || l.contains("mismatched-override")
+        })
+        .collect();
+    assert!(
+        bad.is_empty() && out.status.success(),
+        "lintian ({}):\n{}\n--- all it said:\n{said}",
+        out.status,
+        bad.join("\n")
+    );
+    eprintln!("lintian:\n{said}");
 
     // --- What the archive holds ---------------------------------------
     let listing = text(&run(Command::new("dpkg-deb").arg("-c").arg(&deb)).stdout);
@@ -105,6 +165,7 @@ fn package_builds_installs_verifies_and_purges() {
     want.extend(
         [
             "lrwxrwxrwx /usr/lib/systemd/system-generators/phoenix-mount",
+            "-rw-r--r-- /usr/lib/systemd/system-preset/80-phoenix-hooks.preset",
             "-rwxr-xr-x /usr/share/phoenix-hooks/phoenix-hook",
             "-rw-r--r-- /usr/share/phoenix-hooks/examples/toolkit.json",
             "-rw-r--r-- /usr/share/phoenix-hooks/docker.service.d/phoenix-ca-wait.conf",
@@ -112,9 +173,10 @@ fn package_builds_installs_verifies_and_purges() {
             "-rw-r--r-- /etc/phoenix/toolkit.json",
             "-rw-r--r-- /usr/share/doc/phoenix-hooks/copyright",
             "-rw-r--r-- /usr/share/lintian/overrides/phoenix-hooks",
-            "-rw-r--r-- /usr/share/doc/phoenix-hooks/README.md",
-            "-rw-r--r-- /usr/share/doc/phoenix-hooks/swarm.md",
-            "-rw-r--r-- /usr/share/doc/phoenix-hooks/deploy.md",
+            "-rw-r--r-- /usr/share/doc/phoenix-hooks/changelog.Debian.gz",
+            "-rw-r--r-- /usr/share/doc/phoenix-hooks/README.md.gz",
+            "-rw-r--r-- /usr/share/doc/phoenix-hooks/swarm.md.gz",
+            "-rw-r--r-- /usr/share/doc/phoenix-hooks/deploy.md.gz",
             "-rw-r--r-- /usr/lib/tmpfiles.d/phoenix-hooks.conf",
         ]
         .map(String::from),
@@ -140,12 +202,48 @@ fn package_builds_installs_verifies_and_purges() {
             .to_string()
     };
     assert_eq!(field("Package"), "phoenix-hooks");
-    assert_eq!(field("Version"), env!("CARGO_PKG_VERSION"));
+    // The binaries' version, then the packaging's revision
+    // (packaging/changelog's newest entry).
+    let version = field("Version");
     assert!(
-        field("Depends").starts_with("libc6 (>= 2."),
-        "{}",
-        field("Depends")
+        version
+            .strip_prefix(concat!(env!("CARGO_PKG_VERSION"), "-"))
+            .is_some_and(|rev| !rev.is_empty() && rev.chars().all(|c| c.is_ascii_digit())),
+        "{version}"
     );
+    let changelog = std::fs::read_to_string(project().join("packaging/changelog")).unwrap();
+    assert!(
+        changelog.starts_with(&format!("phoenix-hooks ({version}) ")),
+        "{changelog}"
+    );
+    // Depends: every shared library the binaries load, by its package,
+    // as dpkg-shlibdeps computes it (libc6 and Rust's unwinder, libgcc_s).
+    let depends = field("Depends");
+    assert!(
+        depends.starts_with("libc6 (>= 2.") && depends.contains("libgcc-s1"),
+        "{depends}"
+    );
+    // The maintainer scripts have their unit lists filled in.
+    let control = tmp.path().join("control");
+    run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
+    for script in ["postinst", "prerm", "postrm"] {
+        let s = std::fs::read_to_string(control.join(script)).unwrap();
+        assert!(!s.contains("_UNITS#"), "{script}:\n{s}");
+        assert!(s.contains("phoenix-renew.timer"), "{script}:\n{s}");
+    }
+    // md5sums: every file but the conffile (dpkg keeps its sum itself).
+    let md5sums = std::fs::read_to_string(control.join("md5sums")).unwrap();
+    let summed: BTreeSet<String> = md5sums
+        .lines()
+        .map(|l| format!("/{}", l.split_once("  ").unwrap().1))
+        .collect();
+    let files: BTreeSet<String> = entries
+        .iter()
+        .filter(|e| e.starts_with('-'))
+        .map(|e| e.split_once(' ').unwrap().1.to_string())
+        .filter(|f| f != "/etc/phoenix/toolkit.json")
+        .collect();
+    assert_eq!(summed, files, "DEBIAN/md5sums");
 
     // --- Install into a throwaway root ------------------------------------
     let root = tmp.path().join("root");
@@ -156,6 +254,13 @@ fn package_builds_installs_verifies_and_purges() {
     run(dpkg(&root).arg("-i").arg(&deb));
     let status = std::fs::read_to_string(admin.join("status")).unwrap();
     assert!(status.contains("Status: install ok installed"), "{status}");
+    // Every file as the md5sums say.
+    let verify = run(dpkg(&root).args(["--verify", "phoenix-hooks"]));
+    assert!(
+        text(&verify.stdout).trim().is_empty(),
+        "{}",
+        text(&verify.stdout)
+    );
     assert!(
         status.contains("Conffiles:\n /etc/phoenix/toolkit.json "),
         "{status}"
@@ -191,6 +296,27 @@ fn package_builds_installs_verifies_and_purges() {
         text(&found.stdout).trim().is_empty(),
         "{}",
         text(&found.stdout)
+    );
+    // Nor by `systemctl preset-all` (a first boot, an image builder): the
+    // package's preset disables its units, which systemd would otherwise
+    // enable (no preset says "disable *" on Debian): as a check that this
+    // can fail, without the preset file preset-all does enable them.
+    let preset = root.join("usr/lib/systemd/system-preset/80-phoenix-hooks.preset");
+    let kept = tmp.path().join("preset");
+    std::fs::rename(&preset, &kept).unwrap();
+    systemctl(&root, &["preset-all"]);
+    assert!(
+        !phoenix_links(&root).is_empty(),
+        "preset-all enabled nothing even without the preset"
+    );
+    systemctl(&root, &[&["disable"][..], &ENABLEABLE[..]].concat());
+    assert!(phoenix_links(&root).is_empty(), "{:?}", phoenix_links(&root));
+    std::fs::rename(&kept, &preset).unwrap();
+    let said = systemctl(&root, &["preset-all"]);
+    assert!(
+        phoenix_links(&root).is_empty(),
+        "preset-all enabled {:?}:\n{said}",
+        phoenix_links(&root)
     );
 
     // Every binary runs from the root.
@@ -248,18 +374,43 @@ fn package_builds_installs_verifies_and_purges() {
     // The generator, as systemd runs it, with the shipped configuration
     // (no "mounts"): writes nothing.
     let gen_link = root.join("usr/lib/systemd/system-generators/phoenix-mount");
+    // A relative link: it holds in any root (lintian's
+    // absolute-symlink-in-top-level-folder otherwise).
     let target = std::fs::read_link(&gen_link).unwrap();
-    assert_eq!(target, Path::new("/usr/bin/phoenix-mount"));
+    assert_eq!(target, Path::new("../../../bin/phoenix-mount"));
     let out_dir = tmp.path().join("generated");
     std::fs::create_dir(&out_dir).unwrap();
-    run(Command::new(root.join(target.strip_prefix("/").unwrap()))
+    run(Command::new(&gen_link)
         .args([&out_dir, &out_dir, &out_dir])
         .env("PHOENIX_CONFIG", root.join("etc/phoenix/toolkit.json")));
     let written: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
     assert!(written.is_empty(), "generator wrote {written:?}");
 
+    // The operator enables the units (README.md, "Install"); a purge
+    // removes those links with the package (deb-systemd-helper purge).
+    systemctl(&root, &[&["enable"][..], &ENABLEABLE[..]].concat());
+    let enabled = phoenix_links(&root);
+    for link in [
+        "multi-user.target.wants/phoenix-ca-wait.service",
+        "multi-user.target.wants/phoenix-sync-boot.service",
+        "timers.target.wants/phoenix-renew.timer",
+    ] {
+        assert!(enabled.iter().any(|l| l.ends_with(link)), "{link}: {enabled:?}");
+    }
+
     // Purge removes every file, the conffile included.
     run(dpkg(&root).args(["--purge", "phoenix-hooks"]));
+    assert!(
+        phoenix_links(&root).is_empty(),
+        "purge left enable links: {:?} (were {enabled:?})",
+        phoenix_links(&root)
+    );
+    let state = root.join("var/lib/systemd/deb-systemd-helper-enabled");
+    if state.exists() {
+        let left = run(Command::new("find").arg(&state).args(["-name", "*phoenix*"]));
+        assert!(text(&left.stdout).trim().is_empty(), "{}", text(&left.stdout));
+    }
+    assert!(!root.join("run/lock/phoenix").exists(), "lock directory left");
     for stub in ["usr/bin/systemctl", "bin/sh"] {
         std::fs::remove_file(root.join(stub)).unwrap();
     }
