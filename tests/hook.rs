@@ -1,6 +1,9 @@
 //! phoenix-hook, run as Proxmox runs it (`phoenix-hook VMID PHASE`), against
 //! a temporary Phoenix layout. "Mounted storage" is a bind mount in a
-//! private mount namespace (`unshare -m`), never a mount on the host.
+//! private mount namespace (`unshare -m`), never a mount on the host, or
+//! (for zfs and nfs) a mount table the test writes, read by the binary as
+//! its own. `storage.cfg` and the guest configs are the tests' own, in
+//! pve-storage's and Proxmox's formats.
 
 mod common;
 mod hook_support;
@@ -10,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hook_support::{chmod, in_namespace, mode_of, stderr, Layout};
+use hook_support::{chmod, in_namespace, mode_of, mount_line, stderr, Layout};
 use serde_json::json;
 
 fn layout() -> Layout {
@@ -390,4 +393,280 @@ fn snippet_runs_the_binary_and_refuses_a_start_without_it() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no-such-binary"), "{}", stderr(&o));
     assert_eq!(run("post-stop").status.code(), Some(0));
+}
+
+/// toolkit.json's storage, "quickOS", as a `dir` storage (`extra`: more
+/// property lines), with the `local` storage before it, as a node has it.
+fn dir_storage(l: &Layout, extra: &str) -> String {
+    format!(
+        "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup\n\n\
+         # quickOS, on the host's own disk\n\
+         dir: quickOS\n\tpath {}\n\tcontent images,rootdir\n{extra}\tshared 0\n",
+        l.storage.display()
+    )
+}
+
+#[test]
+fn storage_cfg_dir_without_is_mountpoint_only_needs_the_directory() {
+    let l = layout();
+    l.storage_cfg(&dir_storage(&l, ""));
+    std::fs::create_dir_all(l.logs()).unwrap();
+    // Not a mount point, and that is right for a plain dir storage.
+    let o = l.run_unmounted("101", "pre-start");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "bind mount source '{}' exists on storage 'quickOS' (dir: a plain directory, \
+             no is_mountpoint): exists",
+            l.logs().display()
+        )),
+        "{err}"
+    );
+    std::fs::remove_dir(l.logs()).unwrap();
+    let o = l.run_unmounted("101", "pre-start");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "bind mount source '{}' does not exist on storage 'quickOS' (dir",
+            l.logs().display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn storage_cfg_dir_with_is_mountpoint_needs_the_mount() {
+    let l = layout();
+    l.storage_cfg(&dir_storage(&l, "\tis_mountpoint yes\n"));
+    std::fs::create_dir_all(l.logs()).unwrap();
+    let o = l.run_unmounted("101", "pre-start");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let s = l.storage.display();
+    assert!(
+        err.contains(&format!(
+            "storage 'quickOS' (dir: is_mountpoint '{s}') is not mounted: '{s}' is not a mount point"
+        )),
+        "{err}"
+    );
+    let o = l.run_mounted("101", "pre-start");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("may start"), "{}", stderr(&o));
+}
+
+fn nfs_storage(l: &Layout) -> String {
+    format!(
+        "nfs: quickOS\n\texport /quickOS\n\tpath {}\n\tserver 10.0.0.13\n\
+         \tcontent images,rootdir\n\toptions vers=4.2\n\tprune-backups keep-all=1\n",
+        l.storage.display()
+    )
+}
+
+#[test]
+fn storage_cfg_nfs_needs_its_export_mounted_there() {
+    let l = layout();
+    l.storage_cfg(&nfs_storage(&l));
+    std::fs::create_dir_all(l.logs()).unwrap();
+    let s = l.storage.display().to_string();
+    // A local bind mount there is not the NFS export.
+    let o = l.run_mounted("101", "pre-start");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "storage 'quickOS' (nfs: 10.0.0.13:/quickOS at '{s}') is not mounted: '{s}' has "
+        )) && err.contains("mounted, not nfs"),
+        "{err}"
+    );
+    // Another server's export.
+    let root = mount_line(1, Path::new("/"), "ext4", "/dev/sda1");
+    let table = root.clone() + &mount_line(40, &l.storage, "nfs4", "10.0.0.99:/quickOS");
+    let o = l.run_with_table("101", "pre-start", &table);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("has nfs4 10.0.0.99:/quickOS mounted, not 10.0.0.13:/quickOS"),
+        "{err}"
+    );
+    // The export itself: the container and the CA start.
+    let table = root + &mount_line(40, &l.storage, "nfs4", "10.0.0.13:/quickOS");
+    let o = l.run_with_table("101", "pre-start", &table);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!("'{s}' is nfs4 10.0.0.13:/quickOS")),
+        "{err}"
+    );
+    let o = l.run_with_table("103", "pre-start", &table);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(generation(&l).is_some());
+}
+
+#[test]
+fn storage_cfg_zfspool_needs_a_mounted_dataset_of_its_pool() {
+    let l = layout();
+    l.storage_cfg(&format!(
+        "zfspool: quickOS\n\tpool tank/pve\n\tcontent images,rootdir\n\tmountpoint {}\n\tsparse\n",
+        l.storage.display()
+    ));
+    std::fs::create_dir_all(l.logs()).unwrap();
+    let s = l.storage.display().to_string();
+    let root = mount_line(1, Path::new("/"), "zfs", "rpool/ROOT/pve-1");
+    let o = l.run_with_table("101", "pre-start", &root);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "storage 'quickOS' (zfspool: pool tank/pve at '{s}') is not mounted: no zfs \
+             dataset of 'tank/pve' is mounted at '{s}' (the path is on zfs rpool/ROOT/pve-1 \
+             mounted at '/')"
+        )),
+        "{err}"
+    );
+    // An ext4 disk mounted there is not the pool.
+    let table = root.clone() + &mount_line(40, &l.storage, "ext4", "/dev/sdb1");
+    let o = l.run_with_table("101", "pre-start", &table);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("on ext4 /dev/sdb1"), "{}", stderr(&o));
+    let table = root + &mount_line(40, &l.storage, "zfs", "tank/pve");
+    let o = l.run_with_table("101", "pre-start", &table);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("'{s}' is zfs dataset tank/pve")),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_path_on_no_configured_storage_only_needs_to_exist_unless_required() {
+    let l = layout();
+    // storage.cfg knows only 'local': quickOS's directory is no storage.
+    l.storage_cfg("dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup\n");
+    std::fs::create_dir_all(l.logs()).unwrap();
+    let o = l.run_unmounted("101", "pre-start");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "exists (on no storage of '{}': no storage mount to check)",
+            l.pve.join("storage.cfg").display()
+        )),
+        "{err}"
+    );
+    let l2 = Layout::new(json!({}), json!({"required_mounts": [l.storage]}));
+    l2.storage_cfg("dir: local\n\tpath /var/lib/vz\n");
+    std::fs::create_dir_all(l2.logs()).unwrap();
+    // A required mount above other paths changes nothing for these.
+    let o = l2.run_unmounted("101", "pre-start");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let l3 = Layout::new(json!({}), json!({}));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&l3.config).unwrap()).unwrap();
+    let mut cfg = cfg.as_object().unwrap().clone();
+    cfg.insert("required_mounts".into(), json!([l3.storage]));
+    std::fs::write(&l3.config, serde_json::to_string(&cfg).unwrap()).unwrap();
+    l3.storage_cfg("dir: local\n\tpath /var/lib/vz\n");
+    std::fs::create_dir_all(l3.logs()).unwrap();
+    let o = l3.run_unmounted("101", "pre-start");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "'{}' is not a mount point (toolkit.json required_mounts)",
+            l3.storage.display()
+        )),
+        "{err}"
+    );
+    let o = l3.run_mounted("101", "pre-start");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn without_storage_cfg_the_storage_root_rule_says_so() {
+    let l = layout();
+    std::fs::create_dir_all(l.logs()).unwrap();
+    let o = l.run_unmounted("101", "pre-start");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("no '{}'", l.pve.join("storage.cfg").display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn ca_pre_start_warns_about_onboot_guests_beside_or_before_it() {
+    let l = layout();
+    l.guest_conf(
+        "lxc",
+        103,
+        "arch: amd64\nhostname: step-ca\nonboot: 1\nstartup: order=1,up=30\n\n\
+         [before-upgrade]\nonboot: 0\n",
+    );
+    l.guest_conf("lxc", 101, "hostname: nginx\nonboot: 1\nstartup: order=1\n");
+    l.guest_conf(
+        "lxc",
+        102,
+        "hostname: traefik\nonboot: 0\nstartup: order=0\n",
+    );
+    l.guest_conf(
+        "qemu-server",
+        1001,
+        "name: Portainer\nonboot: 1\nstartup: up=5,order=0\n",
+    );
+    l.guest_conf(
+        "qemu-server",
+        1002,
+        "name: drphoenix\nonboot: 1\nstartup: order=2\n",
+    );
+    // Only a snapshot of 104 started at boot, long ago.
+    l.guest_conf(
+        "lxc",
+        104,
+        "hostname: data\n[snap1]\nonboot: 1\nstartup: order=0\n",
+    );
+    // A link in place of a config is not followed.
+    let outside = l.dir.path().join("outside.conf");
+    std::fs::write(&outside, "onboot: 1\nstartup: order=0\n").unwrap();
+    std::os::unix::fs::symlink(&outside, l.pve.join("lxc/105.conf")).unwrap();
+
+    let o = l.run_mounted("103", "pre-start");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "a warning only: {err}");
+    assert!(generation(&l).is_some(), "the start went on");
+    let line = err
+        .lines()
+        .find(|l| l.contains("onboot order:"))
+        .unwrap_or_else(|| panic!("no onboot warning: {err}"));
+    assert!(
+        line.starts_with("103 pre-start: warning: onboot order: the CA CT 103 (order=1)"),
+        "{line}"
+    );
+    assert!(
+        line.contains("CT 101 (order=1) start(s) beside it"),
+        "{line}"
+    );
+    assert!(line.contains("VM 1001 (order=0) before it"), "{line}");
+    for quiet in ["102 (", "1002 (", "104 (", "105 ("] {
+        assert!(!line.contains(quiet), "{quiet}: {line}");
+    }
+    assert!(
+        err.contains("105.conf") && err.contains("skipped in the onboot order check"),
+        "{err}"
+    );
+
+    // Orders fixed: the CA first and alone, nothing said.
+    l.guest_conf("lxc", 101, "hostname: nginx\nonboot: 1\nstartup: order=2\n");
+    l.guest_conf(
+        "qemu-server",
+        1001,
+        "name: Portainer\nonboot: 1\nstartup: order=3\n",
+    );
+    std::fs::remove_file(l.pve.join("lxc/105.conf")).unwrap();
+    let o = l.run_mounted("103", "pre-start");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("onboot order"), "{}", stderr(&o));
 }

@@ -1,8 +1,12 @@
 //! Fixtures of the hook and mount tests: a temporary Phoenix layout (a
 //! storage root with a "quickOS" storage, the CA container 103, containers
-//! with bind mounts, VMs 1001/1002) and a way to run a binary in a private
-//! mount namespace where chosen directories are mount points. Mounts made
-//! there vanish with the namespace: nothing is ever left on the host.
+//! with bind mounts, VMs 1001/1002, an empty stand-in for `/etc/pve`) and
+//! a way to run a binary in a private mount namespace where chosen
+//! directories are mount points, or where the mount table the binary reads
+//! is a text of the test's (a file bind-mounted over the process's
+//! `/proc/PID/mountinfo`: file system types no test can mount, zfs, nfs).
+//! Mounts made there vanish with the namespace: nothing is ever left on
+//! the host.
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -13,11 +17,15 @@ use std::process::{Command, Output};
 /// exec the rest. unshare makes the new namespace's mounts private, so
 /// nothing propagates back to the host.
 const NS_SCRIPT: &str = r#"
+table="$1"
+shift
 while [ "$1" != "--" ]; do
   mount --bind "$1" "$2" || exit 99
   shift 2
 done
 shift
+# exec keeps this pid: the binary reads this file as /proc/self/mountinfo.
+if [ -n "$table" ]; then mount --bind "$table" "/proc/$$/mountinfo" || exit 99; fi
 exec "$@"
 "#;
 
@@ -25,6 +33,26 @@ exec "$@"
 /// target) bind mounts. A bind of a directory onto itself makes it a
 /// mount point whose files are the host's, so tests can look at them.
 pub fn in_namespace(binds: &[(&Path, &Path)], cmd: &Command) -> Output {
+    in_namespace_with(binds, None, cmd)
+}
+
+/// As [`in_namespace`], and `cmd` reads `table` (mountinfo lines, see
+/// [`mount_line`]) as its mount table.
+pub fn in_namespace_with_table(binds: &[(&Path, &Path)], table: &str, cmd: &Command) -> Output {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), table).unwrap();
+    in_namespace_with(binds, Some(file.path()), cmd)
+}
+
+/// One mountinfo line: `fs_type` `source` mounted at `at`.
+pub fn mount_line(id: u32, at: &Path, fs_type: &str, source: &str) -> String {
+    format!(
+        "{id} 1 0:{id} / {} rw,relatime - {fs_type} {source} rw\n",
+        at.display()
+    )
+}
+
+fn in_namespace_with(binds: &[(&Path, &Path)], table: Option<&Path>, cmd: &Command) -> Output {
     let mut ns = Command::new("unshare");
     ns.args([
         "--mount",
@@ -36,6 +64,7 @@ pub fn in_namespace(binds: &[(&Path, &Path)], cmd: &Command) -> Output {
         NS_SCRIPT,
         "sh",
     ]);
+    ns.arg(table.map_or(Path::new(""), |t| t));
     for (src, dst) in binds {
         ns.arg(src).arg(dst);
     }
@@ -67,6 +96,9 @@ pub struct Layout {
     pub state: PathBuf,
     /// phoenix_etc.
     pub etc: PathBuf,
+    /// Stands for /etc/pve (pve_dir): `lxc/` and `qemu-server/`, empty,
+    /// and no `storage.cfg` until a test writes one.
+    pub pve: PathBuf,
     /// toolkit.json.
     pub config: PathBuf,
 }
@@ -80,6 +112,9 @@ impl Layout {
         let storage = storage_root.join("quickOS");
         let state = storage.join("lxc-persistent-data/103/ssl");
         let etc = dir.path().join("etc");
+        let pve = dir.path().join("etc-pve");
+        std::fs::create_dir_all(pve.join("lxc")).unwrap();
+        std::fs::create_dir_all(pve.join("qemu-server")).unwrap();
         std::fs::create_dir_all(&state).unwrap();
         std::fs::create_dir_all(&etc).unwrap();
         let local = dir.path().join("local/data");
@@ -125,6 +160,7 @@ impl Layout {
         let mut toolkit = serde_json::json!({
             "phoenix_etc": etc,
             "storage_root": storage_root,
+            "pve_dir": pve,
             "lock_dir": dir.path().join("lock"),
             "ca": ca
         });
@@ -137,8 +173,19 @@ impl Layout {
             storage,
             state,
             etc,
+            pve,
             config,
         }
+    }
+
+    /// Write `<pve_dir>/storage.cfg`.
+    pub fn storage_cfg(&self, text: &str) {
+        std::fs::write(self.pve.join("storage.cfg"), text).unwrap();
+    }
+
+    /// Write `<pve_dir>/SUB/VMID.conf` (`SUB`: `lxc` or `qemu-server`).
+    pub fn guest_conf(&self, sub: &str, vmid: u32, text: &str) {
+        std::fs::write(self.pve.join(sub).join(format!("{vmid}.conf")), text).unwrap();
     }
 
     /// The bind source of container 101's logs.
@@ -170,6 +217,11 @@ impl Layout {
     /// Run the hook with the storage mounted (in a private namespace).
     pub fn run_mounted(&self, vmid: &str, phase: &str) -> Output {
         in_namespace(&[(&self.storage, &self.storage)], &self.hook(vmid, phase))
+    }
+
+    /// Run the hook reading `table` as its mount table.
+    pub fn run_with_table(&self, vmid: &str, phase: &str, table: &str) -> Output {
+        in_namespace_with_table(&[], table, &self.hook(vmid, phase))
     }
 }
 
