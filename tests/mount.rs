@@ -1,6 +1,10 @@
 //! phoenix-mount: the generator's units pass `systemd-analyze verify`;
 //! `apply` and `check` with bind and tmpfs volumes (there is no NFS server
 //! here) inside a private mount namespace, never leaving a mount on the host.
+//! A Phoenix VM volume object is a `mounts` entry as written; a guest that
+//! waits for the CA without a mount for it is warned about (its
+//! `/etc/systemd/system` and `/etc/fstab` are the test's, bound over the
+//! host's in a private namespace).
 
 mod hook_support;
 
@@ -310,4 +314,132 @@ fn apply_refuses_a_mount_point_taken_by_another_source() {
     );
     assert!(err.contains("not mounted as configured:"), "{err}");
     assert_no_host_mount(v.dir.path());
+}
+
+/// A Phoenix VM's volume object, as `phoenix_vm_configs.json` writes one
+/// (with the `name` the seed gives it).
+fn vm_volume(name: &str, path: &str, mount_point: &str) -> serde_json::Value {
+    json!({"name": name, "type": "nfs", "server": "10.0.0.13",
+           "path": path, "mount_point": mount_point})
+}
+
+#[test]
+fn a_phoenix_vm_volume_object_is_a_mounts_entry_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        json!({"mounts": [
+            vm_volume("ca-state", "/quickOS/lxc-persistent-data/103/ssl", "/etc/step-ca/ssl"),
+            vm_volume("persistent", "/quickOS/vm-persistent-data/1001", "/mnt/persistent")
+        ]}),
+    );
+    let gen = run_generator(dir.path(), &config);
+    let text = std::fs::read_to_string(gen.join("mnt-persistent.mount")).unwrap();
+    assert!(
+        text.contains(
+            "Description=Phoenix volume persistent: 10.0.0.13:/quickOS/vm-persistent-data/1001 \
+             on /mnt/persistent\n"
+        ),
+        "{text}"
+    );
+    verify(&gen);
+    let o = phoenix_mount(&config).arg("check").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("FAILED   persistent: nfs 10.0.0.13:/quickOS/vm-persistent-data/1001"),
+        "{}",
+        stdout(&o)
+    );
+    // Other keys are still refused, by name.
+    let config = write_config(
+        dir.path(),
+        json!({"mounts": [{"nmae": "x", "type": "tmpfs", "mount_point": "/run/x"}]}),
+    );
+    let o = phoenix_mount(&config).arg("check").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nmae"), "{}", stderr(&o));
+}
+
+/// A stand-in for the guest's `/etc/systemd/system` with
+/// phoenix-ca-wait.service enabled, and an fstab with the root only.
+fn waiting_guest(dir: &Path) -> (PathBuf, PathBuf) {
+    let systemd = dir.join("systemd-system");
+    let wants = systemd.join("multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(
+        "/usr/lib/systemd/system/phoenix-ca-wait.service",
+        wants.join("phoenix-ca-wait.service"),
+    )
+    .unwrap();
+    let fstab = dir.join("fstab");
+    std::fs::write(&fstab, "UUID=0a1b / ext4 errors=remount-ro 0 1\n").unwrap();
+    (systemd, fstab)
+}
+
+/// `phoenix-mount ARGS` with `systemd` and `fstab` bound over the
+/// guest's own.
+fn in_guest(config: &Path, systemd: &Path, fstab: &Path, args: &[&str]) -> Output {
+    let mut c = phoenix_mount(config);
+    c.args(args);
+    in_namespace(
+        &[
+            (systemd, Path::new("/etc/systemd/system")),
+            (fstab, Path::new("/etc/fstab")),
+        ],
+        &c,
+    )
+}
+
+#[test]
+fn a_guest_that_waits_for_the_ca_without_a_ca_mount_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (systemd, fstab) = waiting_guest(dir.path());
+    let gen = dir.path().join("gen");
+    std::fs::create_dir(&gen).unwrap();
+    let only_persistent = write_config(
+        dir.path(),
+        json!({"mounts": [vm_volume("persistent", "/quickOS/vm-persistent-data/1001",
+                                    "/mnt/persistent")]}),
+    );
+    let gen_arg = gen.to_str().unwrap();
+    for args in [&["generate", gen_arg][..], &["check"][..]] {
+        let o = in_guest(&only_persistent, &systemd, &fstab, args);
+        let err = stderr(&o);
+        assert!(
+            err.contains(
+                "warning: this guest waits for the CA at boot \
+                 (/etc/systemd/system/multi-user.target.wants/phoenix-ca-wait.service exists) \
+                 but no mount covers ca.guest_state_dir '/etc/step-ca/ssl'"
+            ) && err.contains("ca.wait_timeout_secs, 300 s"),
+            "{args:?}: {err}"
+        );
+    }
+    // The generator still succeeds: a warning, not a failure.
+    let o = in_guest(&only_persistent, &systemd, &fstab, &["generate", gen_arg]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // With the CA state mount configured: nothing to say.
+    let dir2 = tempfile::tempdir().unwrap();
+    let with_ca = write_config(
+        dir2.path(),
+        json!({"mounts": [vm_volume("ca", "/quickOS/lxc-persistent-data/103/ssl/public",
+                                    "/etc/step-ca/ssl")]}),
+    );
+    let o = in_guest(&with_ca, &systemd, &fstab, &["check"]);
+    assert!(!stderr(&o).contains("waits for the CA"), "{}", stderr(&o));
+    // Nor in the guest's fstab.
+    std::fs::write(
+        &fstab,
+        "UUID=0a1b / ext4 defaults 0 1\n10.0.0.13:/quickOS/lxc-persistent-data/103/ssl \
+         /etc/step-ca/ssl nfs ro 0 0\n",
+    )
+    .unwrap();
+    let o = in_guest(&only_persistent, &systemd, &fstab, &["check"]);
+    assert!(!stderr(&o).contains("waits for the CA"), "{}", stderr(&o));
+
+    // A guest (or the host) that does not wait for the CA: nothing either.
+    let empty = dir.path().join("empty-systemd");
+    std::fs::create_dir(&empty).unwrap();
+    let o = in_guest(&only_persistent, &empty, &fstab, &["check"]);
+    assert!(!stderr(&o).contains("waits for the CA"), "{}", stderr(&o));
 }
