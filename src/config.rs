@@ -259,6 +259,55 @@ pub struct RenewalConfig {
     /// threshold, by an amount fixed per certificate: certificates issued
     /// together do not renew together for ever (0: off).
     pub spread_secs: u64,
+    /// How long delivery and the post-renewal action may wait for a
+    /// guest that is not running before the run fails for it, seconds.
+    pub pending_max_secs: u64,
+}
+
+impl RenewalConfig {
+    /// The least share of a certificate's life that must pass before it is
+    /// due: a new certificate is never due within minutes of its issuance
+    /// (a threshold at or above the lifetime, or "1%", would renew on
+    /// every run).
+    pub const MIN_SHARE_BEFORE_DUE: u32 = 10;
+
+    /// Whether `threshold` leaves room in `lifetime`; the error says how
+    /// much room there must be and what would do.
+    pub fn threshold_room(&self) -> Result<(), String> {
+        let life = self.lifetime.0.as_secs();
+        let min_share = u64::from(Self::MIN_SHARE_BEFORE_DUE);
+        match self.threshold {
+            Threshold::Percent(p) if u64::from(p) < min_share => Err(format!(
+                "{p}% makes a new certificate due after {} of its {} life: at least \
+                 {min_share}% must pass before it is due, e.g. \"66%\"",
+                human(life * u64::from(p) / 100),
+                human(life)
+            )),
+            Threshold::Remaining(d) if d.as_secs() * 100 > life * (100 - min_share) => {
+                Err(format!(
+                    "'{}' before expiry leaves no room in renewal.lifetime '{}': a new \
+                     certificate would be due {}; at most {} before expiry ({}% of the \
+                     lifetime), e.g. \"{}\" or \"66%\"",
+                    human(d.as_secs()),
+                    human(life),
+                    if d.as_secs() >= life {
+                        "at once".to_string()
+                    } else {
+                        format!("after {}", human(life - d.as_secs()))
+                    },
+                    human(life * (100 - min_share) / 100),
+                    100 - min_share,
+                    human(life / 3)
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Seconds as a short human duration ("1h 30m").
+fn human(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
 impl Default for RenewalConfig {
@@ -271,6 +320,7 @@ impl Default for RenewalConfig {
             unprivileged_id_shift: 100_000,
             guest_drop_dir: PathBuf::from("/tmp"),
             spread_secs: 0,
+            pending_max_secs: 3 * 86400,
         }
     }
 }
@@ -513,6 +563,9 @@ impl Config {
                 );
             }
         }
+        if let Err(why) = self.renewal.threshold_room() {
+            return bad("renewal.threshold", &why);
+        }
         if !self.renewal.guest_drop_dir.is_absolute() {
             return bad("renewal.guest_drop_dir", "must be an absolute path");
         }
@@ -656,6 +709,38 @@ mod tests {
         );
         let e = load_str(r#"{"renewal": {"threshold": "150%"}}"#).unwrap_err();
         assert!(e.to_string().contains("renewal.threshold"), "{e}");
+        // No room: due at once, or within minutes of issuance.
+        for (cfg, says) in [
+            (
+                r#"{"renewal": {"lifetime": "1h", "threshold": "2h"}}"#,
+                "due at once",
+            ),
+            (
+                r#"{"renewal": {"lifetime": "1h", "threshold": "1h"}}"#,
+                "due at once",
+            ),
+            (
+                r#"{"renewal": {"lifetime": "1h", "threshold": "58m"}}"#,
+                "after 2m",
+            ),
+            (
+                r#"{"renewal": {"lifetime": "24h", "threshold": "1%"}}"#,
+                "after 14m 24s",
+            ),
+        ] {
+            let e = load_str(cfg).unwrap_err().to_string();
+            assert!(
+                e.contains("renewal.threshold") && e.contains(says),
+                "{cfg}: {e}"
+            );
+        }
+        let e = load_str(r#"{"renewal": {"lifetime": "1h", "threshold": "2h"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 54m before expiry"), "{e}");
+        // The edges that leave room are taken.
+        load_str(r#"{"renewal": {"lifetime": "1h", "threshold": "54m"}}"#).unwrap();
+        load_str(r#"{"renewal": {"lifetime": "1h", "threshold": "10%"}}"#).unwrap();
         let e = load_str(r#"{"renewal": {"lifetime": "soon"}}"#).unwrap_err();
         assert!(e.to_string().contains("renewal.lifetime"), "{e}");
     }

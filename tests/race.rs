@@ -43,7 +43,7 @@
 //! before succeeded, as phoenix-sync.target orders them) and two more
 //! renewals (the timer, a run by hand) at random times, each run again
 //! after exit 75 as its unit does, against the same step-ca and a
-//! threshold that makes every run due; a reader polls the pair meanwhile.
+//! `--renew-now` that makes every run due; a reader polls the pair meanwhile.
 //!
 //! The mutation self-test runs the same loop against broken variants
 //! (tests/race_support `Variant`) and shows each invariant firing.

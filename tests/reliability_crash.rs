@@ -64,13 +64,8 @@ fn kill_9_renew_at_random_instants_never_tears_a_pair() {
         "cert_path": crt, "key_path": key,
         "post_renewal": {"run": ["systemctl", "reload", "nginx"]}}]),
     );
-    // A second configuration under which the certificate is always due
-    // (renewal, same key); the first only issues with --force (new key).
+    // Renewal (same key) with --renew-now, a new key with --force.
     let clean = b.path("toolkit.json");
-    let due = b.path("toolkit-due.json");
-    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&clean).unwrap()).unwrap();
-    cfg["renewal"]["threshold"] = json!("2h");
-    std::fs::write(&due, cfg.to_string()).unwrap();
     let root = phoenix_hooks::cert::read_root(&b.ca.root_cert()).unwrap();
     let reloads = b.pve.dir.path().join("reloads.log");
     let last_reload = || {
@@ -104,12 +99,12 @@ fn kill_9_renew_at_random_instants_never_tears_a_pair() {
         else {
             panic!("the pair was not repaired before attempt {attempt}");
         };
-        let (config, args): (&Path, &[&str]) = if attempt % 2 == 0 {
-            (&clean, &["run", "--force"])
+        let args: &[&str] = if attempt % 2 == 0 {
+            &["run", "--force"]
         } else {
-            (&due, &["run"])
+            &["run", "--renew-now"]
         };
-        let mut child = renew(&b, config, args)
+        let mut child = renew(&b, &clean, args)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();

@@ -6,7 +6,7 @@
 mod common;
 mod renew_support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use renew_support::{listing, mode_owner, stderr, stdout, systemctl_log, Bench, SYSTEMCTL};
 use serde_json::{json, Value};
@@ -197,17 +197,21 @@ fn san_drift_reissues_only_that_entry() {
 
 #[test]
 fn past_the_threshold_renews_with_the_same_key_and_sans() {
-    let mut b = setup_two();
+    let b = setup_two();
     ok(&b.run(&["run", "--only", "web.test.internal"]));
     let d = certs(&b);
-    let before = b.inspect(&d.join("101/web.crt"));
-    let key = std::fs::read(d.join("101/web.key")).unwrap();
-
-    // Renew when less than 2 h are left of a 1 h certificate: due at once.
-    b.set_renewal("threshold", json!("2h"));
+    // The same certificate 50 minutes into its hour: past 66 %.
+    let (crt, key_path) = (d.join("101/web.crt"), d.join("101/web.key"));
+    pair_by_our_intermediate(&b, &crt, &key_path, "-50m", "10m");
+    let before = b.inspect(&crt);
+    let key = std::fs::read(&key_path).unwrap();
     let dry = b.run(&["run", "--dry-run", "--only", "web.test.internal"]);
     ok(&dry);
-    assert!(stdout(&dry).contains("renew"), "{}", stdout(&dry));
+    assert!(
+        stdout(&dry).contains("renew") && stdout(&dry).contains("past the renewal threshold"),
+        "{}",
+        stdout(&dry)
+    );
     assert_eq!(
         b.inspect(&d.join("101/web.crt")).serial,
         before.serial,
@@ -237,41 +241,7 @@ fn an_expired_certificate_is_issued_anew() {
     std::fs::create_dir_all(d.join("101")).unwrap();
     // Signed by our intermediate, so only its expiry is wrong.
     let (crt, key) = (d.join("101/web.crt"), d.join("101/web.key"));
-    let st = std::process::Command::new("step")
-        .args(["certificate", "create", "web.test.internal"])
-        .arg(&crt)
-        .arg(&key)
-        .arg("--ca")
-        .arg(b.ca.dir.path().join("steppath/certs/intermediate_ca.crt"))
-        .arg("--ca-key")
-        .arg(b.ca.dir.path().join("steppath/secrets/intermediate_ca_key"))
-        .arg("--ca-password-file")
-        .arg(b.ca.password_file())
-        .args([
-            "--san",
-            "web.test.internal",
-            "--san",
-            "*.test.internal",
-            "--san",
-            "10.0.0.101",
-        ])
-        .args([
-            "--not-before",
-            "-2h",
-            "--not-after",
-            "-1h",
-            "--bundle",
-            "--no-password",
-            "--insecure",
-        ])
-        .env("STEPPATH", b.path("steppath"))
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    pair_by_our_intermediate(&b, &crt, &key, "-2h", "-1h");
     let old = b.inspect(&crt);
 
     let out = b.run(&["run", "--only", "web.test.internal"]);
@@ -292,12 +262,12 @@ fn ca_down_exits_75_and_leaves_files_untouched() {
     ok(&b.run(&["run"]));
     let d = certs(&b);
     let before = snapshot(&b);
-    b.set_renewal("threshold", json!("2h")); // everything due
     b.ca.stop();
     std::fs::remove_file(d.join("1001/cert.pem")).unwrap(); // and one to issue
     let before_vm_key = std::fs::read(d.join("1001/key.pem")).unwrap();
 
-    let out = b.run(&["run"]);
+    // Everything due (--renew-now), and one to issue.
+    let out = b.run(&["run", "--renew-now"]);
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     assert!(stderr(&out).contains("unreachable"), "{}", stderr(&out));
     assert_eq!(snapshot(&b), before);
@@ -316,7 +286,7 @@ fn ca_down_exits_75_and_leaves_files_untouched() {
 
     // The CA being down is no fault of the entries: no backoff.
     b.ca.launch(None);
-    let out = b.run(&["run"]);
+    let out = b.run(&["run", "--renew-now"]);
     ok(&out);
     assert!(d.join("1001/cert.pem").exists());
     assert_ne!(snapshot(&b), before, "nothing renewed once the CA was back");
@@ -329,7 +299,7 @@ fn ca_down_exits_75_and_leaves_files_untouched() {
 /// answering. (tests/race.rs races it against the CA's restarts.)
 #[test]
 fn before_the_ca_is_ready_nothing_is_issued_or_touched() {
-    let mut b = setup_two();
+    let b = setup_two();
     ok(&b.run(&["run"]));
     let d = certs(&b);
     let ready = b.ca.dir.path().join("ca.ready");
@@ -343,11 +313,11 @@ fn before_the_ca_is_ready_nothing_is_issued_or_touched() {
         )
     };
     let before = touched(&b);
-    b.set_renewal("threshold", json!("2h")); // everything due
-                                             // The CA container's pre-start: a new generation, its token gone.
+    // The CA container's pre-start: a new generation, its token gone.
     let out = b.ca.phoenix_ca(&["invalidate"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = b.run(&["run"]);
+    // Everything due.
+    let out = b.run(&["run", "--renew-now"]);
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("the CA is not ready: no readiness token yet"),
@@ -365,12 +335,10 @@ fn before_the_ca_is_ready_nothing_is_issued_or_touched() {
     );
     assert_eq!(touched(&b), before, "an unready CA's run touched something");
     // Nothing due: the run does not ask for the CA.
-    b.set_renewal("threshold", json!("66%"));
     ok(&b.run(&["run"]));
     // The CA publishes for its new generation: the run goes on.
-    b.set_renewal("threshold", json!("2h"));
     b.ca.publish();
-    ok(&b.run(&["run"]));
+    ok(&b.run(&["run", "--renew-now"]));
     assert_ne!(
         snapshot(&b),
         before.0,
@@ -378,11 +346,11 @@ fn before_the_ca_is_ready_nothing_is_issued_or_touched() {
     );
     // The old bash managers' empty ca.ready: taken if the CA answers.
     std::fs::write(&ready, "").unwrap();
-    let out = b.run(&["run"]);
+    let out = b.run(&["run", "--renew-now"]);
     ok(&out);
     assert!(stderr(&out).contains("accepting empty legacy readiness token"));
     b.ca.stop();
-    let out = b.run(&["run"]);
+    let out = b.run(&["run", "--renew-now"]);
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("the CA is not ready"),
@@ -740,4 +708,166 @@ fn a_ca_that_answers_5xx_is_unavailable_not_a_failed_certificate() {
             );
         }
     }
+}
+
+/// Write a certificate for web.test.internal and its key to `crt` and
+/// `key` (their contents: modes and owners stay), signed by the CA's own
+/// intermediate with the validity asked (`step certificate create`
+/// durations, relative to now): what the CA would have issued at another
+/// time.
+fn pair_by_our_intermediate(b: &Bench, crt: &Path, key: &Path, not_before: &str, not_after: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, k) = (tmp.path().join("c.pem"), tmp.path().join("k.pem"));
+    let st = std::process::Command::new("step")
+        .args(["certificate", "create", "web.test.internal"])
+        .arg(&c)
+        .arg(&k)
+        .arg("--ca")
+        .arg(b.ca.dir.path().join("steppath/certs/intermediate_ca.crt"))
+        .arg("--ca-key")
+        .arg(b.ca.dir.path().join("steppath/secrets/intermediate_ca_key"))
+        .arg("--ca-password-file")
+        .arg(b.ca.password_file())
+        .args([
+            "--san",
+            "web.test.internal",
+            "--san",
+            "*.test.internal",
+            "--san",
+            "10.0.0.101",
+        ])
+        .args(["--not-before", not_before, "--not-after", not_after])
+        .args(["--bundle", "--no-password", "--insecure"])
+        .env("STEPPATH", b.path("steppath"))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    std::fs::write(crt, std::fs::read(&c).unwrap()).unwrap();
+    std::fs::write(key, std::fs::read(&k).unwrap()).unwrap();
+}
+
+/// A `step` on PATH that adds `args` to every `step ca certificate`: the
+/// CA's clock differs from ours by that much. Returns the PATH to use.
+fn step_with_issue_args(b: &Bench, args: &str) -> std::ffi::OsString {
+    use std::os::unix::fs::PermissionsExt;
+    let real = std::env::split_paths(&common::path_with_fakes())
+        .map(|d| d.join("step"))
+        .find(|p| p.is_file())
+        .expect("step on PATH");
+    let bin = b.path("skewed-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let wrapper = bin.join("step");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1 $2\" = \"ca certificate\" ]; then\n\
+             shift 2; exec {real} ca certificate {args} \"$@\"\nfi\nexec {real} \"$@\"\n",
+            real = real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut dirs = vec![bin];
+    dirs.extend(std::env::split_paths(&common::path_with_fakes()));
+    std::env::join_paths(dirs).unwrap()
+}
+
+#[test]
+fn a_new_pair_already_due_by_our_clock_is_refused_as_clock_skew() {
+    let b = setup_two();
+    let d = certs(&b);
+    // The CA's clock 50 minutes behind ours: what it issues began 50
+    // minutes ago by our clock, so a 1 h certificate (66 %: due after
+    // 40 minutes) is due at once, though still valid for 10 minutes.
+    let path = step_with_issue_args(&b, "--not-before -50m");
+    let out = b
+        .command(&["run", "--only", "web.test.internal"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.lines().any(|l| l.contains("web.test.internal")
+            && l.contains("the new certificate is already due by this host's clock")
+            && l.contains("this host's clock is about")
+            && l.contains("ahead of the CA's")),
+        "{err}"
+    );
+    assert!(!d.join("101/web.crt").exists(), "a due pair was installed");
+    assert_eq!(
+        systemctl_log(&b),
+        Vec::<String>::new(),
+        "reloaded for nothing"
+    );
+    // The next run does not issue again at once: the backoff holds it,
+    // and the run still fails (the certificate is missing).
+    let out = b
+        .command(&["run", "--only", "web.test.internal"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("next attempt after"), "{err}");
+    // The clocks agree again: issued (after the backoff, --force now).
+    ok(&b.run(&["run", "--only", "web.test.internal", "--force"]));
+    assert!(d.join("101/web.crt").exists());
+}
+
+#[test]
+fn a_renewal_too_short_for_the_threshold_is_installed_with_a_warning() {
+    let mut b = setup_two();
+    b.set_renewal("threshold", json!("20m"));
+    ok(&b.run(&["run", "--only", "web.test.internal"]));
+    let d = certs(&b);
+    // A 15 minute certificate one minute before expiry (issued before
+    // renewal.lifetime was raised, say): past its threshold, and a
+    // renewal keeps its 15 minutes, so the renewed one is due at once.
+    let (crt, key) = (d.join("101/web.crt"), d.join("101/web.key"));
+    pair_by_our_intermediate(&b, &crt, &key, "-14m", "1m");
+    let old = b.inspect(&crt);
+    let out = b.run(&["run", "--only", "web.test.internal"]);
+    let err = stderr(&out);
+    ok(&out);
+    let new = b.inspect(&crt);
+    assert_ne!(new.serial, old.serial, "not renewed: {err}");
+    assert!(
+        err.lines().any(|l| l.contains("web.test.internal")
+            && l.contains("too short for renewal.threshold")
+            && l.contains("--force issues one of renewal.lifetime")),
+        "{err}"
+    );
+    // As it says: --force gives one of renewal.lifetime, not due.
+    ok(&b.run(&["run", "--only", "web.test.internal", "--force"]));
+    let out = b.run(&["run", "--only", "web.test.internal"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("web.test.internal: up to date"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_threshold_without_room_is_refused_at_load() {
+    let mut b = setup_two();
+    b.set_renewal("threshold", json!("2h"));
+    let out = b.run(&["run"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("renewal.threshold")
+            && err.contains("due at once")
+            && err.contains("at most 54m before expiry"),
+        "{err}"
+    );
+    assert!(
+        !certs(&b).join("101").exists(),
+        "a refused configuration issued"
+    );
 }

@@ -4,8 +4,10 @@
 //! `renewal.guest_drop_dir`, is a temp dir): a legacy `pct exec ... mv
 //! /tmp/cert.pem ...` command finds its files; a VM gets its key over
 //! `qm guest exec --pass-stdin`, never in argv or a log; a second run
-//! delivers nothing; a stopped guest fails the entry, runs no action, and
-//! the next run delivers and acts once the guest is up; `pct push` that
+//! delivers nothing; a stopped guest leaves delivery and action pending
+//! (a warning, in status and metrics; a failure past
+//! `renewal.pending_max_secs`), and the next run delivers and acts once the
+//! guest is up; `pct push` that
 //! fails in its task (exit 0, stderr) is a failure.
 
 mod common;
@@ -228,8 +230,8 @@ fn a_vm_gets_its_key_on_stdin_never_in_argv() {
 }
 
 #[test]
-fn a_stopped_guest_fails_delivery_and_the_next_run_delivers_and_acts() {
-    let b = Bench::new();
+fn a_stopped_guest_waits_pending_and_the_next_run_delivers_and_acts() {
+    let mut b = Bench::new();
     let ct = b.pve.add_ct(101);
     let vm = b.pve.add_vm(1001);
     b.pve.guest_command(&ct, "systemctl", SYSTEMCTL);
@@ -238,27 +240,51 @@ fn a_stopped_guest_fails_delivery_and_the_next_run_delivers_and_acts() {
     b.pve.set_status(&ct, "stopped");
     b.pve.set_status(&vm, "stopped");
 
+    // Stopped on purpose: the run does not fail for it (a warning).
+    let out = b.run(&["run"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for (name, guest) in [("web.test.internal", "CT 101"), ("docker.test.internal", "VM 1001")] {
+        assert!(
+            err.lines().any(|l| l.starts_with("warning:")
+                && l.contains(name)
+                && l.contains(&format!("{guest} is stopped"))
+                && l.contains("delivery and the post-renewal action wait until it runs")),
+            "no warning naming {name} and {guest}:\n{err}"
+        );
+    }
+    // Shown as pending in status, its table, JSON and metrics.
+    let prom = b.path("renew.prom");
+    let st = b.run(&["status", "--json", "--prometheus", prom.to_str().unwrap()]);
+    assert_eq!(st.status.code(), Some(0), "{}", stderr(&st));
+    let rows: Value = serde_json::from_slice(&st.stdout).unwrap();
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r["post_pending"], json!(true), "{r}");
+        assert_eq!(r["waiting_for_guest"]["state"], json!("stopped"), "{r}");
+    }
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains("phoenix_cert_post_pending{name=\"web.test.internal\",guest=\"CT 101\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("phoenix_cert_waiting_for_guest_since_seconds{name=\"docker.test.internal\""), "{metrics}");
+    let table = b.run(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("pending: web.test.internal: CT 101 is stopped"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+    // Waiting as long as renewal.pending_max_secs is a failure (0: at
+    // once, what a stopped guest did before the bound existed).
+    b.set_renewal("pending_max_secs", json!(0));
     let out = b.run(&["run"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    for (name, why) in [
-        (
-            "web.test.internal",
-            "CT 101 is not running (status: stopped)",
-        ),
-        (
-            "docker.test.internal",
-            "VM 1001 is not running (status: stopped)",
-        ),
-    ] {
-        assert!(
-            err.lines().any(|l| l.contains(name)
-                && l.contains("post-renewal action not run")
-                && l.contains(why)),
-            "no line naming {name} with '{why}':\n{err}"
-        );
-    }
-    assert!(err.contains("2 of 2 certificate(s) failed"), "{err}");
+    assert!(
+        err.contains("as long as renewal.pending_max_secs allows") && err.contains("2 of 2 certificate(s) failed"),
+        "{err}"
+    );
+    b.set_renewal("pending_max_secs", json!(3 * 86400));
     // No action ran, nothing reached the guests; the pairs are installed.
     assert!(systemctl_log(&b).is_empty());
     assert!(!nginx_dir(&b).exists());

@@ -75,8 +75,12 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct Run {
     /// Issue every selected certificate anew, ignoring the failure backoff
-    #[arg(long)]
+    #[arg(long, conflicts_with = "renew_now")]
     force: bool,
+    /// Renew every selected certificate that is valid now, keeping its key,
+    /// as if past its threshold (others are issued or held back as usual)
+    #[arg(long)]
+    renew_now: bool,
     /// Print the plan and change nothing
     #[arg(long)]
     dry_run: bool,
@@ -108,7 +112,13 @@ impl Args {
         match self.command {
             Command::Run(r) => {
                 let opts = RunOptions {
-                    force: r.force,
+                    urge: if r.force {
+                        renew::plan::Urge::Force
+                    } else if r.renew_now {
+                        renew::plan::Urge::RenewNow
+                    } else {
+                        renew::plan::Urge::Due
+                    },
                     dry_run: r.dry_run,
                     only: r.only,
                 };

@@ -27,6 +27,7 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 
 use crate::cert::{self, CertInfo, Root};
+use crate::config::Threshold;
 use crate::fsutil::{self, FileOptions};
 use crate::guestdir::{self, Dir, PrivateDir, Staged};
 use crate::step::Step;
@@ -40,8 +41,19 @@ pub const CERT_MODE: u32 = 0o644;
 /// pair, the chain file).
 pub const PEM_LIMIT: u64 = 1 << 20;
 
-/// Check a freshly written pair against the entry.
-fn verify(entry: &Entry, root: &Root, crt: &[u8], key: &[u8]) -> Result<CertInfo> {
+/// How far before our clock a new certificate's notBefore may lie and
+/// still be new: step-ca backdates notBefore by one minute (its default
+/// `backdate`), and the call itself takes up to the command timeout.
+const FRESH_SLACK_SECS: i64 = 300;
+
+/// Check a freshly written pair against the entry and `threshold`.
+fn verify(
+    entry: &Entry,
+    root: &Root,
+    threshold: Threshold,
+    crt: &[u8],
+    key: &[u8],
+) -> Result<CertInfo> {
     let info = cert::parse_bundle(crt, root).context("the new certificate does not parse")?;
     let point = cert::key_public_point(key)?;
     if point != info.public_key {
@@ -90,6 +102,34 @@ fn verify(entry: &Entry, root: &Root, crt: &[u8], key: &[u8]) -> Result<CertInfo
             now - info.not_after
         ));
     }
+    // Already due by this host's clock: renewed again on every run. When
+    // the certificate began well before now, the clocks disagree (ours
+    // ahead): refused like the cases above. When its own life is too
+    // short for the threshold (a renewal keeps the old certificate's
+    // lifetime; a CA may cap it), refusing would let the old one expire:
+    // it is installed, and the operator told what to change.
+    let due = cert::due_at(&info, threshold);
+    if now >= due {
+        let age = now - info.not_before;
+        if due - info.not_before > FRESH_SLACK_SECS && age > FRESH_SLACK_SECS {
+            return Err(anyhow!(
+                "the new certificate is already due by this host's clock (valid from {}, \
+                 {age} s ago; due at {}): this host's clock is about {} s ahead of the \
+                 CA's; check NTP on both",
+                cert::rfc3339(info.not_before),
+                cert::rfc3339(due),
+                age - 60
+            ));
+        }
+        log::warn!(
+            "{}: the new certificate lives {} s, too short for renewal.threshold: it is \
+             due at once and every run will renew it (a renewal keeps the old \
+             certificate's lifetime: --force issues one of renewal.lifetime; or the \
+             CA caps the lifetime: lower renewal.threshold)",
+            entry.name,
+            info.not_after - info.not_before
+        );
+    }
     Ok(info)
 }
 
@@ -126,6 +166,7 @@ pub fn issue(
     step: &Step,
     root: &Root,
     lifetime: std::time::Duration,
+    threshold: Threshold,
 ) -> Result<CertInfo> {
     // The directories first: one a guest turned into a link is refused
     // before the CA is asked for anything.
@@ -136,7 +177,7 @@ pub fn issue(
     step.issue(&entry.name, &entry.sans, &crt, &key, lifetime)?;
     let (crt_pem, key_pem) = (read_private(&crt)?, read_private(&key)?);
     drop(private);
-    let info = verify(entry, root, &crt_pem, &key_pem)?;
+    let info = verify(entry, root, threshold, &crt_pem, &key_pem)?;
     install_pair(
         entry,
         (&cert_dir, &cert_name, &crt_pem),
@@ -219,7 +260,7 @@ fn install_pair(entry: &Entry, (cd, cn, crt): Target, (kd, kn, key): Target) -> 
 }
 
 /// Renew the certificate for its current key and install it.
-pub fn renew(entry: &Entry, step: &Step, root: &Root) -> Result<CertInfo> {
+pub fn renew(entry: &Entry, step: &Step, root: &Root, threshold: Threshold) -> Result<CertInfo> {
     let (cert_dir, cert_name) = dir_of(&entry.cert_path, false)?;
     let (key_dir, key_name) = dir_of(&entry.key_path, false)?;
     let current = cert_dir
@@ -237,7 +278,7 @@ pub fn renew(entry: &Entry, step: &Step, root: &Root) -> Result<CertInfo> {
     step.renew(&crt_copy, &key_copy, &out)?;
     let new = read_private(&out)?;
     drop(private);
-    let info = verify(entry, root, &new, &key)?;
+    let info = verify(entry, root, threshold, &new, &key)?;
     let opts = FileOptions {
         mode: CERT_MODE,
         owner: Some((entry.uid, entry.gid)),

@@ -36,18 +36,18 @@ use anyhow::{Context, Result};
 use crate::cert::{self, Action, Root};
 use crate::config::Config;
 use crate::exit::{err, kind_of, Kind};
-use crate::proxmox::Proxmox;
+use crate::proxmox::{Proxmox, RunState};
 use crate::step::Step;
 use crate::{lock, signal};
 
-use manifest::{BadEntry, Entry, Manifest};
+use manifest::{BadEntry, Entry, Manifest, PostAction};
 use state::{Outcome, State};
 
 /// Options of `phoenix-renew run`.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Issue every selected certificate, ignoring the backoff.
-    pub force: bool,
+    /// Beyond what is due: `--renew-now` or `--force`.
+    pub urge: plan::Urge,
     /// Print the plan; change nothing.
     pub dry_run: bool,
     /// Only these certificates (by common name); empty: all.
@@ -165,7 +165,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         now(),
         config.renewal.threshold,
         config.renewal.spread_secs,
-        opts.force,
+        opts.urge,
     );
     log::debug!(
         "planned {} certificates in {:.1}ms",
@@ -260,7 +260,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         st.key_memo = p.key_memo.clone();
         let did_work = action != Action::Nothing || mine.post_pending;
         match result {
-            Ok((_, Some(e))) if stopped => {
+            Ok((_, Post::Failed(e))) if stopped => {
                 // The pair changed; its action did not finish: pending.
                 log::warn!(
                     "{}: stopped before the post-renewal action finished ({e:#}); \
@@ -277,15 +277,33 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
                 );
                 st.post_pending = mine.post_pending;
             }
-            Ok((outcome, changed_but_post_failed)) => {
-                if let Some(e) = changed_but_post_failed {
-                    log::error!("{}: {e:#}", entry.name);
-                    st.post_failed(&format!("{e:#}"), now());
+            Ok((_, Post::Failed(e))) => {
+                log::error!("{}: {e:#}", entry.name);
+                st.post_failed(&format!("{e:#}"), now());
+                failed.push(entry.name.clone());
+            }
+            Ok((outcome, Post::GuestNotRunning(guest_state))) => {
+                let t = now();
+                let since = st.waiting_for_guest(outcome, &guest_state, t);
+                let bound = config.renewal.pending_max_secs as i64;
+                let line = format!(
+                    "{}: {} is {guest_state}: the pair is installed on the host; delivery and \
+                     the post-renewal action wait until it runs (pending since {})",
+                    entry.name,
+                    entry.guest,
+                    status::time(since)
+                );
+                if t - since >= bound {
+                    log::error!(
+                        "{line}, as long as renewal.pending_max_secs allows ({bound} s): start the \
+                         guest, or take the entry out of the manifest"
+                    );
                     failed.push(entry.name.clone());
                 } else {
-                    st.succeeded(outcome, now());
+                    log::warn!("{line}");
                 }
             }
+            Ok((outcome, Post::Done)) => st.succeeded(outcome, now()),
             Err(e) if kind_of(&e) == Kind::TempFail => {
                 log::error!("{}: {e:#}", entry.name);
                 st.post_pending = mine.post_pending;
@@ -375,8 +393,8 @@ fn outcome(
     Err(err(kind, parts.join("; ")))
 }
 
-/// Do what the plan says for one entry. Returns what happened, and the
-/// error of a post-renewal action that failed after the pair changed.
+/// Do what the plan says for one entry. Returns what happened, and how
+/// delivery and the post-renewal action went.
 #[allow(clippy::too_many_arguments)]
 fn handle(
     entry: &Entry,
@@ -388,7 +406,7 @@ fn handle(
     manifest: &Manifest,
     post_pending: bool,
     cmd_timeout: Duration,
-) -> Result<(Outcome, Option<anyhow::Error>)> {
+) -> Result<(Outcome, Post)> {
     let lifetime = config.renewal.lifetime.0;
     let (outcome, info) = match p.action() {
         Action::Nothing => {
@@ -402,7 +420,7 @@ fn handle(
             }
             if !post_pending {
                 log::info!("{}: up to date", entry.name);
-                return Ok((Outcome::Unchanged, None));
+                return Ok((Outcome::Unchanged, Post::Done));
             }
             log::info!(
                 "{}: up to date; running the post-renewal action left pending",
@@ -410,7 +428,7 @@ fn handle(
             );
             (Outcome::Unchanged, None)
         }
-        Action::Renew => match install::renew(entry, step, root) {
+        Action::Renew => match install::renew(entry, step, root, config.renewal.threshold) {
             Ok(info) => (Outcome::Renewed, Some(info)),
             // Never fall back to issuing when the CA is down or we were
             // asked to stop (the stop killed the renewal).
@@ -424,7 +442,13 @@ fn handle(
                 );
                 (
                     Outcome::Issued,
-                    Some(install::issue(entry, step, root, lifetime)?),
+                    Some(install::issue(
+                        entry,
+                        step,
+                        root,
+                        lifetime,
+                        config.renewal.threshold,
+                    )?),
                 )
             }
         },
@@ -432,7 +456,13 @@ fn handle(
             log::info!("{}: issuing ({})", entry.name, p.assessment.reason);
             (
                 Outcome::Issued,
-                Some(install::issue(entry, step, root, lifetime)?),
+                Some(install::issue(
+                    entry,
+                    step,
+                    root,
+                    lifetime,
+                    config.renewal.threshold,
+                )?),
             )
         }
     };
@@ -469,7 +499,37 @@ fn handle(
                 format!("post-renewal action for {} in {}", entry.name, entry.guest)
             })
         });
-    Ok((outcome, post.err()))
+    let post = match post {
+        Ok(()) => Post::Done,
+        // A guest that is not running (stopped by its operator, or not
+        // started yet) cannot take the files or run the action: the pair
+        // is installed on the host, and delivery and action wait for it,
+        // pending, without failing the run (the old bash skipped it with
+        // a warning). Asked only after a failure: no extra `qm`/`pct`
+        // call on the common path.
+        Err(e) => match entry.post {
+            PostAction::Guest(_) | PostAction::Legacy(_) | PostAction::None => {
+                match px.status(entry.guest) {
+                    Ok(RunState::Other(state)) => Post::GuestNotRunning(state),
+                    _ => Post::Failed(e),
+                }
+            }
+            PostAction::SwarmSecrets(_) => Post::Failed(e),
+        },
+    };
+    Ok((outcome, post))
+}
+
+/// How delivery and the post-renewal action went.
+#[derive(Debug)]
+enum Post {
+    /// Done, or nothing to do.
+    Done,
+    /// Failed: pending for the next run.
+    Failed(anyhow::Error),
+    /// The guest is not running (its state as `qm`/`pct status` says):
+    /// pending until it runs.
+    GuestNotRunning(String),
 }
 
 fn print_plan(entries: &[&Entry], planned: &[plan::Planned], refused: &[&BadEntry]) {

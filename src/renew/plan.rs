@@ -127,6 +127,20 @@ pub fn early_by(name: &str, c: &CertInfo, threshold: Threshold, spread: u64) -> 
     ((n % spread) as i64).min(room)
 }
 
+/// What a run asks beyond what is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Urge {
+    /// What the files and the threshold say.
+    #[default]
+    Due,
+    /// `--renew-now`: a certificate that needs nothing is renewed (same
+    /// key) as if past its threshold; the others as they are. The failure
+    /// backoff still applies.
+    RenewNow,
+    /// `--force`: every certificate issued anew, the backoff ignored.
+    Force,
+}
+
 /// Plan every entry: one [`Planned`] per entry, in the same order.
 pub fn plan(
     entries: &[&Entry],
@@ -135,8 +149,9 @@ pub fn plan(
     now: i64,
     threshold: Threshold,
     spread: u64,
-    force: bool,
+    urge: Urge,
 ) -> Vec<Planned> {
+    let force = urge == Urge::Force;
     entries
         .iter()
         .map(|e| {
@@ -148,6 +163,10 @@ pub fn plan(
             if force {
                 assessment.action = Action::Issue;
                 assessment.reason = format!("forced ({})", assessment.reason);
+            }
+            if urge == Urge::RenewNow && assessment.action == Action::Nothing {
+                assessment.action = Action::Renew;
+                assessment.reason = "asked (--renew-now)".into();
             }
             if let (Action::Nothing, Some(c)) = (assessment.action, &assessment.current) {
                 let early = early_by(&e.name, c, threshold, spread);

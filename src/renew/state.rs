@@ -61,6 +61,13 @@ pub struct EntryState {
     /// the next run runs it even though the certificate is up to date.
     #[serde(default)]
     pub post_pending: bool,
+    /// Since when the pending delivery and action wait for a guest that is
+    /// not running, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<i64>,
+    /// The guest's state then (`stopped`, `paused`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     /// Memo of the key match: SHA-256 of the key file and the public
     /// point derived from it (hex). Deriving the point is a scalar
     /// multiplication, by far the costliest step of planning; the memo
@@ -89,11 +96,28 @@ impl EntryState {
     pub fn succeeded(&mut self, outcome: Outcome, now: i64) {
         self.failures = 0;
         self.post_pending = false;
+        self.waiting_since = None;
+        self.waiting_for = None;
         self.last_result = Some(outcome);
         self.last_attempt = Some(now);
         self.last_success = Some(now);
         self.last_error = None;
         self.retry_after = None;
+    }
+
+    /// Record at `now` that the pair is good (`outcome`) but its guest is
+    /// `guest_state`, not running: delivery and action stay pending, with
+    /// no failure counted. Returns since when it has waited.
+    pub fn waiting_for_guest(&mut self, outcome: Outcome, guest_state: &str, now: i64) -> i64 {
+        self.failures = 0;
+        self.post_pending = true;
+        self.last_result = Some(outcome);
+        self.last_attempt = Some(now);
+        self.last_success = Some(now);
+        self.last_error = None;
+        self.retry_after = None;
+        self.waiting_for = Some(guest_state.to_string());
+        *self.waiting_since.get_or_insert(now)
     }
 
     /// Record that the post-renewal action failed at `now`, the new pair
@@ -103,6 +127,8 @@ impl EntryState {
     /// expire while a reload kept failing).
     pub fn post_failed(&mut self, error: &str, now: i64) {
         self.post_pending = true;
+        self.waiting_since = None;
+        self.waiting_for = None;
         self.last_result = Some(Outcome::Failed);
         self.last_attempt = Some(now);
         self.last_error = Some(last_error(error));

@@ -54,12 +54,25 @@ pub struct Row {
     /// yet: the next run tries it again (the certificate is not held back
     /// for it).
     pub post_pending: bool,
+    /// The pending delivery and action wait for the guest, not running
+    /// (its state), since this Unix time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for_guest: Option<Waiting>,
     /// What the plan warns of (a legacy command that cannot work, ...).
     pub warnings: Vec<String>,
     /// Why the manifest check refused the entry (`next_action` is then
     /// `refused`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A pending action waiting for its guest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Waiting {
+    /// The guest's state (`stopped`, ...).
+    pub state: String,
+    /// Since when, Unix seconds.
+    pub since: i64,
 }
 
 /// RFC 3339 time of Unix seconds.
@@ -87,7 +100,7 @@ pub fn rows(config: &Config) -> Result<Vec<Row>> {
             now,
             config.renewal.threshold,
             config.renewal.spread_secs,
-            false,
+            plan::Urge::Due,
         )
     };
     let last = |name: &str| state.certificates.get(name).cloned().unwrap_or_default();
@@ -111,6 +124,7 @@ pub fn rows(config: &Config) -> Result<Vec<Row>> {
             last_success: st.last_success,
             failures: st.failures,
             post_pending: st.post_pending,
+            waiting_for_guest: waiting(&st),
             last_error: st.last_error,
             warnings: Vec::new(),
             error: Some(b.error.clone()),
@@ -146,6 +160,7 @@ pub fn rows(config: &Config) -> Result<Vec<Row>> {
                 last_success: st.last_success,
                 failures: st.failures,
                 post_pending: st.post_pending,
+                waiting_for_guest: waiting(&st),
                 last_error: st.last_error,
                 warnings: e.warnings.clone(),
                 error: None,
@@ -156,6 +171,13 @@ pub fn rows(config: &Config) -> Result<Vec<Row>> {
         .collect();
     rows.sort_by_key(|(i, _)| *i);
     Ok(rows.into_iter().map(|(_, r)| r).collect())
+}
+
+fn waiting(st: &super::state::EntryState) -> Option<Waiting> {
+    Some(Waiting {
+        state: st.waiting_for.clone()?,
+        since: st.waiting_since?,
+    })
 }
 
 /// `Err` (exit 2) naming the rows the manifest check refused, each error
@@ -232,6 +254,24 @@ pub fn table(rows: &[Row]) -> String {
         }
     }
     for r in rows {
+        if let Some(w) = &r.waiting_for_guest {
+            let _ = writeln!(
+                out,
+                "\npending: {}: {} is {}: delivery and post-renewal action wait for it (since {})",
+                r.name,
+                r.guest,
+                w.state,
+                time(w.since)
+            );
+        } else if r.post_pending {
+            let _ = writeln!(
+                out,
+                "\npending: {}: the post-renewal action has not succeeded yet; the next run tries it",
+                r.name
+            );
+        }
+    }
+    for r in rows {
         if let Some(e) = &r.error {
             let _ = writeln!(out, "\nrefused: {}: {e}", r.name);
         }
@@ -249,7 +289,7 @@ fn label(v: &str) -> String {
 pub fn prometheus(rows: &[Row]) -> String {
     let mut out = String::new();
     type Value = dyn Fn(&Row) -> Option<f64>;
-    let metrics: [(&str, &str, &Value); 5] = [
+    let metrics: [(&str, &str, &Value); 7] = [
         (
             "phoenix_cert_not_after_seconds",
             "Expiry of the certificate, Unix time.",
@@ -269,6 +309,16 @@ pub fn prometheus(rows: &[Row]) -> String {
             "phoenix_cert_renewal_due",
             "1 when the next run will issue or renew the certificate.",
             &|r| Some(if r.next_action == "nothing" { 0.0 } else { 1.0 }),
+        ),
+        (
+            "phoenix_cert_post_pending",
+            "1 when the post-renewal action (and delivery) of the installed pair has not succeeded yet.",
+            &|r| Some(if r.post_pending { 1.0 } else { 0.0 }),
+        ),
+        (
+            "phoenix_cert_waiting_for_guest_since_seconds",
+            "Since when the pending action waits for its guest, not running, Unix time.",
+            &|r| r.waiting_for_guest.as_ref().map(|w| w.since as f64),
         ),
         (
             "phoenix_cert_manifest_refused",
@@ -317,6 +367,7 @@ mod tests {
             last_success: None,
             failures: 2,
             post_pending: false,
+            waiting_for_guest: None,
             last_error: None,
             warnings: Vec::new(),
             error: None,
@@ -383,6 +434,7 @@ mod tests {
             last_success: None,
             failures: 0,
             post_pending: false,
+            waiting_for_guest: None,
             last_error: None,
             warnings: vec!["cannot rotate".into()],
             error: None,

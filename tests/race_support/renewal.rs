@@ -8,7 +8,7 @@
 //! Keys change: a run asks for one of two SAN sets at random (a set that
 //! differs from the certificate's is SAN drift: a new key is issued), or
 //! forces a new key (`--force`); a run that asks for the same set renews
-//! (same key, the threshold makes every run due).
+//! (same key, `--renew-now`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -104,8 +104,8 @@ impl Renewal {
             "ca": {"url": ca.url(), "state_dir": ca_state, "generation_file": generation,
                    "root_cert": ca.root_cert(), "provisioner": ca.provisioner(),
                    "provisioner_password_file": ca.password_file()},
-            // Less than 2 h left of a 1 h certificate: every run renews;
-            "renewal": {"lifetime": "1h", "threshold": "2h", "command_timeout_secs": 30,
+            // Every run renews or issues (--renew-now, --force);
+            "renewal": {"lifetime": "1h", "threshold": "66%", "command_timeout_secs": 30,
                         // queue on the lock rather than give up: every run works.
                         "lock_wait_secs": 20}
         });
@@ -194,9 +194,11 @@ impl Renewal {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
-            if ask == Ask::Rekey {
-                cmd.arg("--force");
-            }
+            cmd.arg(if ask == Ask::Rekey {
+                "--force"
+            } else {
+                "--renew-now"
+            });
             let child = cmd.spawn().unwrap();
             let pid = child.id().to_string();
             let out = child.wait_with_output().unwrap();
