@@ -262,6 +262,8 @@ pub struct RenewalConfig {
     /// How long delivery and the post-renewal action may wait for a
     /// guest that is not running before the run fails for it, seconds.
     pub pending_max_secs: u64,
+    /// The old bash managers' cron file: a run warns while it is there.
+    pub legacy_cron_file: PathBuf,
 }
 
 impl RenewalConfig {
@@ -321,6 +323,7 @@ impl Default for RenewalConfig {
             guest_drop_dir: PathBuf::from("/tmp"),
             spread_secs: 0,
             pending_max_secs: 3 * 86400,
+            legacy_cron_file: PathBuf::from("/etc/cron.d/phoenix-cert-renewal"),
         }
     }
 }

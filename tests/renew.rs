@@ -871,3 +871,64 @@ fn a_threshold_without_room_is_refused_at_load() {
         "a refused configuration issued"
     );
 }
+
+#[test]
+fn the_bash_managers_and_a_docker_reload_are_warned_of_on_every_run_and_in_status() {
+    let mut b = setup_two();
+    // The old setup's cron file and certificate manager, beside ours.
+    let cron = b.path("cron.d/phoenix-cert-renewal");
+    std::fs::create_dir_all(cron.parent().unwrap()).unwrap();
+    std::fs::write(
+        &cron,
+        "0 * * * * root /usr/local/phoenix_hypervisor/bin/managers/certificate-renewal-manager.sh\n",
+    )
+    .unwrap();
+    b.set_renewal("legacy_cron_file", json!(cron));
+    let manager = b
+        .etc()
+        .parent()
+        .unwrap()
+        .join("bin/managers/certificate-renewal-manager.sh");
+    std::fs::create_dir_all(manager.parent().unwrap()).unwrap();
+    std::fs::write(&manager, "#!/bin/bash\n# renews every certificate\n").unwrap();
+    // The VM's action reloads docker: its TLS files would not be read.
+    let mut entries = two_entries(&b);
+    entries[1]["post_renewal"] = json!({"run": ["systemctl", "reload", "docker"]});
+    b.write_manifest(&entries);
+
+    for args in [&["run"][..], &["run"][..], &["status"][..]] {
+        let out = b.run(args);
+        ok(&out);
+        let err = stderr(&out);
+        for (needle, what) in [
+            (format!("rm {}", cron.display()), "the cron file"),
+            (manager.display().to_string(), "the manager"),
+            ("use `systemctl restart docker`".to_string(), "the reload"),
+        ] {
+            assert!(
+                err.lines()
+                    .any(|l| l.starts_with("warning:") && l.contains(&needle)),
+                "{args:?}: {what} not warned of:\n{err}"
+            );
+        }
+    }
+    let status = b.run(&["status"]);
+    assert!(
+        stdout(&status)
+            .contains("warning: docker.test.internal: the post-renewal action reloads docker"),
+        "{}",
+        stdout(&status)
+    );
+    // Retired as README says: no warning left.
+    std::fs::remove_file(&cron).unwrap();
+    std::fs::write(
+        &manager,
+        "#!/bin/sh\nexec systemctl start phoenix-renew.service\n",
+    )
+    .unwrap();
+    entries[1]["post_renewal"] = json!({"run": ["systemctl", "restart", "docker"]});
+    b.write_manifest(&entries);
+    let out = b.run(&["run"]);
+    ok(&out);
+    assert!(!stderr(&out).contains("warning:"), "{}", stderr(&out));
+}

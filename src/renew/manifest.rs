@@ -582,10 +582,19 @@ fn check(
         (PostAction::Guest(_), Some(p)) => p.deliver,
         _ => false,
     };
-    let warnings = match &post {
+    let mut warnings: Vec<String> = match &post {
         PostAction::Legacy(c) => legacy::secret_chain_warning(c).into_iter().collect(),
         _ => Vec::new(),
     };
+    let commands: Vec<Vec<&str>> = match &post {
+        PostAction::Legacy(c) => shell_commands(c),
+        // An argv: its words as one command, and any `sh -c` script in it.
+        PostAction::Guest(argv) => std::iter::once(argv.iter().map(String::as_str).collect())
+            .chain(argv.iter().flat_map(|a| shell_commands(a)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    warnings.extend(docker_reload_warning(&commands));
     let guest = Guest {
         kind: e.guest_type,
         id: e.guest_id,
@@ -613,6 +622,54 @@ fn check(
         post,
         deliver,
         warnings,
+    })
+}
+
+/// The simple commands of a command line, each as its words: split at
+/// shell separators, then at blanks and quotes. Enough to spot a command
+/// inside `sh -c '...; ...'`.
+fn shell_commands(text: &str) -> Vec<Vec<&str>> {
+    text.split(|c: char| ";&|()`\n".contains(c))
+        .map(|cmd| {
+            cmd.split(|c: char| c.is_whitespace() || "'\"".contains(c))
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .filter(|words| !words.is_empty())
+        .collect()
+}
+
+/// `systemctl reload docker` (or `reload-or-restart`, or `service docker
+/// reload`) in an action: dockerd reloads its daemon.json on SIGHUP but
+/// not its TLS files (`tlscert`, `tlskey`, `tlscacert` are read once, at
+/// start: moby's `daemon/reload.go` lists what a reload changes, and they
+/// are not among them), so the renewed certificate would not be served.
+/// ARCHITECTURE.md failure mode 13.
+fn docker_reload_warning(commands: &[Vec<&str>]) -> Option<String> {
+    let is_docker = |w: &str| w == "docker" || w == "docker.service";
+    let reloads = |w: &str| matches!(w, "reload" | "reload-or-restart" | "try-reload-or-restart");
+    let found = commands.iter().any(|words| {
+        words.iter().enumerate().any(|(i, &w)| match w {
+            "systemctl" => {
+                let rest: Vec<&str> = words[i + 1..]
+                    .iter()
+                    .copied()
+                    .filter(|w| !w.starts_with('-'))
+                    .collect();
+                rest.first().is_some_and(|v| reloads(v)) && rest[1..].iter().any(|u| is_docker(u))
+            }
+            "service" => {
+                words.get(i + 1).is_some_and(|u| is_docker(u))
+                    && words.get(i + 2).is_some_and(|v| *v == "reload")
+            }
+            _ => false,
+        })
+    });
+    found.then(|| {
+        "the post-renewal action reloads docker, which does not make dockerd read its TLS \
+         certificate and key again: the old certificate stays in use; use `systemctl restart \
+         docker`"
+            .to_string()
     })
 }
 
@@ -824,6 +881,32 @@ mod tests {
         assert_eq!(m.entries[0].warnings.len(), 1);
         assert!(m.entries[0].warnings[0].contains(r#""swarm_secrets": {"cert": "web.pem"}"#));
         assert!(load_text(ONE, None).unwrap().entries[0].warnings.is_empty());
+    }
+
+    #[test]
+    fn reloading_docker_is_warned_of_restarting_is_not() {
+        for (cmd, warned) in [
+            ("systemctl reload docker", true),
+            ("systemctl --no-block reload docker.service", true),
+            ("systemctl reload-or-restart docker", true),
+            ("service docker reload", true),
+            (
+                "pct exec 101 -- sh -c 'mv /tmp/cert.pem /etc/docker/ && systemctl reload docker'",
+                true,
+            ),
+            ("systemctl restart docker", false),
+            (
+                "systemctl reload nginx && docker service update --force web",
+                false,
+            ),
+            ("service docker restart", false),
+        ] {
+            assert_eq!(
+                docker_reload_warning(&shell_commands(cmd)).is_some(),
+                warned,
+                "{cmd}"
+            );
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod legacy;
 pub mod manifest;
 pub mod plan;
 pub mod post;
+pub mod retire;
 pub mod state;
 pub mod status;
 
@@ -135,6 +136,9 @@ fn proxmox_for(config: &Config) -> Proxmox {
 
 /// `phoenix-renew run`.
 pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
+    for w in retire::warnings(config) {
+        log::warn!("{w}");
+    }
     let manifest = manifest::load(config)?;
     let selection = select(&manifest, &opts.only)?;
     let entries = &selection.entries;

@@ -82,6 +82,9 @@ pub fn time(t: i64) -> String {
 
 /// Compute the rows.
 pub fn rows(config: &Config) -> Result<Vec<Row>> {
+    for w in super::retire::warnings(config) {
+        log::warn!("{w}");
+    }
     let m = manifest::load(config)?;
     let mut state = State::load(&config.state_dir);
     let now = now();
