@@ -12,7 +12,9 @@
 //!   old readiness token goes stale); a warning when other onboot guests
 //!   start beside or before it ([`onboot`]);
 //! - the CA guest, post-start: wait, bounded, for the fresh token and a
-//!   healthy CA, so Proxmox's onboot order starts dependents only then;
+//!   healthy CA, so Proxmox's onboot order starts the guests of a higher
+//!   startup order only then (those of the CA's own order start beside
+//!   it: [`onboot`]);
 //! - a container with bind mounts, pre-start: every source sits on mounted
 //!   storage, else the start is refused; a mount that hands the guest the
 //!   CA's secrets (the whole state directory rather than its `public/`) is

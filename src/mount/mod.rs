@@ -715,7 +715,7 @@ mod tests {
         std::fs::create_dir_all(&wants).unwrap();
         std::fs::write(wants.join("phoenix-ca-wait.service"), "").unwrap();
         let other = Volume::resolve(&c, &nfs("/mnt/persistent", None, None)).unwrap();
-        let w = ca_wait_uncovered(&c, &[other.clone()], &sd, &fstab).unwrap();
+        let w = ca_wait_uncovered(&c, std::slice::from_ref(&other), &sd, &fstab).unwrap();
         assert!(
             w.contains("no mount covers ca.guest_state_dir '/etc/step-ca/ssl'"),
             "{w}"
@@ -728,7 +728,10 @@ mod tests {
             None
         );
         std::fs::write(&fstab, "srv:/ssl /etc/step-ca/ssl nfs ro 0 0\n").unwrap();
-        assert_eq!(ca_wait_uncovered(&c, &[other.clone()], &sd, &fstab), None);
+        assert_eq!(
+            ca_wait_uncovered(&c, std::slice::from_ref(&other), &sd, &fstab),
+            None
+        );
         // Not waiting (the host): nothing to say.
         std::fs::remove_file(&fstab).unwrap();
         assert_eq!(
