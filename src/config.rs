@@ -264,6 +264,10 @@ pub struct RenewalConfig {
     pub pending_max_secs: u64,
     /// The old bash managers' cron file: a run warns while it is there.
     pub legacy_cron_file: PathBuf,
+    /// node_exporter textfile each run writes (atomically) when its
+    /// directory exists; `null`: none. Debian's prometheus-node-exporter
+    /// reads `/var/lib/prometheus/node-exporter/*.prom`.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl RenewalConfig {
@@ -324,6 +328,9 @@ impl Default for RenewalConfig {
             spread_secs: 0,
             pending_max_secs: 3 * 86400,
             legacy_cron_file: PathBuf::from("/etc/cron.d/phoenix-cert-renewal"),
+            metrics_file: Some(PathBuf::from(
+                "/var/lib/prometheus/node-exporter/phoenix-renew.prom",
+            )),
         }
     }
 }

@@ -260,6 +260,27 @@ impl Step {
         s.run(s.issue_cmd(subject, sans, crt, key, lifetime))
     }
 
+    /// `step ca token SUBJECT`: proves the provisioner exists and the
+    /// password file decrypts its key, issuing nothing. The token (a
+    /// secret) goes to a private file, removed with its directory.
+    pub fn check_provisioner(&self, subject: &str) -> Result<()> {
+        let dir = Self::private_dir()?;
+        let s = self.private(&dir, true)?;
+        let cmd = s
+            .cmd()
+            .args(["ca", "token", subject])
+            .arg("--provisioner")
+            .arg(&s.provisioner)
+            .arg("--provisioner-password-file")
+            .arg(&s.password_file)
+            .arg("--output-file")
+            .arg(dir.join("token"))
+            .args(["--ca-url", &s.ca_url])
+            .arg("--root")
+            .arg(&s.root);
+        s.run(cmd)
+    }
+
     /// `step ca renew --force --out OUT CRT KEY`: a new certificate for
     /// the same key, authenticated by the current (valid) certificate.
     pub fn renew(&self, crt: &Path, key: &Path, out: &Path) -> Result<()> {

@@ -478,8 +478,14 @@ fn a_backoff_stored_with_the_clock_ahead_is_capped_and_a_held_back_missing_certi
             "{name}: retry_after {after} not capped to now + 6 h: {st}"
         );
     }
+    // status shows both, and fails: one missing, both failed last time.
     let status = b.run(&["status", "--json"]);
-    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    assert_eq!(status.status.code(), Some(1), "{}", stderr(&status));
+    assert!(
+        stderr(&status).contains("2 of 2 certificate(s) not good: due.test, gone.test"),
+        "{}",
+        stderr(&status)
+    );
     let rows: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(rows[1]["next_action"], json!("deferred"), "{rows}");
     // --force still issues at once.

@@ -309,7 +309,12 @@ fn before_the_ca_is_ready_nothing_is_issued_or_touched() {
             snapshot(b),
             listing(&d.join("1001")),
             systemctl_log(b).len(),
-            std::fs::read(b.path("state/renew-state.json")).unwrap(),
+            // The certificates' memory; the run's own record changes.
+            serde_json::from_slice::<Value>(
+                &std::fs::read(b.path("state/renew-state.json")).unwrap(),
+            )
+            .unwrap()["certificates"]
+                .clone(),
         )
     };
     let before = touched(&b);
@@ -931,4 +936,160 @@ fn the_bash_managers_and_a_docker_reload_are_warned_of_on_every_run_and_in_statu
     let out = b.run(&["run"]);
     ok(&out);
     assert!(!stderr(&out).contains("warning:"), "{}", stderr(&out));
+}
+
+#[test]
+fn status_reports_without_the_ca_root_and_fails_on_a_bad_certificate() {
+    let b = setup_two();
+    ok(&b.run(&["run"]));
+    let d = certs(&b);
+    ok(&b.run(&["status"]));
+    // The CA's storage gone: every row still shown with its expiry, the
+    // next action unknown, the CA named; exit 75 (nothing is known bad).
+    let root = b.ca.root_cert();
+    let away = b.path("root.away");
+    std::fs::rename(&root, &away).unwrap();
+    let prom = b.path("status.prom");
+    let out = b.run(&["status", "--json", "--prometheus", prom.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r["next_action"], json!("unknown"), "{r}");
+        assert!(r["not_after"].as_i64().is_some(), "{r}");
+        assert!(r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the CA's root cannot be read"));
+    }
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains("\nphoenix_renew_ca_root_readable 0\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("phoenix_cert_not_after_seconds{name=\"web.test.internal\""));
+    let table = b.run(&["status"]);
+    assert!(
+        stdout(&table).contains("CA: the root certificate cannot be read"),
+        "{}",
+        stdout(&table)
+    );
+    // And an expired certificate beside it: exit 1, naming it.
+    pair_by_our_intermediate(
+        &b,
+        &d.join("101/web.crt"),
+        &d.join("101/web.key"),
+        "-2h",
+        "-1h",
+    );
+    let out = b.run(&["status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("web.test.internal: expired")
+            && stderr(&out).contains("1 of 2 certificate(s) not good: web.test.internal"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::rename(&away, &root).unwrap();
+}
+
+#[test]
+fn a_run_writes_its_metrics_and_counts_a_ca_outage() {
+    let mut b = setup_two();
+    let prom = b.path("textfile/phoenix-renew.prom");
+    b.set_renewal("metrics_file", json!(prom));
+    // No textfile directory (node_exporter not installed): nothing written.
+    ok(&b.run(&["run"]));
+    assert!(!prom.exists());
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    ok(&b.run(&["run"]));
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert_eq!(mode_owner(&prom).0, 0o644);
+    for line in [
+        "phoenix_renew_last_run_exit_code 0\n",
+        "phoenix_renew_ca_unavailable 0\n",
+        "phoenix_cert_renewal_due{name=\"web.test.internal\",guest=\"CT 101\"} 0\n",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+    let success: Value = serde_json::from_slice(&b.run(&["status", "--json"]).stdout).unwrap();
+    // The CA down while something is due: the run exits 75 and says so in
+    // the metrics, since when; no certificate's last success moves.
+    b.ca.stop();
+    let out = b.run(&["run", "--renew-now"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains("phoenix_renew_last_run_exit_code 75\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("phoenix_renew_ca_unavailable 1\n"),
+        "{metrics}"
+    );
+    let since = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("phoenix_renew_ca_unavailable_since_seconds "))
+            .map(String::from)
+    };
+    let first = since(&metrics).expect("no since");
+    let out = b.run(&["run", "--renew-now"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert_eq!(since(&std::fs::read_to_string(&prom).unwrap()), Some(first));
+    let rows: Value = serde_json::from_slice(&b.run(&["status", "--json"]).stdout).unwrap();
+    for i in 0..2 {
+        assert_eq!(
+            rows[i]["last_success"], success[i]["last_success"],
+            "{rows}"
+        );
+    }
+    let table = b.run(&["status"]);
+    assert!(
+        stdout(&table).contains("CA unavailable to the runs since"),
+        "{}",
+        stdout(&table)
+    );
+}
+
+#[test]
+fn check_ca_asks_the_ca_and_the_password_without_issuing() {
+    let b = setup_two();
+    let out = b.run(&["run", "--dry-run", "--check-ca"]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("answers /health: ok"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("accepts provisioner 'admin' with the password file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!certs(&b).join("101").exists(), "--check-ca issued");
+    // A wrong password: the configuration error, named (exit 2).
+    let wrong = b.path("wrong-password");
+    std::fs::write(&wrong, "not the password\n").unwrap();
+    let mut cfg: Value =
+        serde_json::from_slice(&std::fs::read(b.path("toolkit.json")).unwrap()).unwrap();
+    cfg["ca"]["provisioner_password_file"] = json!(wrong);
+    std::fs::write(b.path("toolkit.json"), cfg.to_string()).unwrap();
+    let out = b.run(&["run", "--dry-run", "--check-ca"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid password"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("not the password"),
+        "the password leaked"
+    );
+    // The CA down: 75.
+    b.write_config();
+    b.ca.stop();
+    let out = b.run(&["run", "--dry-run", "--check-ca"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not healthy"), "{}", stderr(&out));
+    assert!(!certs(&b).join("101").exists(), "--check-ca issued");
 }

@@ -84,6 +84,10 @@ struct Run {
     /// Print the plan and change nothing
     #[arg(long)]
     dry_run: bool,
+    /// With --dry-run: also check the CA's /health and that it accepts the
+    /// provisioner with its password file (`step ca token`), issuing nothing
+    #[arg(long, requires = "dry_run")]
+    check_ca: bool,
     /// Only this certificate (common name); repeat for more
     #[arg(long, value_name = "NAME")]
     only: Vec<String>,
@@ -120,6 +124,7 @@ impl Args {
                         renew::plan::Urge::Due
                     },
                     dry_run: r.dry_run,
+                    check_ca: r.check_ca,
                     only: r.only,
                 };
                 retry::temporary("phoenix-renew run", r.retry_for, || {
@@ -127,9 +132,9 @@ impl Args {
                 })
             }
             Command::Status(s) => {
-                let rows = status::rows(&config)?;
+                let report = status::report(&config)?;
                 if let Some(path) = &s.prometheus {
-                    status::write_prometheus(path, &rows).map_err(|e| {
+                    status::write_prometheus(path, &report).map_err(|e| {
                         err(
                             Kind::Failed,
                             format!("writing metrics '{}': {e:#}", path.display()),
@@ -137,11 +142,11 @@ impl Args {
                     })?;
                 }
                 if s.json {
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                    println!("{}", serde_json::to_string_pretty(&report.rows)?);
                 } else {
-                    print!("{}", status::table(&rows));
+                    print!("{}", status::report_table(&report));
                 }
-                status::refused(&rows)
+                status::verdict(&report, renew::now())
             }
         }
     }

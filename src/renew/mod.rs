@@ -51,6 +51,9 @@ pub struct RunOptions {
     pub urge: plan::Urge,
     /// Print the plan; change nothing.
     pub dry_run: bool,
+    /// With `dry_run`: also ask the CA's health and whether it takes the
+    /// provisioner and its password, issuing nothing.
+    pub check_ca: bool,
     /// Only these certificates (by common name); empty: all.
     pub only: Vec<String>,
 }
@@ -146,17 +149,68 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         // Nothing valid to do: no lock, no CA state, no state file.
         return outcome(&selection, &[], &[], &[]);
     }
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        let wait = Duration::from_secs(config.renewal.lock_wait_secs);
-        Some(lock::lock_at(&config.lock_dir, "renew", wait)?)
+    if opts.dry_run {
+        return run_with(config, opts, &manifest, &selection);
+    }
+    let wait = Duration::from_secs(config.renewal.lock_wait_secs);
+    let _lock = lock::lock_at(&config.lock_dir, "renew", wait)?;
+    let result = run_with(config, opts, &manifest, &selection);
+    // Under the lock still: the record and the metrics of this run.
+    record(config, &result);
+    result
+}
+
+/// Record how a run ended in the state file, and write the metrics file.
+/// Neither can change the run's result: a failure is a warning.
+fn record(config: &Config, result: &Result<()>) {
+    let t = now();
+    let mut state = State::load(&config.state_dir);
+    let previous = state.last_run.take().unwrap_or_default();
+    let ca_down = matches!(result, Err(e) if kind_of(e) == Kind::TempFail);
+    state.last_run = Some(state::RunRecord {
+        finished: t,
+        exit_code: match result {
+            Ok(()) => 0,
+            Err(e) => kind_of(e).code(),
+        },
+        ca_unavailable_since: ca_down.then(|| previous.ca_unavailable_since.unwrap_or(t)),
+        error: result
+            .as_ref()
+            .err()
+            .map(|e| state::last_error(&format!("{e:#}"))),
+    });
+    if let Err(e) = state.save() {
+        log::warn!("recording the run in the renewal state: {e:#}");
+    }
+    let Some(path) = &config.renewal.metrics_file else {
+        return;
     };
+    if !path.parent().is_some_and(std::path::Path::is_dir) {
+        log::debug!(
+            "not writing metrics: no directory for '{}' (node_exporter's textfile collector)",
+            path.display()
+        );
+        return;
+    }
+    let written = status::report(config).and_then(|r| status::write_prometheus(path, &r));
+    if let Err(e) = written {
+        log::warn!("writing metrics '{}': {e:#}", path.display());
+    }
+}
+
+/// The run proper, under the lock (or a dry run without it).
+fn run_with(
+    config: &Config,
+    opts: &RunOptions,
+    manifest: &Manifest,
+    selection: &Selection,
+) -> Result<()> {
+    let entries = &selection.entries;
     if entries.is_empty() {
         // An empty manifest is a success, not a CA to wait for (the sync's
         // renewal step would otherwise retry it, then fail the sync).
         log::info!("no certificate in the manifest: nothing to do");
-        return outcome(&selection, &[], &[], &[]);
+        return outcome(selection, &[], &[], &[]);
     }
     let root = load_root(config)?;
     let mut state = State::load(&config.state_dir);
@@ -178,7 +232,10 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
     );
     if opts.dry_run {
         print_plan(entries, &planned, &selection.refused);
-        return outcome(&selection, &planned, &[], &[]);
+        if opts.check_ca {
+            check_ca(config, &root, entries[0])?;
+        }
+        return outcome(selection, &planned, &[], &[]);
     }
     // Before the first call to the CA: its token of the current
     // generation in place, else exit 75 with nothing touched.
@@ -251,7 +308,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
             &root,
             &px,
             config,
-            &manifest,
+            manifest,
             mine.post_pending,
             cmd_timeout,
         );
@@ -333,7 +390,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
     // A stop request wins over everything: systemd asked, and gets 128+N.
     signal::check()?;
     if let Some(e) = misconfigured {
-        if let Err(also) = outcome(&selection, &planned, &failed, &held_back) {
+        if let Err(also) = outcome(selection, &planned, &failed, &held_back) {
             log::error!("{also}");
         }
         return Err(e.context(crate::exit::Error::new(
@@ -343,7 +400,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         )));
     }
     if let Some(e) = ca_down {
-        if let Err(also) = outcome(&selection, &planned, &failed, &held_back) {
+        if let Err(also) = outcome(selection, &planned, &failed, &held_back) {
             log::error!("{also}");
         }
         return Err(e.context(crate::exit::Error::new(
@@ -351,7 +408,32 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
             "certificates left as they are: the CA is unreachable or unavailable; retry later",
         )));
     }
-    outcome(&selection, &planned, &failed, &held_back)
+    outcome(selection, &planned, &failed, &held_back)
+}
+
+/// `--dry-run --check-ca`: what a run needs of the CA, asked without
+/// issuing anything. Its `/health` (pinned to our root), then the
+/// provisioner and its password: `step ca token` fetches the
+/// provisioner's encrypted key from the CA and decrypts it with the
+/// password file (into a private file, dropped: a token is a secret).
+/// Errors as a run's: 75 unreachable, 2 with what to change.
+fn check_ca(config: &Config, root: &Root, entry: &Entry) -> Result<()> {
+    let timeout = Duration::from_secs(config.renewal.command_timeout_secs);
+    crate::ca::health::check(&config.ca.url, root.pem.as_bytes(), timeout).map_err(|why| {
+        err(
+            Kind::TempFail,
+            format!("the CA at {} is not healthy: {why}", config.ca.url),
+        )
+    })?;
+    log::info!("the CA at {} answers /health: ok", config.ca.url);
+    step_for(config).check_provisioner(&entry.name)?;
+    log::info!(
+        "the CA accepts provisioner '{}' with the password file (a token was made for {} \
+         and dropped; nothing issued)",
+        config.ca.provisioner,
+        entry.name
+    );
+    Ok(())
 }
 
 /// The end of a run: 2 when an entry was refused, 1 when a certificate
@@ -499,9 +581,9 @@ fn handle(
                 command: cmd_timeout,
                 update: Duration::from_secs(config.swarm.update_timeout_secs),
             };
-            post::run(entry, px, &manifest.path, bounds).with_context(|| {
-                format!("post-renewal action for {} in {}", entry.name, entry.guest)
-            })
+            post::run_in(entry, px, &manifest.path, bounds, Some(&config.state_dir)).with_context(
+                || format!("post-renewal action for {} in {}", entry.name, entry.guest),
+            )
         });
     let post = match post {
         Ok(()) => Post::Done,

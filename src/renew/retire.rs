@@ -65,8 +65,10 @@ mod tests {
     use super::*;
 
     fn config(dir: &Path) -> Config {
-        let mut c = Config::default();
-        c.phoenix_etc = dir.join("phoenix/etc");
+        let mut c = Config {
+            phoenix_etc: dir.join("phoenix/etc"),
+            ..Default::default()
+        };
         c.renewal.legacy_cron_file = dir.join("cron.d/phoenix-cert-renewal");
         c
     }

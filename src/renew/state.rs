@@ -171,8 +171,27 @@ pub struct State {
     /// By certificate name (the manifest's `common_name`).
     #[serde(default)]
     pub certificates: BTreeMap<String, EntryState>,
+    /// The last run (not a dry run) that took the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<RunRecord>,
     #[serde(skip)]
     path: PathBuf,
+}
+
+/// How the last run ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// When it ended, Unix seconds.
+    pub finished: i64,
+    /// Its exit status.
+    pub exit_code: u8,
+    /// Since when the runs find the CA unreachable, unavailable or not
+    /// ready (exit 75 for it), Unix seconds; none once a run reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_unavailable_since: Option<i64>,
+    /// Its error, one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl State {
@@ -245,7 +264,7 @@ impl State {
 /// What `last_error` keeps of a failure: its first line, and of a long
 /// one the end, where the cause is (`` `step ...` exited with status 1:
 /// <cause> ``), at most [`LAST_ERROR_MAX`] characters.
-fn last_error(error: &str) -> String {
+pub fn last_error(error: &str) -> String {
     let line = error.lines().next().unwrap_or("");
     let n = line.chars().count();
     if n <= LAST_ERROR_MAX {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::fsutil::{self, FileOptions};
 
-use super::state::{Outcome, State};
+use super::state::{Outcome, RunRecord, State};
 use super::{load_root, manifest, now, plan};
 
 /// One certificate's line of the status.
@@ -80,11 +80,39 @@ pub fn time(t: i64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)).to_string()
 }
 
-/// Compute the rows.
-pub fn rows(config: &Config) -> Result<Vec<Row>> {
+/// Everything `status` shows: the rows, whether the CA's root could be
+/// read, and how the last run ended.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// One per manifest entry, in manifest order.
+    pub rows: Vec<Row>,
+    /// Why the CA's root certificate cannot be read (the CA state not
+    /// mounted, say): the certificates are then judged by what their own
+    /// files say, and none counts as checked against the root.
+    pub ca_root_error: Option<String>,
+    /// The last run that took the lock.
+    pub last_run: Option<RunRecord>,
+    /// `renewal.pending_max_secs`.
+    pub pending_max_secs: u64,
+}
+
+/// Compute the report. Only an unreadable manifest fails it: monitoring
+/// keeps its rows exactly when the CA's storage is gone.
+pub fn report(config: &Config) -> Result<Report> {
     for w in super::retire::warnings(config) {
         log::warn!("{w}");
     }
+    let (rows, ca_root_error) = rows_and_root(config)?;
+    Ok(Report {
+        rows,
+        ca_root_error,
+        last_run: State::load(&config.state_dir).last_run,
+        pending_max_secs: config.renewal.pending_max_secs,
+    })
+}
+
+/// The rows, and why the CA's root could not be read.
+fn rows_and_root(config: &Config) -> Result<(Vec<Row>, Option<String>)> {
     let m = manifest::load(config)?;
     let mut state = State::load(&config.state_dir);
     let now = now();
@@ -92,10 +120,14 @@ pub fn rows(config: &Config) -> Result<Vec<Row>> {
     let entries: Vec<_> = m.entries.iter().collect();
     // Refused entries need no root: a manifest of only those is shown
     // even while the CA state is not there.
+    let mut root_error = None;
     let planned = if entries.is_empty() {
         Vec::new()
     } else {
-        let root = load_root(config)?;
+        let root = load_root(config).unwrap_or_else(|e| {
+            root_error = Some(format!("{e:#}"));
+            crate::cert::Root::unreadable()
+        });
         plan::plan(
             &entries,
             &root,
@@ -173,7 +205,147 @@ pub fn rows(config: &Config) -> Result<Vec<Row>> {
         .chain(refused)
         .collect();
     rows.sort_by_key(|(i, _)| *i);
-    Ok(rows.into_iter().map(|(_, r)| r).collect())
+    let mut rows: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
+    if let Some(e) = &root_error {
+        // Nothing can be judged against the root: what the files say
+        // (expiry, SANs) is shown, the next action is not known.
+        for r in rows.iter_mut().filter(|r| r.error.is_none()) {
+            if r.serial.is_some() {
+                r.next_action = "unknown".into();
+                r.reason = format!("the CA's root cannot be read: {e}");
+            }
+        }
+    }
+    Ok((rows, root_error))
+}
+
+/// What is wrong, for `status`'s exit: 2 when the manifest check refused
+/// an entry; 1 when a certificate is missing, expired, failed its last
+/// attempt, or has waited for its guest as long as
+/// `renewal.pending_max_secs` allows; 75 when only the CA's root cannot be
+/// read (its storage not there yet); else 0. Each problem is logged.
+pub fn verdict(report: &Report, now: i64) -> Result<()> {
+    refused(&report.rows)?;
+    let mut bad = Vec::new();
+    for r in &report.rows {
+        let why = if r.serial.is_none() {
+            Some("missing or unreadable".to_string())
+        } else if r.seconds_left.is_some_and(|s| s <= 0) {
+            Some("expired".to_string())
+        } else if r.last_result == Some(Outcome::Failed) || r.failures > 0 {
+            Some(format!(
+                "failed ({})",
+                r.last_error.as_deref().unwrap_or("see the journal")
+            ))
+        } else {
+            r.waiting_for_guest
+                .as_ref()
+                .filter(|w| now - w.since >= report.pending_max_secs as i64)
+                .map(|w| {
+                    format!(
+                        "its action has waited for {} ({}) since {}",
+                        r.guest,
+                        w.state,
+                        time(w.since)
+                    )
+                })
+        };
+        if let Some(why) = why {
+            log::error!("{}: {why}", r.name);
+            bad.push(r.name.as_str());
+        }
+    }
+    if !bad.is_empty() {
+        return Err(crate::exit::err(
+            crate::exit::Kind::Failed,
+            format!(
+                "{} of {} certificate(s) not good: {}",
+                bad.len(),
+                report.rows.len(),
+                bad.join(", ")
+            ),
+        ));
+    }
+    if let Some(e) = &report.ca_root_error {
+        return Err(crate::exit::err(
+            crate::exit::Kind::TempFail,
+            format!(
+                "the CA's root cannot be read, the certificates are not checked against it: {e}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The table, then the CA and the last run.
+pub fn report_table(report: &Report) -> String {
+    let mut out = table(&report.rows);
+    if let Some(e) = &report.ca_root_error {
+        let _ = writeln!(out, "\nCA: the root certificate cannot be read: {e}");
+    }
+    if let Some(run) = &report.last_run {
+        let _ = writeln!(
+            out,
+            "\nlast run: {} exit {}{}",
+            time(run.finished),
+            run.exit_code,
+            run.error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+        if let Some(since) = run.ca_unavailable_since {
+            let _ = writeln!(out, "CA unavailable to the runs since {}", time(since));
+        }
+    }
+    out
+}
+
+/// Rows, the CA and the last run as node_exporter textfile metrics.
+pub fn report_prometheus(report: &Report) -> String {
+    let mut out = prometheus(&report.rows);
+    let mut gauge = |name: &str, help: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+    };
+    gauge(
+        "phoenix_renew_ca_root_readable",
+        "1 when the CA's root certificate could be read (its storage is there).",
+        Some(if report.ca_root_error.is_none() {
+            1.0
+        } else {
+            0.0
+        }),
+    );
+    let run = report.last_run.as_ref();
+    gauge(
+        "phoenix_renew_last_run_seconds",
+        "When the last renewal run ended, Unix time.",
+        run.map(|r| r.finished as f64),
+    );
+    gauge(
+        "phoenix_renew_last_run_exit_code",
+        "Exit status of the last renewal run (0 good, 1 a certificate failed, 2 configuration, 75 CA unavailable or lock held).",
+        run.map(|r| f64::from(r.exit_code)),
+    );
+    gauge(
+        "phoenix_renew_ca_unavailable",
+        "1 when the last renewal run found the CA unreachable, unavailable or not ready.",
+        run.map(|r| {
+            if r.ca_unavailable_since.is_some() {
+                1.0
+            } else {
+                0.0
+            }
+        }),
+    );
+    gauge(
+        "phoenix_renew_ca_unavailable_since_seconds",
+        "Since when the renewal runs find the CA unavailable, Unix time.",
+        run.and_then(|r| r.ca_unavailable_since).map(|t| t as f64),
+    );
+    out
 }
 
 fn waiting(st: &super::state::EntryState) -> Option<Waiting> {
@@ -346,8 +518,12 @@ pub fn prometheus(rows: &[Row]) -> String {
 }
 
 /// Write the metrics to `path` atomically (0644: the exporter reads it).
-pub fn write_prometheus(path: &Path, rows: &[Row]) -> Result<()> {
-    fsutil::write_atomic(path, prometheus(rows).as_bytes(), FileOptions::mode(0o644))
+pub fn write_prometheus(path: &Path, report: &Report) -> Result<()> {
+    fsutil::write_atomic(
+        path,
+        report_prometheus(report).as_bytes(),
+        FileOptions::mode(0o644),
+    )
 }
 
 #[cfg(test)]
