@@ -21,6 +21,7 @@ pub mod hook;
 pub mod lock;
 pub mod logging;
 pub mod mount;
+pub mod notify;
 pub mod phoenix;
 pub mod proxmox;
 pub mod renew;

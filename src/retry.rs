@@ -62,6 +62,12 @@ fn retry_with<T>(
             pause.as_secs(),
             left.as_secs()
         );
+        crate::notify::status(&format!(
+            "{what}: temporary failure; run {} in {}s ({}s of --retry-for left)",
+            attempt + 1,
+            pause.as_secs(),
+            left.as_secs()
+        ));
         signal::sleep(pause);
         signal::check()?;
         pause = (pause * 2).min(LONGEST);

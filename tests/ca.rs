@@ -623,3 +623,28 @@ fn bootstrap_trusts_the_root_the_token_names_once() {
     assert!(e.to_string().contains("not trusted"), "{e}");
     assert_eq!(fs::read_to_string(&log).unwrap(), "run\n");
 }
+
+#[test]
+fn a_wait_tells_systemd_what_it_waits_for() {
+    use std::os::unix::net::UnixDatagram;
+    let env = Env::new();
+    env.ok(&["invalidate"]);
+    // The socket systemd hands a unit with NotifyAccess=main.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("notify");
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let out = env
+        .cmd(&["wait", "--no-health", "--timeout", "1"])
+        .env("NOTIFY_SOCKET", &sock)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    let mut buf = [0u8; 4096];
+    let n = rx.recv(&mut buf).expect("no STATUS= line");
+    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        line.starts_with("STATUS=waiting for the CA: no readiness token yet"),
+        "{line}"
+    );
+}

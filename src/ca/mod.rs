@@ -321,7 +321,9 @@ pub fn wait_healthy(health: &Health, timeout: Duration) -> Result<()> {
             Ok(()) => return Ok(()),
             Err(why) => {
                 if why != last {
-                    log::info!("CA at {} not healthy yet: {why}", health.url);
+                    let line = format!("CA at {} not healthy yet: {why}", health.url);
+                    log::info!("{line}");
+                    crate::notify::status(&line);
                     last = why;
                 }
             }
@@ -408,10 +410,12 @@ pub fn wait_ready(paths: &CaPaths, opts: &WaitOptions) -> Result<Ready> {
         let now = Instant::now();
         if why != last || now >= next_progress {
             let left = deadline.saturating_duration_since(now);
-            log::info!(
+            let line = format!(
                 "waiting for the CA: {why} ({}s left)",
                 left.as_millis().div_ceil(1000)
             );
+            log::info!("{line}");
+            crate::notify::status(&line);
             last = why;
             next_progress = now + Duration::from_secs(10);
         }

@@ -145,6 +145,15 @@ pub fn wait(d: &Docker, stack: &str, services: &[String], bound: Duration) -> Re
         if !pending.is_empty() {
             log::debug!("stack {stack}: {}", pending.join("; "));
         }
+        crate::notify::status(&format!(
+            "stack {stack}: converging ({}s left): {}",
+            deadline.saturating_duration_since(now).as_secs(),
+            if pending.is_empty() {
+                "within its monitor period".to_string()
+            } else {
+                pending.join("; ")
+            }
+        ));
         signal::sleep(
             POLL.min(deadline.saturating_duration_since(now))
                 .max(Duration::from_millis(100)),

@@ -296,11 +296,13 @@ impl<'a> Run<'a> {
                 },
                 Err(e) => last = format!("{e:#}"),
             }
-            log::info!(
+            let line = format!(
                 "{}: swarm manager not ready: {last}; waiting ({}s left)",
                 m.what(),
                 wait.left()
             );
+            log::info!("{line}");
+            crate::notify::status(&line);
             if !wait.pause()? {
                 return Err(err(
                     Kind::TempFail,
@@ -416,7 +418,9 @@ impl<'a> Run<'a> {
                 }
                 state => last = describe(state, &info),
             }
-            log::info!("{}: {last}; waiting ({}s left)", m.what(), wait.left());
+            let line = format!("{}: {last}; waiting ({}s left)", m.what(), wait.left());
+            log::info!("{line}");
+            crate::notify::status(&line);
             if !wait.pause()? {
                 return Err(self.not_ready(m, &last));
             }

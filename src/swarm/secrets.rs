@@ -489,6 +489,10 @@ fn wait_update(d: &Docker, name: &str, bound: Duration, rollback: bool) -> Resul
                 humantime::format_duration(Duration::from_secs(bound.as_secs().max(1)))
             ));
         }
+        crate::notify::status(&format!(
+            "service {name}: updating onto the new secrets ({}s left): {last}",
+            deadline.saturating_duration_since(now).as_secs()
+        ));
         signal::sleep(delay.min(deadline - now));
         // At most 1 s late noticing the end: each look is a qm call.
         delay = (delay * 2).min(Duration::from_secs(1));
