@@ -41,7 +41,48 @@
 //!
 //! A Perl `die` exits with `$!` when it is set, else 255, so the exit code
 //! of a failed `qm`/`pct` says nothing: the message is what is read.
+//!
+//! # Guests on other nodes of a cluster
+//!
+//! `qm`, `pct` and their `guest exec` reach only the guests of the node
+//! they run on: for any other, `PVE::AbstractConfig::load_config` dies
+//! "Configuration file 'nodes/NODE/qemu-server/ID.conf' does not exist"
+//! (pve-guest-common src/PVE/AbstractConfig.pm). A VM whose VMID is in
+//! [`Proxmox::remote`] (VMID -> node, the guests of *other* nodes) is
+//! reached through the cluster API instead, with `pvesh` (pve-manager
+//! PVE/CLI/pvesh.pm), which proxies a call for another node to that
+//! node (`proxyto => 'node'`: `ssh root@NODE pvesh --noproxy ...`):
+//!
+//! - `pvesh create /nodes/NODE/qemu/ID/agent/exec --command PROG
+//!   --command ARG ... --output-format json` prints `{"pid":N}` at once
+//!   (qemu-server src/PVE/API2/Qemu/Agent.pm `exec`: no wait, no
+//!   timeout);
+//! - `pvesh get /nodes/NODE/qemu/ID/agent/exec-status --pid N
+//!   --output-format json` prints `{"exited":0}` while it runs, then the
+//!   same object `qm guest exec` prints (`exited` 1/0, `exitcode` or
+//!   `signal`, `out-data`/`err-data` decoded from base64 and encoded once
+//!   more by `to_json(..., utf8 => 1)`: pve-common src/PVE/CLIFormatter.pm
+//!   `print_api_result`), polled here until it ends or the command's
+//!   bound runs out ([`Finished::Running`], as qm's `--timeout`);
+//! - `status/current` (`qmpstatus`, as `qm status` prints it) and
+//!   `agent/ping` stand in for `qm status` and `qm guest cmd ID ping`.
+//!
+//! Stdin is where this toolkit puts what must never reach a command line
+//! (a join token, a key, a compose file with its variables). The API
+//! takes it as `input-data` (at most 64 KiB), and pvesh takes parameters
+//! only in its argv: it has no `param_mapping` (pve-common
+//! src/PVE/CLIHandler.pm: only an interactive password or a CLI's own
+//! file mapping are read otherwise), and a proxied call puts every
+//! parameter on the `ssh ... pvesh --noproxy` command line on both nodes
+//! (and in its "proxy handler failed: command '...'" message). So a
+//! command with stdin is never sent to another node: it fails, naming
+//! the VM and its node, and saying to run the command on that node
+//! ([`Kind::Config`]). Containers have no exec API (`pct exec`/`pct push`
+//! exist only on the container's node): an action in a container of
+//! another node fails the same way; its state is still read
+//! (`/nodes/NODE/lxc/ID/status/current`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -63,6 +104,11 @@ pub struct Proxmox {
     pub qm: String,
     /// `pct` program.
     pub pct: String,
+    /// `pvesh` program: the VMs of other nodes.
+    pub pvesh: String,
+    /// The guests of *other* nodes of the cluster: VMID -> the node they
+    /// run on. Every other guest is taken as this node's (`qm`/`pct`).
+    pub remote: BTreeMap<u32, String>,
     /// Seconds the guest command may run (`qm guest exec --timeout`).
     pub guest_timeout: u64,
     /// Deadline of `qm`/`pct` calls that do not run a guest command.
@@ -74,6 +120,8 @@ impl Default for Proxmox {
         Proxmox {
             qm: "qm".into(),
             pct: "pct".into(),
+            pvesh: "pvesh".into(),
+            remote: BTreeMap::new(),
             guest_timeout: 60,
             call_timeout: Duration::from_secs(30),
         }
@@ -242,6 +290,17 @@ fn parse_qm_reply(stdout: &str, what: &str, quote: Stdout) -> Result<Finished> {
     Ok(Finished::Done(out))
 }
 
+/// The JSON of `qm guest exec-status` / the API's `exec-status` for the
+/// command of `pid`: `{"exited": 0}` (no pid) while it runs.
+fn parse_status_reply(text: &str, pid: i64, what: &str, quote: Stdout) -> Result<Finished> {
+    if let Ok(res) = serde_json::from_str::<QmExecResult>(text.trim()) {
+        if !perl_bool(&res.exited) && res.pid.is_none() {
+            return Ok(Finished::Running { pid });
+        }
+    }
+    parse_qm_reply(text, what, quote)
+}
+
 /// The guest's output as it printed it. `qm` base64-decodes the agent's
 /// `out-data` into a byte string and prints it with `to_json(..., utf8 =>
 /// 1)` (qemu-server src/PVE/QemuServer/Agent.pm `qemu_exec_status`,
@@ -387,6 +446,9 @@ impl Proxmox {
     /// `qm status ID` / `pct status ID`: it exits 0 for a stopped guest
     /// too, so the answer is read from `status: ...`.
     pub fn status(&self, guest: Guest) -> Result<RunState> {
+        if let Some(node) = self.node_of(guest) {
+            return self.remote_status(guest, node);
+        }
         let cmd = Cmd::new(self.tool(guest.kind))
             .args(["status", &guest.id.to_string()])
             .timeout(self.call_timeout);
@@ -415,6 +477,11 @@ impl Proxmox {
             kind: GuestType::Vm,
             id: vmid,
         };
+        if let Some(node) = self.node_of(vm) {
+            self.pvesh(Pvesh::Create, vm, node, "agent/ping", &[], Stdout::Shown)
+                .with_context(|| format!("VM {vmid}: the guest agent does not answer"))?;
+            return Ok(());
+        }
         let cmd = Cmd::new(&self.qm)
             .args(["guest", "cmd", &vmid.to_string(), "ping"])
             .timeout(self.call_timeout);
@@ -534,6 +601,9 @@ impl Proxmox {
             return Err(err(Kind::Config, format!("{guest}: empty command")));
         }
         let what = format!("{guest}: `{}`", argv.join(" "));
+        if let Some(node) = self.node_of(guest) {
+            return self.remote_exec(guest, node, argv, stdin, quote);
+        }
         match guest.kind {
             GuestType::Lxc => {
                 let mut cmd = Cmd::new(&self.pct)
@@ -614,6 +684,9 @@ impl Proxmox {
             id: vmid,
         };
         let what = format!("{vm}: pid {pid}");
+        if let Some(node) = self.node_of(vm) {
+            return self.remote_exec_status(vm, node, pid, &what, Stdout::Shown);
+        }
         let cmd = Cmd::new(&self.qm)
             .args(["guest", "exec-status", &vmid.to_string(), &pid.to_string()])
             .timeout(self.call_timeout);
@@ -621,14 +694,7 @@ impl Proxmox {
         if !out.status.success() {
             return Err(call_failed(&cmd, &out, vm)).context(what);
         }
-        let text = out.stdout_str();
-        // A command still running: {"exited": 0}, no pid.
-        if let Ok(res) = serde_json::from_str::<QmExecResult>(text.trim()) {
-            if !perl_bool(&res.exited) && res.pid.is_none() {
-                return Ok(Finished::Running { pid });
-            }
-        }
-        parse_qm_reply(&text, &what, Stdout::Shown)
+        parse_status_reply(&out.stdout_str(), pid, &what, Stdout::Shown)
     }
 
     /// [`Self::exec`], requiring exit code 0.
@@ -672,6 +738,13 @@ impl Proxmox {
             kind: GuestType::Lxc,
             id: ctid,
         };
+        if let Some(node) = self.node_of(ct) {
+            return Err(container_elsewhere(
+                ct,
+                node,
+                &format!("`pct push` to {dest}"),
+            ));
+        }
         let cmd = Cmd::new(&self.pct)
             .args(["push", &ctid.to_string()])
             .arg(src)
@@ -709,6 +782,268 @@ impl Proxmox {
             );
         }
         Ok(())
+    }
+}
+
+/// The two `pvesh` commands the transport uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pvesh {
+    /// `pvesh get` (HTTP GET).
+    Get,
+    /// `pvesh create` (HTTP POST).
+    Create,
+}
+
+/// What pvesh prints before the remote node's message when it proxied a
+/// call (pve-manager PVE/CLI/pvesh.pm `proxy_handler`, `errmsg`).
+const PROXY_FAILED: &str = "proxy handler failed: ";
+
+/// `stderr` of a `pvesh` call, with the proxy's prefix taken off each
+/// line: the remote node's message as it printed it.
+fn unproxied(stderr: &str) -> String {
+    stderr
+        .lines()
+        .map(|l| l.trim().strip_prefix(PROXY_FAILED).unwrap_or(l.trim()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The name this process was started as (`phoenix-swarm`), for messages
+/// that say to run it elsewhere.
+fn program() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "this command".into())
+}
+
+/// The error for an action in a container of another node.
+fn container_elsewhere(ct: Guest, node: &str, action: &str) -> anyhow::Error {
+    err(
+        Kind::Config,
+        format!(
+            "{ct} runs on node {node}, not on this one: containers have no exec API (`pct exec` \
+             and `pct push` reach only the containers of their own node), so {action} cannot be \
+             done from here; run {prog} on node {node}; not retried",
+            prog = program()
+        ),
+    )
+}
+
+/// The error for a command with stdin for a VM of another node.
+fn stdin_elsewhere(vm: Guest, node: &str) -> anyhow::Error {
+    err(
+        Kind::Config,
+        format!(
+            "{vm} runs on node {node}, not on this one: what this command hands it on stdin \
+             (a secret: a join token, a key, a compose file with its variables) is not sent \
+             across nodes, because the cluster API takes it as `input-data`, which pvesh reads \
+             only from its command line and proxies to {node} on the ssh command line; run \
+             {prog} on node {node}, where `qm guest exec --pass-stdin` hands it to the guest \
+             agent without argv; not retried",
+            prog = program()
+        ),
+    )
+}
+
+impl Proxmox {
+    /// The transport reaching the guests of `remote` (VMID -> node: the
+    /// guests of other nodes) through the cluster API.
+    pub fn with_remote(self, remote: BTreeMap<u32, String>) -> Proxmox {
+        Proxmox { remote, ..self }
+    }
+
+    /// The node `guest` runs on when it is another one than this.
+    pub fn node_of(&self, guest: Guest) -> Option<&str> {
+        self.remote.get(&guest.id).map(String::as_str)
+    }
+
+    /// `pvesh get|create /nodes/NODE/{qemu|lxc}/ID/ENDPOINT --output-format
+    /// json PARAMS...`: the JSON it printed, or the failure typed as
+    /// [`classify`] types qm's (the proxy's prefix taken off). A guest
+    /// whose config is not on `node` moved since the location was read:
+    /// temporary.
+    fn pvesh(
+        &self,
+        method: Pvesh,
+        guest: Guest,
+        node: &str,
+        endpoint: &str,
+        params: &[(&str, &str)],
+        quote: Stdout,
+    ) -> Result<serde_json::Value> {
+        let kind = match guest.kind {
+            GuestType::Lxc => "lxc",
+            GuestType::Vm => "qemu",
+        };
+        let path = format!("/nodes/{node}/{kind}/{}/{endpoint}", guest.id);
+        let mut cmd = Cmd::new(&self.pvesh)
+            .arg(match method {
+                Pvesh::Get => "get",
+                Pvesh::Create => "create",
+            })
+            .arg(&path)
+            .args(["--output-format", "json"]);
+        for (k, v) in params {
+            cmd = cmd.arg(format!("--{k}")).arg(v);
+        }
+        let mut cmd = cmd.timeout(self.call_timeout);
+        if quote == Stdout::Secret {
+            cmd = cmd.secret_stdout();
+        }
+        let out = run_tool(&cmd).map_err(|e| {
+            if kind_of(&e) == Kind::Config {
+                err(
+                    Kind::Config,
+                    format!(
+                        "{e:#} (pvesh comes with pve-manager: {guest} runs on node {node}, \
+                         reached through the cluster API)"
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
+        if !out.status.success() {
+            let stderr = unproxied(&out.stderr_str());
+            let detail = cmd.failure_message(&out);
+            if let Some(e) = classify(&stderr, guest, &detail) {
+                return Err(e);
+            }
+            let sub = match guest.kind {
+                GuestType::Lxc => "lxc",
+                GuestType::Vm => "qemu-server",
+            };
+            let missing = format!(
+                "Configuration file 'nodes/{node}/{sub}/{}.conf' does not exist",
+                guest.id
+            );
+            if stderr.lines().any(|l| l.trim() == missing) {
+                return Err(err(
+                    Kind::TempFail,
+                    format!(
+                        "{guest} is not on node {node} (any more): it moved since its node was \
+                         read; the next run reads it again ({detail})"
+                    ),
+                ));
+            }
+            return Err(anyhow::anyhow!("{detail}"));
+        }
+        let text = out.stdout_str();
+        serde_json::from_str(text.trim()).map_err(|e| match quote {
+            Stdout::Shown => anyhow::anyhow!(
+                "{cmd}: printed no JSON ({e}): {}",
+                text.trim().chars().take(300).collect::<String>()
+            ),
+            Stdout::Secret => anyhow::anyhow!(
+                "{cmd}: printed no JSON ({:?} error at line {} column {}; {} bytes, not shown: \
+                 they may hold a secret)",
+                e.classify(),
+                e.line(),
+                e.column(),
+                text.len()
+            ),
+        })
+    }
+
+    /// `status/current` of a guest of another node: `qmpstatus` (what
+    /// `qm status` prints), else `status`.
+    fn remote_status(&self, guest: Guest, node: &str) -> Result<RunState> {
+        let v = self
+            .pvesh(
+                Pvesh::Get,
+                guest,
+                node,
+                "status/current",
+                &[],
+                Stdout::Shown,
+            )
+            .with_context(|| format!("reading the state of {guest} on node {node}"))?;
+        let state = ["qmpstatus", "status"]
+            .iter()
+            .find_map(|k| v.get(*k).and_then(|s| s.as_str()))
+            .ok_or_else(|| anyhow::anyhow!("{guest} on node {node}: unexpected status: {v}"))?;
+        Ok(if state == "running" {
+            RunState::Running
+        } else {
+            RunState::Other(state.to_string())
+        })
+    }
+
+    /// `agent/exec` on the VM's node, then `agent/exec-status` until the
+    /// command ends or `guest_timeout` runs out ([`Finished::Running`]).
+    fn remote_exec(
+        &self,
+        guest: Guest,
+        node: &str,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        quote: Stdout,
+    ) -> Result<Finished> {
+        if guest.kind == GuestType::Lxc {
+            return Err(container_elsewhere(
+                guest,
+                node,
+                &format!("`{}`", argv.join(" ")),
+            ));
+        }
+        if stdin.is_some() {
+            return Err(stdin_elsewhere(guest, node));
+        }
+        let what = format!("{guest} on node {node}: `{}`", argv.join(" "));
+        let started = Instant::now();
+        let params: Vec<(&str, &str)> = argv.iter().map(|a| ("command", a.as_str())).collect();
+        let v = self
+            .pvesh(
+                Pvesh::Create,
+                guest,
+                node,
+                "agent/exec",
+                &params,
+                Stdout::Shown,
+            )
+            .with_context(|| what.clone())?;
+        let pid = v
+            .get("pid")
+            .and_then(|p| p.as_i64())
+            .ok_or_else(|| anyhow::anyhow!("{what}: agent/exec returned no pid: {v}"))?;
+        let deadline = started + Duration::from_secs(self.guest_timeout);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.remote_exec_status(guest, node, pid, &what, quote)? {
+                Finished::Running { .. } if Instant::now() + delay < deadline => {}
+                done => return Ok(done),
+            }
+            signal::check()?;
+            signal::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// One `agent/exec-status --pid PID` on the VM's node.
+    fn remote_exec_status(
+        &self,
+        vm: Guest,
+        node: &str,
+        pid: i64,
+        what: &str,
+        quote: Stdout,
+    ) -> Result<Finished> {
+        let v = self
+            .pvesh(
+                Pvesh::Get,
+                vm,
+                node,
+                "agent/exec-status",
+                &[("pid", &pid.to_string())],
+                quote,
+            )
+            .with_context(|| what.to_string())?;
+        parse_status_reply(&v.to_string(), pid, what, quote)
     }
 }
 

@@ -210,3 +210,221 @@ fn transports_report_what_the_guest_did() {
     assert_eq!(kind_of(&e), Kind::Config, "{e:#}");
     assert!(format!("{e:#}").contains("not a Proxmox VE node"), "{e:#}");
 }
+
+/// A fake tool of node `node` in the three-node cluster under `root`:
+/// a wrapper setting the fake's environment (not this process's, which
+/// the other test changes).
+fn node_tool(bin: &std::path::Path, root: &std::path::Path, node: &str, tool: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = bin.join(format!("{tool}-{node}"));
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\nPHOENIX_FAKE_PVE='{state}' FAKE_PVE_CLUSTER='{state}/etc-pve' \
+             FAKE_PVE_NODE={node} FAKE_PVE_TOOL={tool} exec '{fake}' \"$@\"\n",
+            state = root.display(),
+            fake = common::fakes().join("pve.py").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p.display().to_string()
+}
+
+/// The guests of another node: a VM through `pvesh` (agent/exec, then
+/// agent/exec-status), the same typed result as `qm guest exec`; stdin
+/// never sent across nodes; a container of another node refused; a VM
+/// that moved away temporary.
+#[test]
+fn vms_of_other_nodes_go_through_the_cluster_api() {
+    let root = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let cluster = root.path().join("etc-pve");
+    for (node, sub, id) in [
+        ("pve1", "qemu-server", 1003),
+        ("pve2", "qemu-server", 1001),
+        ("pve3", "qemu-server", 1002),
+        ("pve2", "lxc", 102),
+    ] {
+        let dir = cluster.join("nodes").join(node).join(sub);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{id}.conf")), "agent: 1\n").unwrap();
+        let kind = if sub == "lxc" { "lxc" } else { "qemu" };
+        std::fs::create_dir_all(root.path().join(kind).join(id.to_string()).join("bin")).unwrap();
+    }
+    let remote: std::collections::BTreeMap<u32, String> = [
+        (1001, "pve2".to_string()),
+        (1002, "pve3".to_string()),
+        (102, "pve2".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let px = Proxmox {
+        qm: node_tool(bin.path(), root.path(), "pve1", "qm"),
+        pct: node_tool(bin.path(), root.path(), "pve1", "pct"),
+        pvesh: node_tool(bin.path(), root.path(), "pve1", "pvesh"),
+        guest_timeout: 3,
+        ..Proxmox::default()
+    }
+    .with_remote(remote);
+    let vm = |id| Guest {
+        kind: GuestType::Vm,
+        id,
+    };
+    let calls = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(root.path().join("calls.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+
+    // The local VM through qm, the others through pvesh, proxied.
+    assert_eq!(px.status(vm(1003)).unwrap(), RunState::Running);
+    assert_eq!(px.status(vm(1001)).unwrap(), RunState::Running);
+    px.ensure_reachable(vm(1002)).unwrap();
+    let out = px
+        .exec(
+            vm(1001),
+            &argv(&[
+                "sh",
+                "-c",
+                "printf 'é ✔\\n'; echo -n oops >&2; exit 3",
+                "--",
+                "",
+            ]),
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        (out.exitcode, out.stdout.as_str(), out.stderr.as_str()),
+        (3, "é ✔\n", "oops")
+    );
+    let tools: Vec<(String, String)> = calls()
+        .iter()
+        .map(|c| {
+            (
+                c["tool"].as_str().unwrap().to_string(),
+                c["env"]["FAKE_PVE_NODE"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(tools.contains(&("qm".into(), "pve1".into())), "{tools:?}");
+    assert!(
+        tools.contains(&("pvesh".into(), "pve2".into())),
+        "{tools:?}"
+    );
+    assert!(
+        tools.contains(&("pvesh".into(), "pve3".into())),
+        "{tools:?}"
+    );
+    assert!(
+        !tools.contains(&("qm".into(), "pve2".into())),
+        "qm for another node's VM: {tools:?}"
+    );
+    let exec = calls()
+        .into_iter()
+        .find(|c| c["argv"][1] == "/nodes/pve2/qemu/1001/agent/exec")
+        .unwrap();
+    assert_eq!(
+        exec["argv"].as_array().unwrap()[..6],
+        [
+            "create",
+            "/nodes/pve2/qemu/1001/agent/exec",
+            "--output-format",
+            "json",
+            "--command",
+            "sh"
+        ]
+    );
+
+    // Killed by a signal, still running at the bound: as with qm.
+    let e = px
+        .exec(vm(1001), &argv(&["sh", "-c", "kill -9 $$"]), None)
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("signal 9"), "{e:#}");
+    let started = px
+        .exec_or_pid(vm(1002), &argv(&["sh", "-c", "sleep 4; echo late"]), None)
+        .unwrap();
+    let Finished::Running { pid } = started else {
+        panic!("{started:?}")
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let out = loop {
+        match px.exec_status(1002, pid).unwrap() {
+            Finished::Done(out) => break out,
+            Finished::Running { .. } if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(300))
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(out.stdout, "late\n");
+
+    // Stdin (a secret) is never sent to another node: refused, named.
+    let before = calls().len();
+    let e = px
+        .exec(vm(1002), &argv(&["cat"]), Some(b"s3cret-token"))
+        .unwrap_err();
+    assert_eq!(kind_of(&e), Kind::Config, "{e:#}");
+    let msg = format!("{e:#}");
+    for part in ["VM 1002 runs on node pve3", "input-data", "on node pve3"] {
+        assert!(msg.contains(part), "{msg}");
+    }
+    assert_eq!(calls().len(), before, "a call was made");
+    // ...while the local VM gets it on qm's stdin.
+    let out = px
+        .exec(vm(1003), &argv(&["cat"]), Some(b"s3cret-token"))
+        .unwrap();
+    assert_eq!(out.stdout, "s3cret-token");
+    for c in calls() {
+        assert!(!c["argv"].to_string().contains("s3cret"), "{c}");
+    }
+
+    // A container of another node: no exec API, refused; its state read.
+    let ct = Guest {
+        kind: GuestType::Lxc,
+        id: 102,
+    };
+    assert_eq!(px.status(ct).unwrap(), RunState::Running);
+    let e = px.exec(ct, &argv(&["true"]), None).unwrap_err();
+    assert_eq!(kind_of(&e), Kind::Config, "{e:#}");
+    assert!(
+        format!("{e:#}").contains("CT 102 runs on node pve2")
+            && format!("{e:#}").contains("no exec API"),
+        "{e:#}"
+    );
+    let e = px.pct_push(102, root.path(), "/tmp/x", 0o600).unwrap_err();
+    assert_eq!(kind_of(&e), Kind::Config, "{e:#}");
+
+    // The agent's own refusals come through the proxy, typed.
+    std::fs::write(root.path().join("qemu/1001/agent"), "unconfigured").unwrap();
+    let e = px.exec(vm(1001), &argv(&["true"]), None).unwrap_err();
+    assert_eq!(kind_of(&e), Kind::Config, "{e:#}");
+    assert!(format!("{e:#}").contains("qm set 1001 --agent 1"), "{e:#}");
+    std::fs::write(root.path().join("qemu/1001/agent"), "absent").unwrap();
+    let e = px.wait_reachable(vm(1001), Duration::ZERO).unwrap_err();
+    assert_eq!(kind_of(&e), Kind::TempFail, "{e:#}");
+    std::fs::remove_file(root.path().join("qemu/1001/agent")).unwrap();
+
+    // The VM moved to pve3 since its node was read: temporary, named.
+    std::fs::rename(
+        cluster.join("nodes/pve2/qemu-server/1001.conf"),
+        cluster.join("nodes/pve3/qemu-server/1001.conf"),
+    )
+    .unwrap();
+    let e = px.exec(vm(1001), &argv(&["true"]), None).unwrap_err();
+    assert_eq!(kind_of(&e), Kind::TempFail, "{e:#}");
+    assert!(format!("{e:#}").contains("not on node pve2"), "{e:#}");
+    // And qm of this node finds none of the others' guests, as Proxmox.
+    let local_only = Proxmox {
+        remote: Default::default(),
+        ..px.clone()
+    };
+    let e = local_only.status(vm(1002)).unwrap_err();
+    assert!(
+        format!("{e:#}")
+            .contains("Configuration file 'nodes/pve1/qemu-server/1002.conf' does not exist"),
+        "{e:#}"
+    );
+}
