@@ -48,6 +48,8 @@ pub struct Config {
     pub swarm: SwarmConfig,
     /// Stack deployment (`phoenix-deploy`).
     pub deploy: DeployConfig,
+    /// A Proxmox cluster: this node's name, the cluster-wide lock.
+    pub cluster: ClusterConfig,
     /// Free text for the operator; ignored.
     #[serde(rename = "$comment")]
     pub comment: Option<serde_json::Value>,
@@ -77,6 +79,7 @@ impl Default for Config {
             renewal: RenewalConfig::default(),
             swarm: SwarmConfig::default(),
             deploy: DeployConfig::default(),
+            cluster: ClusterConfig::default(),
             comment: None,
             storage_root: "/mnt/pve".into(),
             pve_dir: "/etc/pve".into(),
@@ -335,6 +338,29 @@ impl Default for RenewalConfig {
     }
 }
 
+/// The `cluster` section (see `docs/cluster.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's name as Proxmox spells it; default the short `uname`
+    /// node name, as `PVE::INotify::nodename` and pmxcfs take it.
+    pub node_name: Option<String>,
+    /// How long `phoenix-renew` waits for a certificate's cluster-wide
+    /// lock another node holds, seconds; 10 as pve-cluster's `cfs_lock`
+    /// waits by default. (The swarm's and the deployment's cluster locks
+    /// wait their own `lock_wait_secs`.)
+    pub lock_wait_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_name: None,
+            lock_wait_secs: 10,
+        }
+    }
+}
+
 /// The `swarm` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -578,6 +604,11 @@ impl Config {
         }
         if !self.renewal.guest_drop_dir.is_absolute() {
             return bad("renewal.guest_drop_dir", "must be an absolute path");
+        }
+        if let Some(n) = &self.cluster.node_name {
+            if let Err(why) = crate::cluster::check_node_name(n) {
+                return bad("cluster.node_name", &why);
+            }
         }
         if !self.pve_dir.is_absolute() {
             return bad("pve_dir", "must be an absolute path");

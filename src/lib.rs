@@ -10,6 +10,7 @@
 pub mod ca;
 pub mod cert;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod deploy;
 pub mod digest;

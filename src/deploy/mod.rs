@@ -42,10 +42,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
+use crate::cluster;
 use crate::config::Config;
 use crate::exit::{err, kind_of, Kind};
 use crate::guestdir;
-use crate::lock;
 use crate::phoenix::GuestType;
 use crate::proxmox::Guest;
 use crate::signal;
@@ -490,8 +490,8 @@ pub fn run(config: &Config, opts: &RunOptions, out: &mut dyn Write) -> Result<()
     let _lock = if opts.dry_run {
         None
     } else {
-        Some(lock::lock_at(
-            &config.lock_dir,
+        Some(cluster::lock(
+            config,
             "deploy",
             Duration::from_secs(config.deploy.lock_wait_secs),
         )?)

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::cluster;
 use crate::config::Config;
-use crate::lock;
 use crate::phoenix::read_vm_configs;
 use crate::proxmox::Proxmox;
 
@@ -49,8 +49,8 @@ pub fn ensure(config: &Config, opts: EnsureOptions, out: &mut dyn Write) -> Resu
     let _lock = if opts.dry_run {
         None
     } else {
-        Some(lock::lock_at(
-            &config.lock_dir,
+        Some(cluster::lock(
+            config,
             "swarm",
             Duration::from_secs(config.swarm.lock_wait_secs),
         )?)
