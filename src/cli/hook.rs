@@ -117,18 +117,20 @@ impl Args {
             Err(e) => return exit::report(&e),
         };
         let after = hook::deadline(&config, self.vmid, phase);
-        let _watchdog = Watchdog::arm(after, move || {
-            log::error!(
-                "hard deadline of {}s passed: giving up rather than hang the task",
+        let _watchdog = Watchdog::arm(
+            after,
+            format!(
+                "{} {}: error: hard deadline of {}s passed: giving up rather than hang the task",
+                self.vmid,
+                self.phase,
                 after.as_secs()
-            );
-            let code = if phase.is_stop() {
+            ),
+            if phase.is_stop() {
                 0
             } else {
                 Kind::Timeout.code()
-            };
-            std::process::exit(code.into());
-        });
+            },
+        );
         let result = hook::run(&config, self.vmid, phase);
         if phase.is_stop() {
             return ExitCode::SUCCESS;

@@ -32,7 +32,6 @@ pub mod onboot;
 pub mod secrets;
 pub mod storage;
 
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -86,21 +85,60 @@ impl Phase {
 
 /// Ends the process if the phase is still running after its deadline.
 /// Dropping it disarms it.
+///
+/// `alarm(2)` and a SIGALRM handler, not a thread: a hook that has
+/// nothing to do ends in about a millisecond, and a thread (its stack, two
+/// context switches) was a good part of that. The handler does only what
+/// is safe in a signal handler: it writes the message prepared at arming
+/// and calls `_exit(2)`. A process has one alarm: one watchdog at a time.
 pub struct Watchdog {
-    _disarm: mpsc::Sender<()>,
+    _private: (),
+}
+
+/// The expiry's message and exit code, set before the alarm is armed.
+static EXPIRY: std::sync::OnceLock<(Vec<u8>, i32)> = std::sync::OnceLock::new();
+
+extern "C" fn expire(_: nix::libc::c_int) {
+    if let Some((msg, code)) = EXPIRY.get() {
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer
+        // was written before the alarm was armed and is never changed.
+        unsafe {
+            nix::libc::write(2, msg.as_ptr().cast(), msg.len());
+            nix::libc::_exit(*code);
+        }
+    }
 }
 
 impl Watchdog {
-    /// Run `on_expiry` (on another thread) once `after` has passed, unless
-    /// the watchdog is dropped first.
-    pub fn arm(after: Duration, on_expiry: impl FnOnce() + Send + 'static) -> Watchdog {
-        let (tx, rx) = mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(after) {
-                on_expiry();
-            }
-        });
-        Watchdog { _disarm: tx }
+    /// Write `message` (a line, to stderr) and end the process with
+    /// `code` once `after` has passed (rounded up to whole seconds),
+    /// unless the watchdog is dropped first.
+    pub fn arm(after: Duration, message: String, code: u8) -> Watchdog {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        let mut line = message.into_bytes();
+        line.push(b'\n');
+        // The first arming wins; a later one (only tests arm twice) keeps
+        // the first message.
+        let _ = EXPIRY.set((line, i32::from(code)));
+        let action = SigAction::new(
+            SigHandler::Handler(expire),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler only calls async-signal-safe functions.
+        if let Err(e) = unsafe { sigaction(Signal::SIGALRM, &action) } {
+            log::warn!("no hard deadline: cannot handle SIGALRM: {e}");
+            return Watchdog { _private: () };
+        }
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        nix::unistd::alarm::set(secs.clamp(1, u64::from(u32::MAX)) as u32);
+        Watchdog { _private: () }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        nix::unistd::alarm::cancel();
     }
 }
 
@@ -413,25 +451,58 @@ mod tests {
         assert_eq!(wait_bound(&c, 999, Phase::PreStart), Duration::ZERO);
     }
 
+    /// The child of [`watchdog_ends_the_process_at_its_deadline`]: a
+    /// phase that hangs past its deadline.
     #[test]
-    fn watchdog_fires_after_its_deadline() {
-        let (tx, rx) = mpsc::channel();
+    #[ignore = "run by watchdog_ends_the_process_at_its_deadline"]
+    fn watchdog_child() {
+        if std::env::var_os("PHOENIX_WATCHDOG_CHILD").is_none() {
+            return;
+        }
+        let _w = Watchdog::arm(
+            Duration::from_millis(1),
+            "5 pre-start: error: hung".into(),
+            99,
+        );
+        std::thread::sleep(Duration::from_secs(30));
+    }
+
+    #[test]
+    fn watchdog_ends_the_process_at_its_deadline() {
         let started = Instant::now();
-        let _w = Watchdog::arm(Duration::from_millis(50), move || tx.send(()).unwrap());
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("watchdog fired");
-        assert!(started.elapsed() >= Duration::from_millis(50));
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "hook::tests::watchdog_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("PHOENIX_WATCHDOG_CHILD", "1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(99), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("5 pre-start: error: hung\n"),
+            "{out:?}"
+        );
+        // One second (alarm's unit), not the child's thirty.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
     fn dropped_watchdog_never_fires() {
-        let (tx, rx) = mpsc::channel();
-        let w = Watchdog::arm(Duration::from_millis(100), move || tx.send(()).unwrap());
+        // Armed for a second, dropped at once: no alarm is left pending
+        // (one that fired would end this test process with code 99).
+        let w = Watchdog::arm(Duration::from_millis(1), "fired".into(), 99);
         drop(w);
-        // The thread ends on disconnect, dropping the closure and its sender.
         assert_eq!(
-            rx.recv_timeout(Duration::from_secs(10)),
-            Err(mpsc::RecvTimeoutError::Disconnected)
+            nix::unistd::alarm::cancel(),
+            None,
+            "an alarm is still pending"
         );
     }
 }
