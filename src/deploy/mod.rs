@@ -520,7 +520,7 @@ pub fn run(config: &Config, opts: &RunOptions, out: &mut dyn Write) -> Result<()
             &format!("deploy.secrets.{name}.file"),
         )?);
     }
-    let px = crate::swarm::proxmox(config);
+    let px = crate::swarm::proxmox(config)?;
     let d = manager(config, &px, &plan)?;
     let mut run = Run {
         config,
@@ -589,7 +589,7 @@ fn combine(mut errors: Vec<anyhow::Error>) -> Result<()> {
 /// `phoenix-deploy status`: read once, change nothing.
 pub fn status(config: &Config) -> Result<DeployStatus> {
     let plan = plan::build(config, None)?;
-    let px = crate::swarm::proxmox(config);
+    let px = crate::swarm::proxmox(config)?;
     let d = manager(config, &px, &plan)?;
     status::read(config, &d, &plan)
 }

@@ -16,6 +16,7 @@ pub mod stack;
 pub mod status;
 pub mod topology;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
@@ -37,9 +38,25 @@ pub fn topology(config: &Config) -> Result<Topology> {
     Topology::build(&vms, &config.swarm, &path)
 }
 
-/// The `qm` transport with the swarm's deadlines.
-pub fn proxmox(config: &Config) -> Proxmox {
-    Proxmox::with_command_timeout(config.swarm.command_timeout_secs)
+/// The transport with the swarm's deadlines: `qm` for the VMs of this
+/// node, the cluster API (`pvesh`) for those of other nodes of a cluster,
+/// as pmxcfs's `.vmlist` places them ([`crate::proxmox`]).
+pub fn proxmox(config: &Config) -> Result<Proxmox> {
+    let px = Proxmox::with_command_timeout(config.swarm.command_timeout_secs);
+    Ok(px.with_remote(elsewhere(&cluster::Cluster::load(config)?)))
+}
+
+/// The guests of the other nodes of a cluster: VMID -> node. None on a
+/// single host (its `.vmlist`, when there is one, has only this node).
+pub fn elsewhere(cluster: &cluster::Cluster) -> BTreeMap<u32, String> {
+    let Some(list) = cluster.vmlist.as_ref().filter(|_| cluster.clustered) else {
+        return BTreeMap::new();
+    };
+    list.ids
+        .iter()
+        .filter(|(_, e)| e.node != cluster.node)
+        .filter_map(|(id, e)| Some((id.parse().ok()?, e.node.clone())))
+        .collect()
 }
 
 /// `phoenix-swarm ensure`: one run at a time (the `swarm` lock; a dry run
@@ -55,7 +72,7 @@ pub fn ensure(config: &Config, opts: EnsureOptions, out: &mut dyn Write) -> Resu
             Duration::from_secs(config.swarm.lock_wait_secs),
         )?)
     };
-    let px = proxmox(config);
+    let px = proxmox(config)?;
     let bounds = Bounds {
         agent: Duration::from_secs(config.swarm.agent_timeout_secs),
         state: Duration::from_secs(config.swarm.state_timeout_secs),
@@ -66,5 +83,5 @@ pub fn ensure(config: &Config, opts: EnsureOptions, out: &mut dyn Write) -> Resu
 /// `phoenix-swarm status`: read once, change nothing.
 pub fn status(config: &Config) -> Result<SwarmStatus> {
     let topo = topology(config)?;
-    Ok(status::status(&proxmox(config), &topo))
+    Ok(status::status(&proxmox(config)?, &topo))
 }
