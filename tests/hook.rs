@@ -670,3 +670,82 @@ fn ca_pre_start_warns_about_onboot_guests_beside_or_before_it() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!stderr(&o).contains("onboot order"), "{}", stderr(&o));
 }
+
+#[test]
+fn ca_pre_start_warns_in_a_cluster_when_its_hookscript_is_node_local() {
+    let l = layout();
+    let ca = "arch: amd64\nhostname: step-ca\nhookscript: local:snippets/phoenix-hook\n\
+              onboot: 1\nstartup: order=1\n\n[snap]\nhookscript: snip:snippets/phoenix-hook\n";
+    l.guest_conf("lxc", 103, ca);
+    let storage = "dir: local\n\tpath /var/lib/vz\n\tcontent iso,snippets\n\n\
+                   dir: snip\n\tpath /mnt/pve/snip\n\tcontent snippets\n\tshared 1\n\n\
+                   dir: nodeonly\n\tpath /srv/snippets\n\tcontent snippets\n\n\
+                   nfs: nas\n\tserver 10.0.0.13\n\texport /snippets\n\tpath /mnt/pve/nas\n\
+                   \tcontent snippets\n";
+
+    // A single host: nothing said, whatever the storage.
+    let o = l.run_mounted("103", "pre-start");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("hookscript"), "{}", stderr(&o));
+
+    // A cluster (corosync.conf): local storage is every node's own.
+    std::fs::write(l.pve.join("corosync.conf"), "totem {\n}\n").unwrap();
+    let o = l.run_mounted("103", "pre-start");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "a warning only: {err}");
+    assert!(generation(&l).is_some(), "the start went on");
+    let line = err
+        .lines()
+        .find(|l| l.contains("hookscript:"))
+        .unwrap_or_else(|| panic!("no hookscript warning: {err}"));
+    assert!(
+        line.starts_with("103 pre-start: warning: hookscript: this node is in a cluster"),
+        "{line}"
+    );
+    for part in [
+        "local:snippets/phoenix-hook",
+        "storage 'local' (dir, not shared)",
+        "script 'local:snippets/phoenix-hook' does not exist",
+        "pct set 103 --hookscript SHARED:snippets/phoenix-hook",
+    ] {
+        assert!(line.contains(part), "{part}: {line}");
+    }
+
+    // A directory storage not marked shared, and one storage.cfg lacks.
+    l.storage_cfg(storage);
+    for (volid, why) in [
+        (
+            "nodeonly:snippets/phoenix-hook",
+            "storage 'nodeonly' (dir, not shared)",
+        ),
+        (
+            "gone:snippets/phoenix-hook",
+            "storage 'gone' is not defined in",
+        ),
+    ] {
+        l.guest_conf(
+            "lxc",
+            103,
+            &ca.replacen("local:snippets/phoenix-hook", volid, 1),
+        );
+        let o = l.run_mounted("103", "pre-start");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{why}: {}", stderr(&o));
+    }
+
+    // Shared: by its flag, or by its type (nfs). Nothing said.
+    for volid in ["snip:snippets/phoenix-hook", "nas:snippets/phoenix-hook"] {
+        l.guest_conf(
+            "lxc",
+            103,
+            &ca.replacen("local:snippets/phoenix-hook", volid, 1),
+        );
+        let o = l.run_mounted("103", "pre-start");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(
+            !stderr(&o).contains("hookscript:"),
+            "{volid}: {}",
+            stderr(&o)
+        );
+    }
+}

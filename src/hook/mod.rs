@@ -10,7 +10,8 @@
 //!   directory sit on mounted storage (as `storage.cfg` defines it), its
 //!   secrets are not open to group or others, then a new generation (the
 //!   old readiness token goes stale); a warning when other onboot guests
-//!   start beside or before it ([`onboot`]);
+//!   start beside or before it ([`onboot`]), and when, in a cluster, its
+//!   hookscript is on storage the other nodes do not share ([`cluster`]);
 //! - the CA guest, post-start: wait, bounded, for the fresh token and a
 //!   healthy CA, so Proxmox's onboot order starts the guests of a higher
 //!   startup order only then (those of the CA's own order start beside
@@ -27,6 +28,7 @@
 //! Every phase runs under a hard deadline ([`Watchdog`]): a hook never
 //! hangs a start task, even on a file system that stopped answering.
 
+pub mod cluster;
 pub mod exposure;
 pub mod onboot;
 pub mod secrets;
@@ -234,6 +236,9 @@ fn pre_start(config: &Config, vmid: u32) -> Result<()> {
     };
     if is_ca {
         warn_onboot_order(config, vmid);
+        if let Some(w) = cluster::hookscript_warning(&config.pve_dir, vmid) {
+            log::warn!("{w}");
+        }
     }
     let sources: Vec<_> = ct
         .iter()
