@@ -204,11 +204,28 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// How a "no quorum" error begins.
+pub const NO_QUORUM: &str = "no quorum: ";
+
+/// What a lock held past the wait says.
+const HELD: &str = "is held (by another node, or another run)";
+
+/// Whether `e` says the node has no quorum (nothing can be locked).
+pub fn is_no_quorum(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.to_string().starts_with(NO_QUORUM))
+}
+
+/// Whether `e` says the lock is held by another past the wait (and
+/// nothing worse).
+pub fn is_held(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.to_string().contains(HELD))
+}
+
 fn no_quorum(path: &Path, e: Errno) -> anyhow::Error {
     err(
         Kind::TempFail,
         format!(
-            "no quorum: cannot create the cluster lock '{}': {} (pmxcfs refuses writes \
+            "{NO_QUORUM}cannot create the cluster lock '{}': {} (pmxcfs refuses writes \
              while this node is not part of the quorate cluster; `pvecm status` says why)",
             path.display(),
             io::Error::from(e)
@@ -302,7 +319,7 @@ pub fn acquire_with(
             return Err(err(
                 Kind::TempFail,
                 format!(
-                    "cluster lock '{}' is held (by another node, or another run); waited {} s; \
+                    "cluster lock '{}' {HELD}; waited {} s; \
                      a holder that died leaves it to expire {} s after its last refresh",
                     path.display(),
                     wait.as_secs(),
@@ -476,7 +493,7 @@ mod tests {
         assert_eq!(Expiry::of(&dir), Expiry::Mtime);
         let e = acquire(&dir, "phoenix-swarm", Duration::from_millis(100)).unwrap_err();
         assert_eq!(kind_of(&e), Kind::TempFail);
-        assert!(e.to_string().contains("is held"), "{e}");
+        assert!(is_held(&e) && !is_no_quorum(&e), "{e}");
         // Another name is another lock.
         let _b = acquire(&dir, "phoenix-deploy", Duration::ZERO).unwrap();
         drop(a);
@@ -522,6 +539,14 @@ mod tests {
         drop(l);
         // The successor's lock stays.
         assert!(path.is_dir());
+    }
+
+    #[test]
+    fn a_read_only_lock_directory_is_no_quorum() {
+        let e = no_quorum(Path::new("/etc/pve/priv/lock/x"), Errno::EROFS);
+        assert!(is_no_quorum(&e) && !is_held(&e), "{e}");
+        assert_eq!(kind_of(&e), Kind::TempFail);
+        assert!(e.to_string().contains("Read-only file system"), "{e}");
     }
 
     #[test]

@@ -253,11 +253,15 @@ mod tests {
     use crate::exit::kind_of;
 
     fn config(pve: &Path, node: &str) -> Config {
-        let mut c = Config::default();
-        c.pve_dir = pve.to_path_buf();
-        c.lock_dir = pve.join("run-lock").join(node);
-        c.cluster.node_name = Some(node.into());
-        c
+        Config {
+            pve_dir: pve.to_path_buf(),
+            lock_dir: pve.join("run-lock").join(node),
+            cluster: crate::config::ClusterConfig {
+                node_name: Some(node.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
     }
 
     fn three_nodes(pve: &Path) {

@@ -18,6 +18,17 @@
 //! A stop request (SIGTERM, SIGINT, SIGHUP, SIGQUIT) ends the running
 //! `step` or `qm` and the run; it is not the certificate's failure: no
 //! failure or backoff is recorded for it.
+//!
+//! On a Proxmox cluster (see `docs/cluster.md` and [`crate::cluster`])
+//! each node handles the certificates of the guests that run on it, as
+//! pmxcfs's `.vmlist` places them: one of a guest on another node is
+//! skipped with a line naming that node; one of a guest on no node is a
+//! failure. Each certificate is handled under its own cluster-wide lock
+//! (`phoenix-renew-<name>-<hash>`), and under it the guest's node is
+//! looked up again and the certificate assessed again: the timers of all
+//! nodes firing together, or a guest migrating during a run, never have
+//! one certificate renewed twice, nor by a node its guest has left. A node
+//! without quorum renews nothing (75).
 
 pub mod deliver;
 pub mod gate;
@@ -35,11 +46,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 
 use crate::cert::{self, Action, Root};
+use crate::cluster::{Cluster, Placement};
 use crate::config::Config;
 use crate::exit::{err, kind_of, Kind};
 use crate::proxmox::{Proxmox, RunState};
 use crate::step::Step;
-use crate::{lock, signal};
+use crate::{cluster, lock, signal};
 
 use manifest::{BadEntry, Entry, Manifest, PostAction};
 use state::{Outcome, State};
@@ -149,12 +161,22 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         // Nothing valid to do: no lock, no CA state, no state file.
         return outcome(&selection, &[], &[], &[]);
     }
-    if opts.dry_run {
-        return run_with(config, opts, &manifest, &selection);
+    let mut cluster = Cluster::load(config)?;
+    if cluster.clustered {
+        log::debug!(
+            "node '{}' of a cluster: handling the certificates of its guests",
+            cluster.node
+        );
     }
+    if opts.dry_run {
+        return run_with(config, opts, &manifest, &selection, &mut cluster);
+    }
+    cluster.check_quorum()?;
+    // One run per node (the local lock); each certificate then takes its
+    // own cluster-wide lock, so the nodes work side by side.
     let wait = Duration::from_secs(config.renewal.lock_wait_secs);
     let _lock = lock::lock_at(&config.lock_dir, "renew", wait)?;
-    let result = run_with(config, opts, &manifest, &selection);
+    let result = run_with(config, opts, &manifest, &selection, &mut cluster);
     // Under the lock still: the record and the metrics of this run.
     record(config, &result);
     result
@@ -204,6 +226,7 @@ fn run_with(
     opts: &RunOptions,
     manifest: &Manifest,
     selection: &Selection,
+    cluster: &mut Cluster,
 ) -> Result<()> {
     let entries = &selection.entries;
     if entries.is_empty() {
@@ -230,8 +253,12 @@ fn run_with(
         planned.len(),
         started.elapsed().as_secs_f64() * 1000.0
     );
+    let placements: Vec<Placement> = entries
+        .iter()
+        .map(|e| cluster.placement(e.guest.kind, e.guest.id))
+        .collect();
     if opts.dry_run {
-        print_plan(entries, &planned, &selection.refused);
+        print_plan(entries, &planned, &placements, &selection.refused);
         if opts.check_ca {
             check_ca(config, &root, entries[0])?;
         }
@@ -239,7 +266,12 @@ fn run_with(
     }
     // Before the first call to the CA: its token of the current
     // generation in place, else exit 75 with nothing touched.
-    if planned.iter().any(|p| p.action() != Action::Nothing) {
+    let here = |i: usize| placements[i] == Placement::Here;
+    if planned
+        .iter()
+        .enumerate()
+        .any(|(i, p)| here(i) && p.action() != Action::Nothing)
+    {
         gate::check(config)?;
     }
     crate::fsutil::remove_stale_temps(&State::path_in(&config.state_dir));
@@ -250,13 +282,26 @@ fn run_with(
     let mut failed = Vec::new();
     let mut held_back = Vec::new();
     let mut ca_down: Option<anyhow::Error> = None;
+    // Held by another node past `cluster.lock_wait_secs`: that node works
+    // on it; not a failure here.
+    let mut busy: Vec<String> = Vec::new();
     // A configuration error step reports (wrong provisioner password,
     // unknown provisioner, a lifetime above the CA's maximum) is the same
     // for every certificate: said once, the rest not tried, no backoff.
     let mut misconfigured: Option<anyhow::Error> = None;
-    for (entry, p) in entries.iter().zip(&planned) {
+    for (i, (entry, p)) in entries.iter().zip(&planned).enumerate() {
         if signal::received().is_some() {
             break;
+        }
+        if let Some(why) = elsewhere(entry, &placements[i], cluster) {
+            match why {
+                Ok(line) => log::info!("{line}"),
+                Err(line) => {
+                    log::error!("{line}");
+                    failed.push(entry.name.clone());
+                }
+            }
+            continue;
         }
         let mine = state.entry(&entry.name).clone();
         if let Some(until) = p.deferred_until {
@@ -290,6 +335,57 @@ fn run_with(
                 entry.name,
                 action
             );
+            continue;
+        }
+        // The certificate's cluster-wide lock (none on a single host: the
+        // local one is held). Without quorum the run stops here: nothing
+        // more is renewed.
+        let (cert_lock, fresh) = match lock_certificate(entry, cluster) {
+            Ok(Locked::Go(l)) => (l, None),
+            Ok(Locked::Moved(Ok(line))) => {
+                log::info!("{line} (it moved during this run)");
+                continue;
+            }
+            Ok(Locked::Moved(Err(line))) => {
+                log::error!("{line}");
+                failed.push(entry.name.clone());
+                continue;
+            }
+            Ok(Locked::Busy(e)) => {
+                log::warn!("{}: skipped: {e:#}", entry.name);
+                busy.push(entry.name.clone());
+                continue;
+            }
+            Ok(Locked::Replan(l)) => {
+                let l = Some(l);
+                // Under the lock: what the files say now (another node may
+                // have renewed it a moment ago, before its guest came here).
+                let again = plan::plan(
+                    &[*entry],
+                    &root,
+                    &state,
+                    now(),
+                    config.renewal.threshold,
+                    config.renewal.spread_secs,
+                    opts.urge,
+                );
+                (l, again.into_iter().next())
+            }
+            Err(e) => {
+                state.save().context("saving the renewal state")?;
+                if let Err(also) = outcome(selection, &planned, &failed, &held_back) {
+                    log::error!("{also}");
+                }
+                return Err(e.context(crate::exit::Error::new(
+                    Kind::TempFail,
+                    "certificates left as they are: no cluster lock can be taken",
+                )));
+            }
+        };
+        let p = fresh.as_ref().unwrap_or(p);
+        let action = p.action();
+        if p.deferred_until.is_some() {
+            // Deferred since the plan (a failure recorded meanwhile).
             continue;
         }
         // Clear what a killed run left half-done, and mark the post-renewal
@@ -385,8 +481,24 @@ fn run_with(
         if did_work {
             state.save().context("saving the renewal state")?;
         }
+        if let Some(l) = cert_lock.as_ref().filter(|l| !l.held()) {
+            log::error!(
+                "{}: its cluster lock '{}' expired while this node worked on it (not \
+                 refreshed for {} s): another node may have handled it too",
+                entry.name,
+                l.path().display(),
+                cluster::cfs_lock::LOCK_TIMEOUT.as_secs()
+            );
+        }
     }
     state.save().context("saving the renewal state")?;
+    if !busy.is_empty() {
+        log::warn!(
+            "{} certificate(s) left to whoever holds their cluster lock: {}",
+            busy.len(),
+            busy.join(", ")
+        );
+    }
     // A stop request wins over everything: systemd asked, and gets 128+N.
     signal::check()?;
     if let Some(e) = misconfigured {
@@ -409,6 +521,89 @@ fn run_with(
         )));
     }
     outcome(selection, &planned, &failed, &held_back)
+}
+
+/// Why this node leaves `entry` alone, if it does: `Ok` a line for a
+/// guest on another node (that node's run handles it), `Err` a failure
+/// line for a guest on no node, or of another type than the manifest's.
+fn elsewhere(
+    entry: &Entry,
+    placement: &Placement,
+    cluster: &Cluster,
+) -> Option<std::result::Result<String, String>> {
+    let (name, guest) = (&entry.name, entry.guest);
+    match placement {
+        Placement::Here => None,
+        Placement::Elsewhere(node) => Some(Ok(format!(
+            "{name}: skipped: {guest} runs on node '{node}', whose run handles it"
+        ))),
+        Placement::Nowhere => Some(Err(format!(
+            "{name}: {guest} is on no node of the cluster (not in '{}'): nothing can deliver \
+             or act on its certificate; create the guest, or take the entry out of the manifest",
+            cluster::vmlist::path_in(&cluster.pve_dir).display()
+        ))),
+        Placement::OtherType(kind, node) => Some(Err(format!(
+            "{name}: the manifest says {guest}, but guest {} is of type '{kind}' (on node \
+             '{node}'): fix the entry's guest_type",
+            guest.id
+        ))),
+    }
+}
+
+/// A certificate's cluster-wide lock name: its name made safe, and a
+/// hash of it (two names made alike stay two locks).
+pub fn cert_lock_name(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let hash = crate::digest::sha256_hex(name.as_bytes());
+    format!(
+        "phoenix-renew-{}-{}",
+        safe.trim_start_matches('.'),
+        &hash[..12]
+    )
+}
+
+/// What taking a certificate's lock came to.
+enum Locked {
+    /// A single host: go on with the plan (the local lock is held).
+    Go(Option<cluster::CfsLock>),
+    /// Held on a cluster: assess it again, then go on.
+    Replan(cluster::CfsLock),
+    /// Its guest left this node (or every node) while the run went on:
+    /// as [`elsewhere`] says.
+    Moved(std::result::Result<String, String>),
+    /// Another holds it past `cluster.lock_wait_secs`.
+    Busy(anyhow::Error),
+}
+
+/// Take `entry`'s cluster-wide lock and look at its guest's node again
+/// under it. `Err` only when nothing can be locked (no quorum, pmxcfs
+/// gone): the run stops.
+fn lock_certificate(entry: &Entry, cluster: &mut Cluster) -> Result<Locked> {
+    if !cluster.clustered {
+        return Ok(Locked::Go(None));
+    }
+    let lock = match cluster.lock(&cert_lock_name(&entry.name)) {
+        Ok(Some(l)) => l,
+        Ok(None) => return Ok(Locked::Go(None)),
+        Err(e) if cluster::cfs_lock::is_held(&e) => return Ok(Locked::Busy(e)),
+        Err(e) => return Err(e),
+    };
+    cluster.reload_vmlist()?;
+    let placement = cluster.placement(entry.guest.kind, entry.guest.id);
+    Ok(match elsewhere(entry, &placement, cluster) {
+        None => Locked::Replan(lock),
+        Some(line) => Locked::Moved(line),
+    })
 }
 
 /// `--dry-run --check-ca`: what a run needs of the CA, asked without
@@ -618,19 +813,34 @@ enum Post {
     GuestNotRunning(String),
 }
 
-fn print_plan(entries: &[&Entry], planned: &[plan::Planned], refused: &[&BadEntry]) {
+fn print_plan(
+    entries: &[&Entry],
+    planned: &[plan::Planned],
+    placements: &[Placement],
+    refused: &[&BadEntry],
+) {
     println!("{:<40} {:<8} {:<8} REASON", "NAME", "GUEST", "ACTION");
-    for (e, p) in entries.iter().zip(planned) {
-        let (action, reason) = match p.deferred_until {
-            Some(t) => (
-                "deferred".to_string(),
-                format!(
-                    "{} (backoff until {})",
-                    p.assessment.reason,
-                    status::time(t)
-                ),
+    for ((e, p), at) in entries.iter().zip(planned).zip(placements) {
+        let (action, reason) = match (at, p.deferred_until) {
+            (Placement::Elsewhere(node), _) => (
+                "skip".to_string(),
+                format!("{} runs on node '{node}'", e.guest),
             ),
-            None => (p.action().to_string(), p.assessment.reason.clone()),
+            (Placement::Nowhere | Placement::OtherType(..), _) => (
+                "fail".to_string(),
+                "its guest is on no node of the cluster, or of another type".to_string(),
+            ),
+            (Placement::Here, d) => match d {
+                Some(t) => (
+                    "deferred".to_string(),
+                    format!(
+                        "{} (backoff until {})",
+                        p.assessment.reason,
+                        status::time(t)
+                    ),
+                ),
+                None => (p.action().to_string(), p.assessment.reason.clone()),
+            },
         };
         println!(
             "{:<40} {:<8} {:<8} {}",

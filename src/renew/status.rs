@@ -7,6 +7,12 @@
 //! `refused`, its error beside it), in manifest order: the status of the
 //! others is still shown (and the metrics written), then the command
 //! exits 2 naming it, as `run` does.
+//!
+//! Each row names the node its guest runs on (pmxcfs's `.vmlist`; this
+//! node on a host without one): on a cluster every node shows every
+//! certificate, and the node named is the one whose runs handle it. A
+//! certificate whose guest is on no node fails the status, as it fails
+//! the runs.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -28,6 +34,9 @@ pub struct Row {
     pub name: String,
     /// `CT 101`, `VM 1001`.
     pub guest: String,
+    /// The node its guest runs on (`null`: on no node of the cluster, or
+    /// not known).
+    pub node: Option<String>,
     /// Certificate file.
     pub cert_path: String,
     /// Serial of the current certificate.
@@ -94,6 +103,9 @@ pub struct Report {
     pub last_run: Option<RunRecord>,
     /// `renewal.pending_max_secs`.
     pub pending_max_secs: u64,
+    /// Where the guests run is known (a row without a node: its guest is
+    /// on no node of the cluster).
+    pub nodes_known: bool,
 }
 
 /// Compute the report. Only an unreadable manifest fails it: monitoring
@@ -102,22 +114,32 @@ pub fn report(config: &Config) -> Result<Report> {
     for w in super::retire::warnings(config) {
         log::warn!("{w}");
     }
-    let (rows, ca_root_error) = rows_and_root(config)?;
+    let (rows, ca_root_error, nodes_known) = rows_and_root(config)?;
     Ok(Report {
         rows,
         ca_root_error,
+        nodes_known,
         last_run: State::load(&config.state_dir).last_run,
         pending_max_secs: config.renewal.pending_max_secs,
     })
 }
 
-/// The rows, and why the CA's root could not be read.
-fn rows_and_root(config: &Config) -> Result<(Vec<Row>, Option<String>)> {
+/// The rows, why the CA's root could not be read, and whether where the
+/// guests run is known.
+fn rows_and_root(config: &Config) -> Result<(Vec<Row>, Option<String>, bool)> {
     let m = manifest::load(config)?;
     let mut state = State::load(&config.state_dir);
     let now = now();
     state.cap_backoffs(now);
     let entries: Vec<_> = m.entries.iter().collect();
+    let cluster = match crate::cluster::Cluster::load(config) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!("where the guests run is not known: {e:#}");
+            None
+        }
+    };
+    let node_of = |id: u32| cluster.as_ref().and_then(|c| c.node_of(id));
     // Refused entries need no root: a manifest of only those is shown
     // even while the CA state is not there.
     let mut root_error = None;
@@ -144,6 +166,7 @@ fn rows_and_root(config: &Config) -> Result<(Vec<Row>, Option<String>)> {
         let row = Row {
             name: b.name.clone(),
             guest: b.guest.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
+            node: b.guest.and_then(|g| node_of(g.id)),
             cert_path: b
                 .cert_path
                 .as_ref()
@@ -172,9 +195,18 @@ fn rows_and_root(config: &Config) -> Result<(Vec<Row>, Option<String>)> {
         .map(|(e, p)| {
             let st = last(&e.name);
             let cur = p.assessment.current.as_ref();
+            let mut warnings = e.warnings.clone();
+            let node = node_of(e.guest.id);
+            if node.is_none() && cluster.is_some() {
+                warnings.push(format!(
+                    "{} is on no node of the cluster (not in .vmlist): no run handles it",
+                    e.guest
+                ));
+            }
             let row = Row {
                 name: e.name.clone(),
                 guest: e.guest.to_string(),
+                node,
                 cert_path: e.cert_path.display().to_string(),
                 serial: cur.map(|c| c.serial.clone()),
                 not_after: cur.map(|c| c.not_after),
@@ -197,7 +229,7 @@ fn rows_and_root(config: &Config) -> Result<(Vec<Row>, Option<String>)> {
                 post_pending: st.post_pending,
                 waiting_for_guest: waiting(&st),
                 last_error: st.last_error,
-                warnings: e.warnings.clone(),
+                warnings,
                 error: None,
             };
             (e.index, row)
@@ -216,7 +248,7 @@ fn rows_and_root(config: &Config) -> Result<(Vec<Row>, Option<String>)> {
             }
         }
     }
-    Ok((rows, root_error))
+    Ok((rows, root_error, cluster.is_some()))
 }
 
 /// What is wrong, for `status`'s exit: 2 when the manifest check refused
@@ -228,7 +260,12 @@ pub fn verdict(report: &Report, now: i64) -> Result<()> {
     refused(&report.rows)?;
     let mut bad = Vec::new();
     for r in &report.rows {
-        let why = if r.serial.is_none() {
+        let why = if report.nodes_known && r.node.is_none() && r.error.is_none() {
+            Some(format!(
+                "{} is on no node of the cluster: no run handles it",
+                r.guest
+            ))
+        } else if r.serial.is_none() {
             Some("missing or unreadable".to_string())
         } else if r.seconds_left.is_some_and(|s| s <= 0) {
             Some("expired".to_string())
@@ -397,8 +434,8 @@ fn left(secs: i64) -> String {
 /// The table.
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<38} {:<8} {:<20} {:>7} {:>6} {:<8} {}\n",
-        "NAME", "GUEST", "NOT AFTER", "LEFT", "USED", "NEXT", "LAST"
+        "{:<38} {:<8} {:<10} {:<20} {:>7} {:>6} {:<8} {}\n",
+        "NAME", "GUEST", "NODE", "NOT AFTER", "LEFT", "USED", "NEXT", "LAST"
     );
     for r in rows {
         let last = match (&r.last_result, r.failures) {
@@ -411,9 +448,10 @@ pub fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<38} {:<8} {:<20} {:>7} {:>6} {:<8} {}",
+            "{:<38} {:<8} {:<10} {:<20} {:>7} {:>6} {:<8} {}",
             r.name,
             r.guest,
+            r.node.as_deref().unwrap_or("-"),
             r.not_after.map(time).unwrap_or_else(|| "-".into()),
             r.seconds_left.map(left).unwrap_or_else(|| "-".into()),
             r.lifetime_used_percent
@@ -535,6 +573,7 @@ mod tests {
         let r = Row {
             name: "a\"b".into(),
             guest: "CT 101".into(),
+            node: Some("pve1".into()),
             cert_path: "/x".into(),
             serial: None,
             not_after: Some(100),
@@ -569,6 +608,7 @@ mod tests {
             row(),
         ]);
         assert!(t.lines().nth(1).unwrap().contains(" 10m "), "{t}");
+        assert!(t.lines().nth(1).unwrap().contains(" pve1 "), "{t}");
         assert!(t.lines().nth(2).unwrap().contains(" issue "), "{t}");
         assert!(t.ends_with("\nwarning: n: cannot rotate\n"), "{t}");
     }
@@ -602,6 +642,7 @@ mod tests {
         Row {
             name: "n".into(),
             guest: "VM 1".into(),
+            node: None,
             cert_path: "/x".into(),
             serial: None,
             not_after: None,
