@@ -446,7 +446,7 @@ fn shipped_example_config_loads_and_is_the_defaults() {
             continue;
         }
         let present = json.as_object().unwrap().contains_key(key)
-            || ["ca", "renewal", "swarm", "deploy"]
+            || ["ca", "renewal", "swarm", "deploy", "cluster"]
                 .iter()
                 .any(|s| json[s].as_object().unwrap().contains_key(key));
         assert!(present, "key '{key}' missing from packaging/toolkit.json");
