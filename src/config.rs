@@ -383,6 +383,9 @@ pub struct SwarmConfig {
     /// How long a service update that rotates secrets may take to
     /// complete (every task replaced and past its monitor period), seconds.
     pub update_timeout_secs: u64,
+    /// node_exporter textfile each `ensure` writes (atomically) when its
+    /// directory exists; `null`: none.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Default for SwarmConfig {
@@ -396,6 +399,9 @@ impl Default for SwarmConfig {
             lock_wait_secs: 0,
             command_timeout_secs: 60,
             update_timeout_secs: 300,
+            metrics_file: Some(PathBuf::from(
+                "/var/lib/prometheus/node-exporter/phoenix-swarm.prom",
+            )),
         }
     }
 }
@@ -422,6 +428,9 @@ pub struct DeployConfig {
     pub converge_timeout_secs: u64,
     /// How long a second run waits for the `deploy` lock before exit 75.
     pub lock_wait_secs: u64,
+    /// node_exporter textfile each run writes (atomically) when its
+    /// directory exists; `null`: none.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Default for DeployConfig {
@@ -435,6 +444,9 @@ impl Default for DeployConfig {
             secrets: BTreeMap::new(),
             converge_timeout_secs: 300,
             lock_wait_secs: 0,
+            metrics_file: Some(PathBuf::from(
+                "/var/lib/prometheus/node-exporter/phoenix-deploy.prom",
+            )),
         }
     }
 }
@@ -619,7 +631,10 @@ impl Config {
             }
         }
         for (i, m) in self.mounts.iter().enumerate() {
-            if m.name.as_deref().is_some_and(|n| n.chars().any(char::is_control)) {
+            if m.name
+                .as_deref()
+                .is_some_and(|n| n.chars().any(char::is_control))
+            {
                 return bad(&format!("mounts[{i}].name"), "holds a control character");
             }
             if !m.mount_point.is_absolute() {

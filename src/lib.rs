@@ -21,6 +21,7 @@ pub mod guestdir;
 pub mod hook;
 pub mod lock;
 pub mod logging;
+pub mod metrics;
 pub mod mount;
 pub mod notify;
 pub mod phoenix;

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -143,4 +144,40 @@ fn a_compose_file_missing_or_invalid_is_named_with_its_line() {
     let o = lab.deploy(&["run"]);
     lab.refused(&o, &["services.qdrant.image", "QDRANT_TAG"]);
     assert!(!Path::new(&lab.etc.path().join("state/deploy")).exists());
+}
+
+#[test]
+fn a_run_writes_its_metrics_for_node_exporter() {
+    let lab = lab(
+        json!(["qdrant_service"]),
+        json!({"qdrant_service": stack("qdrant/docker-compose.yml")}),
+    );
+    let prom = lab.etc.path().join("textfile/phoenix-deploy.prom");
+    let cfg_path = lab.etc.path().join("toolkit.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["deploy"]["metrics_file"] = json!(prom);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    // The compose file is missing: the run fails (2) and says so in the
+    // metrics; no stack has converged yet.
+    let o = lab.deploy(&["run"]);
+    assert_eq!(o.status.code(), Some(2));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains("\nphoenix_deploy_last_run_exit_code 2\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("phoenix_deploy_last_success_seconds "),
+        "{text}"
+    );
+    assert!(
+        !text.contains("phoenix_deploy_stack_converged_seconds{"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(&prom).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
 }

@@ -229,3 +229,37 @@ fn sigterm_ends_a_long_agent_wait_at_once() {
         sent.elapsed()
     );
 }
+
+#[test]
+fn each_ensure_writes_its_metrics_for_node_exporter() {
+    let prom_dir = tempfile::tempdir().unwrap();
+    let prom = prom_dir.path().join("phoenix-swarm.prom");
+    let lab = Lab::with_swarm(serde_json::json!({"metrics_file": prom}));
+    let o = lab.swarm(&["ensure"]);
+    assert_eq!(code(&o), 0, "{}", both(&o));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains("\nphoenix_swarm_last_run_exit_code 0\n"),
+        "{text}"
+    );
+    let success = text
+        .lines()
+        .find(|l| l.starts_with("phoenix_swarm_last_success_seconds "))
+        .unwrap()
+        .to_string();
+    // A run that cannot reach the manager: its exit, the success kept.
+    lab.pve.set_status(&lab.vm_dir(MANAGER), "stopped");
+    let o = lab.swarm(&["ensure"]);
+    assert_eq!(code(&o), 75, "{}", both(&o));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains("\nphoenix_swarm_last_run_exit_code 75\n"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("\n{success}\n")), "{text}");
+    // A dry run records nothing.
+    let before = std::fs::read(&prom).unwrap();
+    let o = lab.swarm(&["ensure", "--dry-run"]);
+    assert_eq!(code(&o), 75, "{}", both(&o));
+    assert_eq!(std::fs::read(&prom).unwrap(), before);
+}

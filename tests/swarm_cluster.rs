@@ -65,6 +65,7 @@ impl Cluster {
             let toolkit = json!({
                 "phoenix_etc": etc.path(),
                 "lock_dir": etc.path().join("lock").join(node),
+                "state_dir": etc.path().join("state").join(node),
                 "pve_dir": pve,
                 "cluster": {"node_name": node},
                 "swarm": {"agent_timeout_secs": 1, "state_timeout_secs": 2,

@@ -496,6 +496,42 @@ pub fn run(config: &Config, opts: &RunOptions, out: &mut dyn Write) -> Result<()
             Duration::from_secs(config.deploy.lock_wait_secs),
         )?)
     };
+    if opts.dry_run {
+        return run_plan(config, opts, out, &plan);
+    }
+    let started = std::time::Instant::now();
+    let result = run_plan(config, opts, out, &plan);
+    // Under the lock still: the run, and when each stack last converged.
+    let stacks: Vec<_> = plan
+        .stacks
+        .iter()
+        .filter_map(|s| {
+            let rec = state::load(&config.state_dir, &s.key)?;
+            Some((vec![("stack", rec.name)], rec.deployed_at as f64))
+        })
+        .collect();
+    crate::metrics::record(
+        &config.state_dir,
+        config.deploy.metrics_file.as_deref(),
+        "deploy",
+        &result,
+        started.elapsed(),
+        &crate::metrics::family(
+            "phoenix_deploy_stack_converged_seconds",
+            "When the stack last converged after a deployment, Unix time.",
+            &stacks,
+        ),
+    );
+    result
+}
+
+/// The run proper, under the lock (or a dry run without it).
+fn run_plan(
+    config: &Config,
+    opts: &RunOptions,
+    out: &mut dyn Write,
+    plan: &plan::Plan,
+) -> Result<()> {
     // Every compose file first: a broken one is reported before anything
     // changes, and the others still go.
     let mut errors = Vec::new();
@@ -521,7 +557,7 @@ pub fn run(config: &Config, opts: &RunOptions, out: &mut dyn Write) -> Result<()
         )?);
     }
     let px = crate::swarm::proxmox(config)?;
-    let d = manager(config, &px, &plan)?;
+    let d = manager(config, &px, plan)?;
     let mut run = Run {
         config,
         d: &d,

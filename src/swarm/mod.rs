@@ -72,12 +72,27 @@ pub fn ensure(config: &Config, opts: EnsureOptions, out: &mut dyn Write) -> Resu
             Duration::from_secs(config.swarm.lock_wait_secs),
         )?)
     };
-    let px = proxmox(config)?;
-    let bounds = Bounds {
-        agent: Duration::from_secs(config.swarm.agent_timeout_secs),
-        state: Duration::from_secs(config.swarm.state_timeout_secs),
-    };
-    ensure::Run::new(&px, &topo, opts, bounds, out).ensure()
+    let dry_run = opts.dry_run;
+    let started = std::time::Instant::now();
+    let result = proxmox(config).and_then(|px| {
+        let bounds = Bounds {
+            agent: Duration::from_secs(config.swarm.agent_timeout_secs),
+            state: Duration::from_secs(config.swarm.state_timeout_secs),
+        };
+        ensure::Run::new(&px, &topo, opts, bounds, out).ensure()
+    });
+    if !dry_run {
+        // Under the lock still.
+        crate::metrics::record(
+            &config.state_dir,
+            config.swarm.metrics_file.as_deref(),
+            "swarm",
+            &result,
+            started.elapsed(),
+            "",
+        );
+    }
+    result
 }
 
 /// `phoenix-swarm status`: read once, change nothing.

@@ -53,6 +53,7 @@ impl Lab {
         let toolkit = json!({
             "phoenix_etc": etc.path(),
             "lock_dir": etc.path().join("lock"),
+            "state_dir": etc.path().join("state"),
             "swarm": swarm,
         });
         let config = etc.path().join("toolkit.json");
