@@ -34,15 +34,17 @@ done
 BINARIES=(phoenix-ca phoenix-deploy phoenix-hook phoenix-mount phoenix-renew phoenix-swarm)
 PACKAGE=phoenix-hooks
 
-# One release build for the binaries and gen-docs: the library is built
-# once, for both (`cargo run --example` would build a whole debug tree).
+# The release tree only (`cargo run --example` built a whole debug tree).
+# Two cargo runs, not one: building the example with the binaries would
+# give a crate they share the features of a dev-dependency (rustix's
+# "fs", from tempfile) and so build the binaries anew, where `cargo build
+# --release` already built them. Apart, the binaries are those of `cargo
+# build --release` and only gen-docs (and the library, with those
+# features) is built for the docs; linked without LTO (`cargo rustc`
+# flags apply to it alone): it runs once, at build time.
 release=${CARGO_TARGET_DIR:-target}/release
-targets=()
-[ -n "$bin_dir" ] || targets+=(--bins)
-[ -n "$docs" ] || targets+=(--example gen-docs)
-if ((${#targets[@]})); then
-  cargo build --release --locked --quiet "${targets[@]}"
-fi
+[ -n "$bin_dir" ] || cargo build --release --locked --quiet --bins
+[ -n "$docs" ] || cargo rustc --release --locked --quiet --example gen-docs -- -C lto=off
 bin_dir=${bin_dir:-$release}
 work=$(mktemp -d "${TMPDIR:-/tmp}/phoenix-deb.XXXXXX")
 trap 'rm -rf "$work"' EXIT
