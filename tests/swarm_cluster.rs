@@ -247,6 +247,17 @@ fn the_swarm_is_formed_once_across_nodes() {
         );
         let o = lab.swarm(node, &["status", "--json"]);
         assert_eq!(o.status.code(), Some(0), "{node}: {}", both(&o));
+        // Every status says where each VM runs, whichever node asks.
+        let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let nodes: Vec<&Value> = st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| &m["pve_node"])
+            .collect();
+        assert_eq!(nodes, [&json!("pve2"), &json!("pve3")], "{node}: {st}");
+        let o = lab.swarm(node, &["status"]);
+        assert!(text(&o.stdout).contains("@pve3"), "{node}: {}", both(&o));
     }
     let inits: Vec<Value> = jsonl(&lab.state.path().join("docker/calls.jsonl"))
         .into_iter()

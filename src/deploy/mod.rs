@@ -627,7 +627,14 @@ pub fn status(config: &Config) -> Result<DeployStatus> {
     let plan = plan::build(config, None)?;
     let px = crate::swarm::proxmox(config)?;
     let d = manager(config, &px, &plan)?;
-    status::read(config, &d, &plan)
+    let mut st = status::read(config, &d, &plan)?;
+    let where_ = cluster::Cluster::load(config)?;
+    if where_.clustered {
+        for s in &mut st.stacks {
+            s.pve_node = where_.node_of(s.vmid);
+        }
+    }
+    Ok(st)
 }
 
 #[cfg(test)]

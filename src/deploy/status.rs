@@ -46,6 +46,10 @@ pub struct StackStatus {
     pub services: Vec<ServiceStatus>,
     /// What is wrong, if anything.
     pub problems: Vec<String>,
+    /// The Proxmox node that VM runs on (a cluster's `.vmlist`); none on
+    /// a single host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pve_node: Option<String>,
 }
 
 /// Every stack.
@@ -80,6 +84,7 @@ pub fn read(config: &Config, d: &Docker, plan: &Plan) -> Result<DeployStatus> {
             sha256: record.as_ref().map(|r| r.sha256.clone()),
             services: Vec::new(),
             problems: Vec::new(),
+            pve_node: None,
         };
         if lines.is_empty() {
             st.problems.push(format!(
@@ -133,7 +138,10 @@ impl std::fmt::Display for DeployStatus {
                 "{:<22} {:<22} {:<22} {:<9} {}",
                 s.key,
                 s.name,
-                format!("{} ({})", s.vmid, s.vm_name),
+                match &s.pve_node {
+                    Some(n) => format!("{} ({})@{n}", s.vmid, s.vm_name),
+                    None => format!("{} ({})", s.vmid, s.vm_name),
+                },
                 format!("{running}/{desired}"),
                 s.deployed_at.as_deref().unwrap_or("never")
             )?;

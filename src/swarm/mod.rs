@@ -98,5 +98,12 @@ pub fn ensure(config: &Config, opts: EnsureOptions, out: &mut dyn Write) -> Resu
 /// `phoenix-swarm status`: read once, change nothing.
 pub fn status(config: &Config) -> Result<SwarmStatus> {
     let topo = topology(config)?;
-    Ok(status::status(&proxmox(config)?, &topo))
+    let mut st = status::status(&proxmox(config)?, &topo);
+    let where_ = cluster::Cluster::load(config)?;
+    if where_.clustered {
+        for m in &mut st.members {
+            m.pve_node = where_.node_of(m.vmid);
+        }
+    }
+    Ok(st)
 }

@@ -30,6 +30,10 @@ pub struct MemberStatus {
     pub labels: BTreeMap<String, String>,
     /// What `ensure` would have to fix, or cannot.
     pub problems: Vec<String>,
+    /// The Proxmox node the VM runs on (a cluster's `.vmlist`); none on a
+    /// single host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pve_node: Option<String>,
 }
 
 /// The whole swarm as seen now.
@@ -66,7 +70,10 @@ impl fmt::Display for SwarmStatus {
         )?;
         for m in &self.members {
             let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let name: String = m.name.chars().take(14).collect();
+            let mut name: String = m.name.chars().take(14).collect();
+            if let Some(n) = &m.pve_node {
+                name = format!("{name}@{n}");
+            }
             writeln!(
                 f,
                 "{:<6} {:<14} {:<8} {:<11} {:<12} {:<12} {}",
@@ -197,5 +204,6 @@ fn blank(m: &Member) -> MemberStatus {
         cluster_id: None,
         labels: BTreeMap::new(),
         problems: Vec::new(),
+        pve_node: None,
     }
 }
