@@ -3,7 +3,12 @@
 //! with `dpkg -i`, the units enabled as README.md says, a reboot, and from
 //! inside: the sync reached, each step succeeded, in order (swarm, then
 //! renewal, then deployment), all of it after the boot finished; and the
-//! hourly timer's catch-up after a long power-off fired once.
+//! hourly timer's catch-up after a long power-off fired once. In the
+//! running phoenix-renew.service, what a `pct exec` action inherits
+//! (lxc-attach: setns, then exec) leaves sudo and su working: no
+//! no_new_privs flag, setns() into another init's namespaces allowed, su
+//! to another user works. Then `dpkg --purge` in the root leaves no
+//! enable link of a phoenix unit behind.
 //!
 //! Boot 1 (tests/nspawn_support/setup.sh, once the boot has finished):
 //! `dpkg -i`, the operator's toolkit.json, `systemctl enable --now
@@ -119,6 +124,21 @@ fn stage(root: &Root, deb: &Path) {
     // The catch-up at once: systemd (252) adds RandomizedDelaySec= to a
     // persistent timer's catch-up too, so as shipped (10min) it fires
     // 0-10 min after the boot, which a test cannot wait for.
+    // What an action of phoenix-renew.service inherits, recorded in its
+    // journal by an ExecStartPre= in the unit's own sandbox.
+    root.put(
+        &format!("{T}/renew-sandbox.sh"),
+        std::fs::read(support.join("renew-sandbox.sh")).unwrap(),
+        0o755,
+    );
+    root.put(
+        "/etc/systemd/system/phoenix-renew.service.d/zz-phoenix-boot-sandbox.conf",
+        format!(
+            "# tests/nspawn_boot.rs: what a pct exec action inherits.\n[Service]\n\
+             ExecStartPre={T}/renew-sandbox.sh\n"
+        ),
+        0o644,
+    );
     root.put(
         "/etc/systemd/system/phoenix-renew.timer.d/zz-phoenix-boot-test.conf",
         "# tests/nspawn_boot.rs: the catch-up without its random delay.\n\
@@ -413,6 +433,67 @@ fn the_sync_runs_at_a_real_boot_after_it_in_order_and_the_timer_catches_up_once(
         start(STEPS[0]),
         end(STEPS[0])
     );
+
+    // What a `pct exec` action would inherit from phoenix-renew.service
+    // (tests/nspawn_support/renew-sandbox.sh, run in its sandbox): no
+    // no_new_privs (sudo and su would fail in every action), setns()
+    // into another init's namespaces allowed (lxc-attach's first step),
+    // and su to another user works after it.
+    let said: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once("renew-sandbox: ").map(|(_, s)| s))
+        .collect();
+    for want in ["NoNewPrivs: 0", "setns=ok", "su=ok", "attached NoNewPrivs: 0"] {
+        assert!(
+            said.contains(&want),
+            "phoenix-renew.service's sandbox: no '{want}' in {said:?}:\n{log}"
+        );
+    }
+    let cap_bnd = said
+        .iter()
+        .find_map(|l| l.strip_prefix("CapBnd: "))
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or_else(|| panic!("no CapBnd in {said:?}"));
+    // CAP_SETGID 6, CAP_SETUID 7, CAP_SYS_CHROOT 18, CAP_SYS_PTRACE 19,
+    // CAP_SYS_ADMIN 21: what lxc-attach needs, and sudo or su after it.
+    for (name, bit) in [
+        ("CAP_SETGID", 6),
+        ("CAP_SETUID", 7),
+        ("CAP_SYS_CHROOT", 18),
+        ("CAP_SYS_PTRACE", 19),
+        ("CAP_SYS_ADMIN", 21),
+    ] {
+        assert!(cap_bnd & (1 << bit) != 0, "{name} not in CapBnd {cap_bnd:x}");
+    }
+
+    // --- Purge: no enable link left ---------------------------------------
+    // The operator's links (setup.sh: `systemctl enable ...`) go with the
+    // package (its postrm: deb-systemd-helper purge). In the root, not
+    // booted: no manager to stop anything.
+    let purge = std::process::Command::new("systemd-nspawn")
+        .args(["--quiet", "--keep-unit", "--register=no", "-D"])
+        .arg(&root.path)
+        .args(["dpkg", "--purge", "phoenix-hooks"])
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .expect("systemd-nspawn dpkg --purge");
+    let purged = format!(
+        "{}{}",
+        String::from_utf8_lossy(&purge.stdout),
+        String::from_utf8_lossy(&purge.stderr)
+    );
+    assert!(purge.status.success(), "dpkg --purge: {purged}");
+    let links = std::process::Command::new("find")
+        .arg(root.at("/etc/systemd/system"))
+        .args(["-type", "l", "-name", "phoenix-*", "!", "-name", "phoenix-boot-*"])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        left.trim().is_empty(),
+        "dpkg --purge left enable links:\n{left}\n{purged}"
+    );
+    assert!(!root.at("/usr/bin/phoenix-renew").exists(), "{purged}");
 
     // --- What the boot showed, and what it cost --------------------------
     let zero = mono("manager", "UserspaceTimestampMonotonic");
