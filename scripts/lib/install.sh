@@ -63,6 +63,8 @@ install_test_deps() {
     systemd-analyze:systemd bash:bash
   # tests/nspawn_boot.rs: a real Debian boot (scripts/lib/nspawn-root.sh).
   ensure_packages debootstrap:debootstrap systemd-nspawn:systemd-container
+  # tests/package.rs: the .deb's Depends (dpkg-shlibdeps) and lintian.
+  ensure_packages lintian:lintian dpkg-shlibdeps:dpkg-dev
   ensure_realswarm
   ensure_step
   ensure_cargo
