@@ -134,6 +134,20 @@ fn guest_chain_starts_docker_only_after_a_late_publish() {
         Duration::from_secs(10),
         |a, _| a == "activating",
     );
+    // What it waits for, as systemctl status shows it (STATUS= through
+    // NotifyAccess=main): the wait's first progress line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let s = m.show("phoenix-ca-wait.service", "StatusText");
+        if !s.is_empty() || std::time::Instant::now() >= deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.starts_with("waiting for the CA: "),
+        "StatusText of the waiting unit: {status:?}"
+    );
     std::thread::sleep(random_ms(300, 1500)); // the CA comes up whenever it does
     assert_eq!(m.show("docker.service", "ActiveState"), "inactive");
     assert_eq!(
