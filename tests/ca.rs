@@ -524,14 +524,22 @@ fn sigterm_during_publish_leaves_no_token_and_no_temp_file() {
 
 #[test]
 fn under_systemd_lines_carry_journal_priorities() {
+    use std::os::unix::fs::MetadataExt;
     let env = Env::new();
-    let out = env
+    // stderr is the stream JOURNAL_STREAM names (its device and inode), as
+    // under a unit whose output goes to the journal.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let file = fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let status = env
         .cmd(&["wait", "--no-health", "--timeout", "1"])
-        .env("JOURNAL_STREAM", "8:12345")
-        .output()
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(file)
+        .status()
         .unwrap();
-    assert_eq!(out.status.code(), Some(124));
-    let err = stderr(&out);
+    assert_eq!(status.code(), Some(124));
+    let err = fs::read_to_string(&log).unwrap();
     assert!(
         err.lines().any(|l| l.starts_with("<6>waiting for the CA")),
         "{err}"

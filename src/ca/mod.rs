@@ -385,6 +385,11 @@ pub fn wait_ready(paths: &CaPaths, opts: &WaitOptions) -> Result<Ready> {
     loop {
         signal::check()?;
         let verdict = token::check(paths);
+        if verdict.is_fresh() || verdict.needs_health() {
+            // Likely the last look: the watch's teardown overlaps the
+            // health check rather than delaying the exit.
+            watch.suspend();
+        }
         let why = match (&verdict, &opts.health) {
             (Verdict::Fresh(t), None) => return Ok(ready(Some(t.clone()), started)),
             (Verdict::Fresh(t), Some(h)) => match h.check() {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use crate::signal;
 
@@ -23,6 +23,7 @@ pub struct DirWatch {
     dir: PathBuf,
     inotify: Option<Inotify>,
     watching: bool,
+    wd: Option<WatchDescriptor>,
 }
 
 impl DirWatch {
@@ -43,6 +44,7 @@ impl DirWatch {
             dir: dir.to_path_buf(),
             inotify,
             watching: false,
+            wd: None,
         };
         watch.rewatch();
         watch
@@ -67,13 +69,32 @@ impl DirWatch {
             | AddWatchFlags::IN_MODIFY
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_ATTRIB;
-        self.watching = inotify.add_watch(&self.dir, mask).is_ok();
+        self.wd = inotify.add_watch(&self.dir, mask).ok();
+        self.watching = self.wd.is_some();
+    }
+
+    /// Stop watching now, when what was awaited has come (the next
+    /// [`Self::wait`] watches again). Closing an inotify instance waits
+    /// for its marks' teardown, an SRCU grace period (`fsnotify_destroy_group`
+    /// flushes the mark reaper): 5 to 20 ms here, paid by the process's exit
+    /// and so by whatever systemd starts after it. A mark removed now is
+    /// torn down by the kernel's reaper while the caller goes on (the
+    /// health check), and the close at the end finds nothing left to wait
+    /// for.
+    pub fn suspend(&mut self) {
+        if let (Some(inotify), Some(wd)) = (&self.inotify, self.wd.take()) {
+            let _ = inotify.rm_watch(wd);
+        }
+        self.watching = false;
     }
 
     /// Sleep until an event in the directory, `max` passing, or a stop
     /// request (the signal self-pipe is polled too, so a signal that came
     /// just before the poll still ends it at once).
     pub fn wait(&mut self, max: Duration) {
+        if !self.watching {
+            self.rewatch();
+        }
         let started = Instant::now();
         let inotify = self.inotify.as_ref().filter(|_| self.watching);
         let mut fds = Vec::with_capacity(2);
