@@ -443,7 +443,12 @@ fn the_sync_runs_at_a_real_boot_after_it_in_order_and_the_timer_catches_up_once(
         .lines()
         .filter_map(|l| l.split_once("renew-sandbox: ").map(|(_, s)| s))
         .collect();
-    for want in ["NoNewPrivs: 0", "setns=ok", "su=ok", "attached NoNewPrivs: 0"] {
+    for want in [
+        "NoNewPrivs: 0",
+        "setns=ok",
+        "su=ok",
+        "attached NoNewPrivs: 0",
+    ] {
         assert!(
             said.contains(&want),
             "phoenix-renew.service's sandbox: no '{want}' in {said:?}:\n{log}"
@@ -463,7 +468,10 @@ fn the_sync_runs_at_a_real_boot_after_it_in_order_and_the_timer_catches_up_once(
         ("CAP_SYS_PTRACE", 19),
         ("CAP_SYS_ADMIN", 21),
     ] {
-        assert!(cap_bnd & (1 << bit) != 0, "{name} not in CapBnd {cap_bnd:x}");
+        assert!(
+            cap_bnd & (1 << bit) != 0,
+            "{name} not in CapBnd {cap_bnd:x}"
+        );
     }
 
     // --- Purge: no enable link left ---------------------------------------
@@ -485,7 +493,15 @@ fn the_sync_runs_at_a_real_boot_after_it_in_order_and_the_timer_catches_up_once(
     assert!(purge.status.success(), "dpkg --purge: {purged}");
     let links = std::process::Command::new("find")
         .arg(root.at("/etc/systemd/system"))
-        .args(["-type", "l", "-name", "phoenix-*", "!", "-name", "phoenix-boot-*"])
+        .args([
+            "-type",
+            "l",
+            "-name",
+            "phoenix-*",
+            "!",
+            "-name",
+            "phoenix-boot-*",
+        ])
         .output()
         .unwrap();
     let left = String::from_utf8_lossy(&links.stdout);

@@ -43,9 +43,12 @@ fn phoenix_links(root: &Path) -> Vec<String> {
     if !root.join("etc/systemd").exists() {
         return Vec::new();
     }
-    let out = run(Command::new("find")
-        .arg(root.join("etc/systemd"))
-        .args(["-type", "l", "-name", "phoenix-*"]));
+    let out = run(Command::new("find").arg(root.join("etc/systemd")).args([
+        "-type",
+        "l",
+        "-name",
+        "phoenix-*",
+    ]));
     text(&out.stdout).lines().map(String::from).collect()
 }
 
@@ -310,7 +313,11 @@ fn package_builds_installs_verifies_and_purges() {
         "preset-all enabled nothing even without the preset"
     );
     systemctl(&root, &[&["disable"][..], &ENABLEABLE[..]].concat());
-    assert!(phoenix_links(&root).is_empty(), "{:?}", phoenix_links(&root));
+    assert!(
+        phoenix_links(&root).is_empty(),
+        "{:?}",
+        phoenix_links(&root)
+    );
     std::fs::rename(&kept, &preset).unwrap();
     let said = systemctl(&root, &["preset-all"]);
     assert!(
@@ -395,7 +402,10 @@ fn package_builds_installs_verifies_and_purges() {
         "multi-user.target.wants/phoenix-sync-boot.service",
         "timers.target.wants/phoenix-renew.timer",
     ] {
-        assert!(enabled.iter().any(|l| l.ends_with(link)), "{link}: {enabled:?}");
+        assert!(
+            enabled.iter().any(|l| l.ends_with(link)),
+            "{link}: {enabled:?}"
+        );
     }
 
     // Purge removes every file, the conffile included.
@@ -407,10 +417,19 @@ fn package_builds_installs_verifies_and_purges() {
     );
     let state = root.join("var/lib/systemd/deb-systemd-helper-enabled");
     if state.exists() {
-        let left = run(Command::new("find").arg(&state).args(["-name", "*phoenix*"]));
-        assert!(text(&left.stdout).trim().is_empty(), "{}", text(&left.stdout));
+        let left = run(Command::new("find")
+            .arg(&state)
+            .args(["-name", "*phoenix*"]));
+        assert!(
+            text(&left.stdout).trim().is_empty(),
+            "{}",
+            text(&left.stdout)
+        );
     }
-    assert!(!root.join("run/lock/phoenix").exists(), "lock directory left");
+    assert!(
+        !root.join("run/lock/phoenix").exists(),
+        "lock directory left"
+    );
     for stub in ["usr/bin/systemctl", "bin/sh"] {
         std::fs::remove_file(root.join(stub)).unwrap();
     }

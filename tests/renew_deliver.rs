@@ -244,7 +244,10 @@ fn a_stopped_guest_waits_pending_and_the_next_run_delivers_and_acts() {
     let out = b.run(&["run"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    for (name, guest) in [("web.test.internal", "CT 101"), ("docker.test.internal", "VM 1001")] {
+    for (name, guest) in [
+        ("web.test.internal", "CT 101"),
+        ("docker.test.internal", "VM 1001"),
+    ] {
         assert!(
             err.lines().any(|l| l.starts_with("warning:")
                 && l.contains(name)
@@ -264,13 +267,19 @@ fn a_stopped_guest_waits_pending_and_the_next_run_delivers_and_acts() {
     }
     let metrics = std::fs::read_to_string(&prom).unwrap();
     assert!(
-        metrics.contains("phoenix_cert_post_pending{name=\"web.test.internal\",guest=\"CT 101\"} 1"),
+        metrics
+            .contains("phoenix_cert_post_pending{name=\"web.test.internal\",guest=\"CT 101\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("phoenix_cert_waiting_for_guest_since_seconds{name=\"docker.test.internal\""), "{metrics}");
+    assert!(
+        metrics
+            .contains("phoenix_cert_waiting_for_guest_since_seconds{name=\"docker.test.internal\""),
+        "{metrics}"
+    );
     let table = b.run(&["status"]);
     assert!(
-        String::from_utf8_lossy(&table.stdout).contains("pending: web.test.internal: CT 101 is stopped"),
+        String::from_utf8_lossy(&table.stdout)
+            .contains("pending: web.test.internal: CT 101 is stopped"),
         "{}",
         String::from_utf8_lossy(&table.stdout)
     );
@@ -281,7 +290,8 @@ fn a_stopped_guest_waits_pending_and_the_next_run_delivers_and_acts() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("as long as renewal.pending_max_secs allows") && err.contains("2 of 2 certificate(s) failed"),
+        err.contains("as long as renewal.pending_max_secs allows")
+            && err.contains("2 of 2 certificate(s) failed"),
         "{err}"
     );
     b.set_renewal("pending_max_secs", json!(3 * 86400));

@@ -309,7 +309,9 @@ fn phoenix_renew_leaves_pct_exec_actions_alone() {
         "CAP_AUDIT_WRITE",
     ] {
         assert!(
-            !caps.iter().any(|c| c.split_whitespace().any(|w| w.trim_start_matches('~') == needed)),
+            !caps.iter().any(|c| c
+                .split_whitespace()
+                .any(|w| w.trim_start_matches('~') == needed)),
             "phoenix-renew.service drops {needed}: {caps:?}"
         );
     }
@@ -331,6 +333,9 @@ fn the_units_that_run_no_pct_keep_no_new_privileges() {
         let has = |k: &str, v: &str| set.iter().any(|(a, b)| a == k && b == v);
         assert!(has("NoNewPrivileges", "yes"), "{unit}");
         assert!(has("SystemCallFilter", "@system-service"), "{unit}");
-        assert!(set.iter().any(|(k, _)| k == "CapabilityBoundingSet"), "{unit}");
+        assert!(
+            set.iter().any(|(k, _)| k == "CapabilityBoundingSet"),
+            "{unit}"
+        );
     }
 }
