@@ -319,6 +319,14 @@ fn human(secs: u64) -> String {
     humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
+/// Where Debian's prometheus-node-exporter reads textfile metrics.
+pub const TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
+
+/// The default metrics file of `phoenix-<job>`.
+fn textfile(job: &str) -> PathBuf {
+    Path::new(TEXTFILE_DIR).join(format!("phoenix-{job}.prom"))
+}
+
 impl Default for RenewalConfig {
     fn default() -> Self {
         RenewalConfig {
@@ -331,9 +339,7 @@ impl Default for RenewalConfig {
             spread_secs: 0,
             pending_max_secs: 3 * 86400,
             legacy_cron_file: PathBuf::from("/etc/cron.d/phoenix-cert-renewal"),
-            metrics_file: Some(PathBuf::from(
-                "/var/lib/prometheus/node-exporter/phoenix-renew.prom",
-            )),
+            metrics_file: Some(textfile("renew")),
         }
     }
 }
@@ -399,9 +405,7 @@ impl Default for SwarmConfig {
             lock_wait_secs: 0,
             command_timeout_secs: 60,
             update_timeout_secs: 300,
-            metrics_file: Some(PathBuf::from(
-                "/var/lib/prometheus/node-exporter/phoenix-swarm.prom",
-            )),
+            metrics_file: Some(textfile("swarm")),
         }
     }
 }
@@ -444,9 +448,7 @@ impl Default for DeployConfig {
             secrets: BTreeMap::new(),
             converge_timeout_secs: 300,
             lock_wait_secs: 0,
-            metrics_file: Some(PathBuf::from(
-                "/var/lib/prometheus/node-exporter/phoenix-deploy.prom",
-            )),
+            metrics_file: Some(textfile("deploy")),
         }
     }
 }
@@ -648,10 +650,10 @@ impl Config {
                     return bad(
                         &format!("mounts[{i}]"),
                         "an nfs mount needs \"server\" and \"path\"",
-                    )
+                    );
                 }
                 MountType::Bind if m.path.is_none() => {
-                    return bad(&format!("mounts[{i}]"), "a bind mount needs \"path\"")
+                    return bad(&format!("mounts[{i}]"), "a bind mount needs \"path\"");
                 }
                 _ => {}
             }

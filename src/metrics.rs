@@ -65,10 +65,7 @@ pub fn record(
     let previous = load(state_dir, job).unwrap_or_default();
     let rec = JobRecord {
         finished: t,
-        exit_code: match result {
-            Ok(()) => 0,
-            Err(e) => kind_of(e).code(),
-        },
+        exit_code: exit_code(result),
         duration_secs: took.as_secs_f64(),
         last_success: if result.is_ok() {
             Some(t)
@@ -89,9 +86,24 @@ pub fn record(
     if let Err(e) = saved {
         log::warn!("recording the {job} run: {e:#}");
     }
-    let Some(path) = metrics_file else {
-        return;
-    };
+    if let Some(path) = metrics_file {
+        write_textfile(path, || Ok(text(job, &rec) + extra));
+    }
+}
+
+/// The exit status a run's result gives.
+pub fn exit_code(result: &anyhow::Result<()>) -> u8 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => kind_of(e).code(),
+    }
+}
+
+/// Write a run's metrics (`text` makes them) to `path` atomically (0644:
+/// the exporter reads it), when its directory exists (node_exporter's
+/// textfile collector is installed; otherwise `text` is not even called);
+/// a failure is a warning, never the run's.
+pub fn write_textfile(path: &Path, text: impl FnOnce() -> anyhow::Result<String>) {
     if !path.parent().is_some_and(Path::is_dir) {
         log::debug!(
             "not writing metrics: no directory for '{}' (node_exporter's textfile collector)",
@@ -99,22 +111,33 @@ pub fn record(
         );
         return;
     }
-    let text = text(job, &rec) + extra;
-    if let Err(e) = fsutil::write_atomic(path, text.as_bytes(), FileOptions::mode(0o644)) {
+    let written =
+        text().and_then(|t| fsutil::write_atomic(path, t.as_bytes(), FileOptions::mode(0o644)));
+    if let Err(e) = written {
         log::warn!("writing metrics '{}': {e:#}", path.display());
     }
+}
+
+/// One unlabelled gauge, its HELP and TYPE lines first; nothing when
+/// there is no value.
+pub fn gauge(out: &mut String, name: &str, help: &str, value: Option<f64>) {
+    if let Some(v) = value {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+}
+
+/// A label value escaped as the text format wants it.
+pub fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The run's gauges, `phoenix_<job>_...`.
 pub fn text(job: &str, rec: &JobRecord) -> String {
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, v: Option<f64>| {
-        if let Some(v) = v {
-            let _ = writeln!(
-                out,
-                "# HELP phoenix_{job}_{name} {help}\n# TYPE phoenix_{job}_{name} gauge\nphoenix_{job}_{name} {v}"
-            );
-        }
+        gauge(&mut out, &format!("phoenix_{job}_{name}"), help, v)
     };
     gauge(
         "last_run_seconds",
@@ -145,14 +168,7 @@ pub fn family(name: &str, help: &str, samples: &[(Vec<(&str, String)>, f64)]) ->
     for (labels, v) in samples {
         let labels: Vec<String> = labels
             .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k}=\"{}\"",
-                    v.replace('\\', "\\\\")
-                        .replace('"', "\\\"")
-                        .replace('\n', "\\n")
-                )
-            })
+            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
             .collect();
         let _ = writeln!(out, "{name}{{{}}} {v}", labels.join(","));
     }

@@ -133,6 +133,7 @@ impl Args {
             }
             Command::Status(s) => {
                 let report = status::report(&config)?;
+                report.log_warnings();
                 if let Some(path) = &s.prometheus {
                     status::write_prometheus(path, &report).map_err(|e| {
                         err(

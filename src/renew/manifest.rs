@@ -394,9 +394,6 @@ pub fn load(config: &Config) -> Result<Manifest> {
         // A refused entry still claims its name, files and secrets.
         match checked {
             Ok(entry) => {
-                for w in &entry.warnings {
-                    log::warn!("{}: {w}", entry.name);
-                }
                 entries.push(entry);
             }
             Err(why) => bad_entries.push(BadEntry {
@@ -538,7 +535,7 @@ fn check(
             return Err(bad(
                 "cert_type",
                 format!("'{other}' is not server or client"),
-            ))
+            ));
         }
     }
     let post = match (&e.post_renewal, &e.post_renewal_command) {
@@ -546,29 +543,29 @@ fn check(
             return Err(bad(
                 "post_renewal",
                 "give post_renewal or post_renewal_command, not both".into(),
-            ))
+            ));
         }
         (Some(p), None) => match (&p.run, &p.swarm_secrets) {
             (Some(_), Some(_)) => {
                 return Err(bad(
                     "post_renewal",
                     "give run or swarm_secrets, not both".into(),
-                ))
+                ));
             }
             (None, None) => {
                 return Err(bad(
                     "post_renewal",
                     "needs run (a command in the guest) or swarm_secrets".into(),
-                ))
+                ));
             }
             (Some(run), None) if run.is_empty() || run[0].is_empty() => {
-                return Err(bad("post_renewal.run", "is an empty command".into()))
+                return Err(bad("post_renewal.run", "is an empty command".into()));
             }
             (Some(_), None) if !p.services.is_empty() => {
                 return Err(bad(
                     "post_renewal.services",
                     "goes with swarm_secrets, not run".into(),
-                ))
+                ));
             }
             (Some(run), None) => PostAction::Guest(run.clone()),
             (None, Some(names)) => PostAction::SwarmSecrets(check_rotation(e, p, names, bad)?),

@@ -155,6 +155,11 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<()> {
         log::warn!("{w}");
     }
     let manifest = manifest::load(config)?;
+    for e in &manifest.entries {
+        for w in &e.warnings {
+            log::warn!("{}: {w}", e.name);
+        }
+    }
     let selection = select(&manifest, &opts.only)?;
     let entries = &selection.entries;
     if entries.is_empty() && !selection.refused.is_empty() {
@@ -191,10 +196,7 @@ fn record(config: &Config, result: &Result<()>) {
     let ca_down = matches!(result, Err(e) if kind_of(e) == Kind::TempFail);
     state.last_run = Some(state::RunRecord {
         finished: t,
-        exit_code: match result {
-            Ok(()) => 0,
-            Err(e) => kind_of(e).code(),
-        },
+        exit_code: crate::metrics::exit_code(result),
         ca_unavailable_since: ca_down.then(|| previous.ca_unavailable_since.unwrap_or(t)),
         error: result
             .as_ref()
@@ -207,17 +209,9 @@ fn record(config: &Config, result: &Result<()>) {
     let Some(path) = &config.renewal.metrics_file else {
         return;
     };
-    if !path.parent().is_some_and(std::path::Path::is_dir) {
-        log::debug!(
-            "not writing metrics: no directory for '{}' (node_exporter's textfile collector)",
-            path.display()
-        );
-        return;
-    }
-    let written = status::report(config).and_then(|r| status::write_prometheus(path, &r));
-    if let Err(e) = written {
-        log::warn!("writing metrics '{}': {e:#}", path.display());
-    }
+    crate::metrics::write_textfile(path, || {
+        Ok(status::report_prometheus(&status::report(config)?))
+    });
 }
 
 /// The run proper, under the lock (or a dry run without it).
@@ -714,7 +708,7 @@ fn handle(
             // Never fall back to issuing when the CA is down or we were
             // asked to stop (the stop killed the renewal).
             Err(e) if kind_of(&e) == Kind::TempFail || signal::received().is_some() => {
-                return Err(e)
+                return Err(e);
             }
             Err(e) => {
                 log::warn!(

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::fsutil::{self, FileOptions};
+use crate::metrics;
 
 use super::state::{Outcome, RunRecord, State};
 use super::{load_root, manifest, now, plan};
@@ -106,14 +107,29 @@ pub struct Report {
     /// Where the guests run is known (a row without a node: its guest is
     /// on no node of the cluster).
     pub nodes_known: bool,
+    /// The bash managers still installed ([`super::retire`]).
+    pub retire: Vec<String>,
+}
+
+impl Report {
+    /// Log what the operator must hear of: the bash managers still
+    /// installed, and each entry's warnings. `status` does; a run's own
+    /// metrics rewrite does not (the run said them already).
+    pub fn log_warnings(&self) {
+        for w in &self.retire {
+            log::warn!("{w}");
+        }
+        for r in &self.rows {
+            for w in &r.warnings {
+                log::warn!("{}: {w}", r.name);
+            }
+        }
+    }
 }
 
 /// Compute the report. Only an unreadable manifest fails it: monitoring
 /// keeps its rows exactly when the CA's storage is gone.
 pub fn report(config: &Config) -> Result<Report> {
-    for w in super::retire::warnings(config) {
-        log::warn!("{w}");
-    }
     let (rows, ca_root_error, nodes_known) = rows_and_root(config)?;
     Ok(Report {
         rows,
@@ -121,6 +137,7 @@ pub fn report(config: &Config) -> Result<Report> {
         nodes_known,
         last_run: State::load(&config.state_dir).last_run,
         pending_max_secs: config.renewal.pending_max_secs,
+        retire: super::retire::warnings(config),
     })
 }
 
@@ -341,11 +358,8 @@ pub fn report_table(report: &Report) -> String {
 /// Rows, the CA and the last run as node_exporter textfile metrics.
 pub fn report_prometheus(report: &Report) -> String {
     let mut out = prometheus(&report.rows);
-    let mut gauge = |name: &str, help: &str, v: Option<f64>| {
-        if let Some(v) = v {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        }
-    };
+    let mut gauge =
+        |name: &str, help: &str, v: Option<f64>| metrics::gauge(&mut out, name, help, v);
     gauge(
         "phoenix_renew_ca_root_readable",
         "1 when the CA's root certificate could be read (its storage is there).",
@@ -492,12 +506,6 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// node_exporter textfile metrics.
 pub fn prometheus(rows: &[Row]) -> String {
     let mut out = String::new();
@@ -540,17 +548,14 @@ pub fn prometheus(rows: &[Row]) -> String {
         ),
     ];
     for (name, help, value) in metrics {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for r in rows {
-            if let Some(v) = value(r) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{name=\"{}\",guest=\"{}\"}} {v}",
-                    label(&r.name),
-                    label(&r.guest)
-                );
-            }
-        }
+        let samples: Vec<_> = rows
+            .iter()
+            .filter_map(|r| {
+                let labels = vec![("name", r.name.clone()), ("guest", r.guest.clone())];
+                Some((labels, value(r)?))
+            })
+            .collect();
+        out.push_str(&metrics::family(name, help, &samples));
     }
     out
 }
