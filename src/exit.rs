@@ -1,15 +1,11 @@
 //! The exit-code contract shared by every binary, and the small typed error
-//! that carries a kind through an `anyhow` chain to `main`. [`CONTRACT`]
-//! is the table as the documentation shows it (README, `--help`, man).
+//! that carries a kind through an `anyhow` chain to `main`.
 //!
-//! | code | meaning |
-//! |------|---------|
-//! | 0    | ok |
-//! | 1    | failed |
-//! | 2    | usage or configuration error (permanent: do not retry) |
-//! | 75   | temporary failure, retry later (`EX_TEMPFAIL`; includes "lock busy") |
-//! | 124  | timed out (as timeout(1)) |
-//! | 128+N | stopped by signal N (SIGHUP 129, SIGINT 130, SIGQUIT 131, SIGTERM 143) |
+//! The contract is one table, [`CONTRACT`]: each [`Status`] is a [`Kind`]'s
+//! code (or, for [`STOPPED`], the stop signals' codes, 128 + the signal's
+//! number) and what it means in every binary. Each binary's `--help` and man
+//! page list the statuses it can end with from it (`cli::BINARIES`), and the
+//! README's "Exit codes" table is checked against it (tests/cli_help.rs).
 
 use std::fmt;
 use std::process::ExitCode;
