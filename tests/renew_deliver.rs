@@ -445,7 +445,7 @@ fn a_legacy_qm_guest_exec_runs_typed_with_the_configured_timeout() {
     assert!(
         err.contains("still running after renewal.command_timeout_secs (2 s)")
             && err.contains("qm returned its pid")
-            && err.contains("not start it again while the guest agent says it runs"),
+            && err.contains("no later run starts it again while the guest agent says it runs"),
         "{err}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
