@@ -87,6 +87,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::exec::{Cmd, Output};
@@ -243,22 +244,42 @@ pub enum Finished {
 /// The JSON of `qm guest exec` / `qm guest exec-status`: a finished
 /// command, or one still running (`pid`, when `exec` printed it).
 fn parse_qm_reply(stdout: &str, what: &str, quote: Stdout) -> Result<Finished> {
-    let res: QmExecResult = serde_json::from_str(stdout.trim()).map_err(|e| match quote {
+    qm_finished(qm_json(stdout, what, quote)?, what)
+}
+
+/// The JSON `qm guest exec` / `qm guest exec-status` printed.
+fn qm_json(stdout: &str, what: &str, quote: Stdout) -> Result<QmExecResult> {
+    parse_json(
+        stdout,
+        &format!("{what}: qm guest exec printed no JSON result"),
+        quote,
+    )
+}
+
+/// `text` as JSON; when it is none, an error that begins with `head`
+/// and quotes `text` only when `quote` allows it.
+fn parse_json<T: DeserializeOwned>(text: &str, head: &str, quote: Stdout) -> Result<T> {
+    serde_json::from_str(text.trim()).map_err(|e| match quote {
         Stdout::Shown => anyhow::anyhow!(
-            "{what}: qm guest exec printed no JSON result ({e}): {}",
-            stdout.trim().chars().take(300).collect::<String>()
+            "{head} ({e}): {}",
+            text.trim().chars().take(300).collect::<String>()
         ),
         // serde's message can quote a value ("invalid type: string
         // \"...\""): only the kind of the error and its place are told.
         Stdout::Secret => anyhow::anyhow!(
-            "{what}: qm guest exec printed no JSON result ({:?} error at line {} column {}; \
-             {} bytes, not shown: they may hold a secret)",
+            "{head} ({:?} error at line {} column {}; {} bytes, not shown: they may hold a \
+             secret)",
             e.classify(),
             e.line(),
             e.column(),
-            stdout.len()
+            text.len()
         ),
-    })?;
+    })
+}
+
+/// A command's result as `qm guest exec` gives it: finished, or still
+/// running (`pid`).
+fn qm_finished(res: QmExecResult, what: &str) -> Result<Finished> {
     if !perl_bool(&res.exited) {
         return match res.pid {
             Some(pid) => Ok(Finished::Running { pid }),
@@ -290,15 +311,13 @@ fn parse_qm_reply(stdout: &str, what: &str, quote: Stdout) -> Result<Finished> {
     Ok(Finished::Done(out))
 }
 
-/// The JSON of `qm guest exec-status` / the API's `exec-status` for the
-/// command of `pid`: `{"exited": 0}` (no pid) while it runs.
-fn parse_status_reply(text: &str, pid: i64, what: &str, quote: Stdout) -> Result<Finished> {
-    if let Ok(res) = serde_json::from_str::<QmExecResult>(text.trim()) {
-        if !perl_bool(&res.exited) && res.pid.is_none() {
-            return Ok(Finished::Running { pid });
-        }
+/// The result `qm guest exec-status` / the API's `exec-status` gives for
+/// the command of `pid`: `{"exited": 0}` (no pid) while it runs.
+fn status_finished(res: QmExecResult, pid: i64, what: &str) -> Result<Finished> {
+    if !perl_bool(&res.exited) && res.pid.is_none() {
+        return Ok(Finished::Running { pid });
     }
-    parse_qm_reply(text, what, quote)
+    qm_finished(res, what)
 }
 
 /// The guest's output as it printed it. `qm` base64-decodes the agent's
@@ -478,8 +497,15 @@ impl Proxmox {
             id: vmid,
         };
         if let Some(node) = self.node_of(vm) {
-            self.pvesh(Pvesh::Create, vm, node, "agent/ping", &[], Stdout::Shown)
-                .with_context(|| format!("VM {vmid}: the guest agent does not answer"))?;
+            self.pvesh::<serde_json::Value>(
+                Pvesh::Create,
+                vm,
+                node,
+                "agent/ping",
+                &[],
+                Stdout::Shown,
+            )
+            .with_context(|| format!("VM {vmid}: the guest agent does not answer"))?;
             return Ok(());
         }
         let cmd = Cmd::new(&self.qm)
@@ -694,7 +720,11 @@ impl Proxmox {
         if !out.status.success() {
             return Err(call_failed(&cmd, &out, vm)).context(what);
         }
-        parse_status_reply(&out.stdout_str(), pid, &what, Stdout::Shown)
+        status_finished(
+            qm_json(&out.stdout_str(), &what, Stdout::Shown)?,
+            pid,
+            &what,
+        )
     }
 
     /// [`Self::exec`], requiring exit code 0.
@@ -867,7 +897,7 @@ impl Proxmox {
     /// [`classify`] types qm's (the proxy's prefix taken off). A guest
     /// whose config is not on `node` moved since the location was read:
     /// temporary.
-    fn pvesh(
+    fn pvesh<T: DeserializeOwned>(
         &self,
         method: Pvesh,
         guest: Guest,
@@ -875,7 +905,7 @@ impl Proxmox {
         endpoint: &str,
         params: &[(&str, &str)],
         quote: Stdout,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<T> {
         let kind = match guest.kind {
             GuestType::Lxc => "lxc",
             GuestType::Vm => "qemu",
@@ -933,27 +963,13 @@ impl Proxmox {
             }
             return Err(anyhow::anyhow!("{detail}"));
         }
-        let text = out.stdout_str();
-        serde_json::from_str(text.trim()).map_err(|e| match quote {
-            Stdout::Shown => anyhow::anyhow!(
-                "{cmd}: printed no JSON ({e}): {}",
-                text.trim().chars().take(300).collect::<String>()
-            ),
-            Stdout::Secret => anyhow::anyhow!(
-                "{cmd}: printed no JSON ({:?} error at line {} column {}; {} bytes, not shown: \
-                 they may hold a secret)",
-                e.classify(),
-                e.line(),
-                e.column(),
-                text.len()
-            ),
-        })
+        parse_json(&out.stdout_str(), &format!("{cmd}: printed no JSON"), quote)
     }
 
     /// `status/current` of a guest of another node: `qmpstatus` (what
     /// `qm status` prints), else `status`.
     fn remote_status(&self, guest: Guest, node: &str) -> Result<RunState> {
-        let v = self
+        let v: serde_json::Value = self
             .pvesh(
                 Pvesh::Get,
                 guest,
@@ -997,7 +1013,7 @@ impl Proxmox {
         let what = format!("{guest} on node {node}: `{}`", argv.join(" "));
         let started = Instant::now();
         let params: Vec<(&str, &str)> = argv.iter().map(|a| ("command", a.as_str())).collect();
-        let v = self
+        let v: serde_json::Value = self
             .pvesh(
                 Pvesh::Create,
                 guest,
@@ -1033,7 +1049,7 @@ impl Proxmox {
         what: &str,
         quote: Stdout,
     ) -> Result<Finished> {
-        let v = self
+        let res: QmExecResult = self
             .pvesh(
                 Pvesh::Get,
                 vm,
@@ -1043,7 +1059,7 @@ impl Proxmox {
                 quote,
             )
             .with_context(|| what.to_string())?;
-        parse_status_reply(&v.to_string(), pid, what, quote)
+        status_finished(res, pid, what)
     }
 }
 
