@@ -316,14 +316,21 @@ fn ca_checks(
     problems: &mut Vec<String>,
 ) -> Result<()> {
     let dir = &config.ca.state_dir;
+    // The CA container writes the state directory: it is opened as the
+    // secrets check opens it, with no link followed on the way.
     match storages.check(table, "CA state directory", dir) {
-        Ok(_) if !dir.is_dir() => {
-            let why = format!("CA state directory '{}' is not a directory", dir.display());
-            log::error!("{why}");
-            problems.push(why);
-            return Ok(());
-        }
-        Ok(what) => log::info!("{what}"),
+        Ok(what) => match crate::guestdir::Dir::open(dir) {
+            Ok(_) => log::info!("{what}"),
+            Err(e) => {
+                let why = format!(
+                    "CA state directory '{}' is not a directory ({e})",
+                    dir.display()
+                );
+                log::error!("{why}");
+                problems.push(why);
+                return Ok(());
+            }
+        },
         Err(why) => {
             log::error!("{why}");
             problems.push(why);

@@ -33,6 +33,9 @@
 
 pub mod cfg;
 
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -40,6 +43,7 @@ use anyhow::{Context, Result};
 pub use cfg::{parse, NetFs, Rule, Section, Storage, STORAGE_CFG_LIMIT};
 
 use crate::fsutil;
+use crate::guestdir::{self, Dir};
 use crate::mount::mountinfo::{Mount, MountTable};
 
 impl Storage {
@@ -64,7 +68,10 @@ impl Storage {
                     m.fs_type == "zfs"
                         && (m.source == *dataset || m.source.starts_with(&format!("{dataset}/")))
                 };
-                let holder = holding_mount(table, path);
+                // As written: the mount table is the kernel's, and the
+                // path is not resolved (a guest's link there is not
+                // followed to a mount it does not lie on).
+                let holder = table.holding(path);
                 match holder {
                     Some(m) if m.mount_point.starts_with(at) && of_pool(m) => Ok(format!(
                         "{me}: '{}' is zfs dataset {}",
@@ -131,14 +138,38 @@ impl Storage {
     }
 }
 
-/// The mount `path` lies on: the deepest mount point above it (as
-/// written, else as it resolves).
-fn holding_mount<'a>(table: &'a MountTable, path: &Path) -> Option<&'a Mount> {
-    table.holding(path).or_else(|| {
-        std::fs::canonicalize(path)
-            .ok()
-            .and_then(|real| table.holding(&real))
-    })
+/// `st_mode` of `path` itself (`None`: absent), following no symbolic
+/// link below `base`. `base` is the host's part of the path (a storage's
+/// path or mount point, from root's configuration), resolved as
+/// pve-storage resolves it (`Cwd::realpath`), so a storage reached
+/// through the host's own link still counts. Below it a guest may write
+/// (a bind-mount source, the CA state directory), so from there each
+/// directory is opened with `O_NOFOLLOW` ([`guestdir`]) and the last
+/// component is not followed either. Without a `base`, nothing on the
+/// way is followed.
+fn mode_below(base: Option<&Path>, path: &Path) -> io::Result<Option<u32>> {
+    let start = base.and_then(|b| Some((b, path.strip_prefix(b).ok()?)));
+    let (mut dir, rest) = match start {
+        Some((b, rest)) => (Dir::open(&std::fs::canonicalize(b)?)?, rest),
+        None => (Dir::open(Path::new("/"))?, path),
+    };
+    let mut names: Vec<&OsStr> = rest
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let Some(last) = names.pop() else {
+        return dir.metadata().map(|m| Some(m.mode()));
+    };
+    for name in names {
+        match dir.subdir(name)? {
+            Some(d) => dir = d,
+            None => return Ok(None),
+        }
+    }
+    dir.mode_of(last)
 }
 
 /// Whether `dir` is a mount point: as written, or (reached through a
@@ -282,13 +313,26 @@ impl Storages {
                 path.display()
             ));
         }
-        let exists = |p: &Path| match std::fs::metadata(p) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        // The path itself may be a guest's (or under one's): it is looked
+        // at without following a link below the storage it lies on.
+        let exists = |base: Option<&Path>, p: &Path| match mode_below(base, p) {
+            Ok(Some(m)) if m & nix::libc::S_IFMT == nix::libc::S_IFLNK => Err(format!(
+                "{what} '{}' is {}",
+                p.display(),
+                guestdir::kind_name(m)
+            )),
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!("{what} '{}' does not exist", p.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(format!("{what} '{}' does not exist", p.display()))
             }
             Err(e) => Err(format!("{what} '{}': {e}", p.display())),
         };
+        let required = self
+            .required
+            .iter()
+            .filter(|r| path.starts_with(r))
+            .max_by_key(|r| r.components().count());
         let mut checked = Vec::new();
         for r in self.required.iter().filter(|r| path.starts_with(r)) {
             if !is_mount_point(table, r) {
@@ -313,7 +357,7 @@ impl Storages {
                     let ok = s
                         .mounted(table, path)
                         .map_err(|e| format!("{what} '{}': {e}", path.display()))?;
-                    exists(path).map_err(|e| format!("{e} on {}", s.describe()))?;
+                    exists(Some(&s.path), path).map_err(|e| format!("{e} on {}", s.describe()))?;
                     Ok(format!(
                         "{what} '{}' exists on {ok}{}",
                         path.display(),
@@ -321,7 +365,7 @@ impl Storages {
                     ))
                 }
                 None => {
-                    exists(path)?;
+                    exists(required.map(PathBuf::as_path), path)?;
                     Ok(format!(
                         "{what} '{}' exists (on no storage of '{}': no storage mount to check{})",
                         path.display(),
@@ -342,7 +386,8 @@ impl Storages {
                             root.display()
                         ));
                     }
-                    exists(path).map_err(|e| format!("{e} on storage '{name}'"))?;
+                    exists(Some(&mount_point), path)
+                        .map_err(|e| format!("{e} on storage '{name}'"))?;
                     Ok(format!(
                         "{what} '{}' exists on mounted storage '{name}' (no '{}': '{}' taken \
                          for its mount point){}",
@@ -353,7 +398,7 @@ impl Storages {
                     ))
                 }
                 None => {
-                    exists(path)?;
+                    exists(required.map(PathBuf::as_path), path)?;
                     Ok(format!(
                         "{what} '{}' exists (not under '{}': no storage mount to check{})",
                         path.display(),
@@ -687,6 +732,49 @@ lvmthin: local-lvm
             .unwrap_err();
         assert!(why.contains("does not exist"), "{why}");
         assert!(s.check(&t, "source", Path::new("rel")).is_err());
+    }
+
+    #[test]
+    fn a_guests_link_below_the_storage_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        std::fs::create_dir(host.path().join("etc")).unwrap();
+        let st = dir.path().join("st");
+        let ca = st.join("103/ssl");
+        std::fs::create_dir_all(&ca).unwrap();
+        // The CA container swapped its `public` for a link to a host
+        // directory; another guest's source is under it, or is it.
+        std::os::unix::fs::symlink(host.path(), ca.join("public")).unwrap();
+        // The storage itself is reached through the host's own link.
+        let st_link = dir.path().join("st-link");
+        std::os::unix::fs::symlink(&st, &st_link).unwrap();
+        let text = format!("dir: st\n\tpath {}\n", st_link.display());
+        let s = storages(&text);
+        let t = table(&[]);
+        let public = st_link.join("103/ssl/public");
+        let why = s.check(&t, "source", &public).unwrap_err();
+        assert!(why.contains("is a symbolic link (not followed)"), "{why}");
+        let why = s.check(&t, "source", &public.join("etc")).unwrap_err();
+        assert!(why.contains("public': it is a symbolic link"), "{why}");
+        assert!(s.check(&t, "source", &st_link.join("103/ssl")).is_ok());
+        // On no storage: no link on the way at all.
+        let s = storages(CFG);
+        let why = s.check(&t, "source", &ca.join("public/etc")).unwrap_err();
+        assert!(why.contains("public': it is a symbolic link"), "{why}");
+        let why = s.check(&t, "source", &st_link.join("103")).unwrap_err();
+        assert!(why.contains("st-link': it is a symbolic link"), "{why}");
+        assert!(s.check(&t, "source", &ca).is_ok());
+    }
+
+    #[test]
+    fn zfs_mounts_are_looked_up_as_written_not_as_resolved() {
+        // No mount holds the path as written: a guest's link to where a
+        // dataset of the pool is mounted does not make it count.
+        let s = storages(CFG);
+        let p = Path::new("/rpool/data/subvol-101-disk-0/link");
+        let t = table(&["41 1 0:41 / /other rw - zfs rpool/data/subvol-102-disk-0 rw"]);
+        let why = s.storage_of(p).unwrap().mounted(&t, p).unwrap_err();
+        assert!(why.contains("no zfs dataset of 'rpool/data'"), "{why}");
     }
 
     #[test]
