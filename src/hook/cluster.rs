@@ -19,6 +19,7 @@
 
 use std::path::Path;
 
+use super::onboot;
 use super::storage::cfg::{self, STORAGE_CFG_LIMIT};
 use crate::fsutil;
 
@@ -36,16 +37,12 @@ pub const SHARED_TYPES: &[&str] = &[
     "pbs",
 ];
 
-/// Largest guest config read (pmxcfs holds files of at most 1 MiB).
-const GUEST_CONF_LIMIT: u64 = 1 << 20;
-
 /// The `hookscript:` value of a guest config's current section (the
 /// lines before the first `[snapshot]` header).
 pub fn hookscript_of(conf: &str) -> Option<String> {
-    conf.lines()
-        .take_while(|l| !l.trim_start().starts_with('['))
-        .find_map(|l| l.strip_prefix("hookscript:"))
-        .map(|v| v.trim().to_string())
+    onboot::main_section(conf)
+        .find(|(key, _)| *key == "hookscript")
+        .map(|(_, value)| value.to_string())
         .filter(|v| !v.is_empty())
 }
 
@@ -84,8 +81,7 @@ pub fn hookscript_warning(pve_dir: &Path, vmid: u32) -> Option<String> {
         .iter()
         .find_map(|(sub, tool)| {
             let path = pve_dir.join(sub).join(format!("{vmid}.conf"));
-            let bytes = fsutil::read_limited(&path, GUEST_CONF_LIMIT).ok()?;
-            Some((String::from_utf8_lossy(&bytes).into_owned(), *tool))
+            Some((onboot::read_conf(&path).ok()?, *tool))
         })?;
     let volid = hookscript_of(&conf)?;
     let storage = volid.split_once(':').map(|(s, _)| s).unwrap_or(&volid);

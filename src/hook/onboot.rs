@@ -76,17 +76,20 @@ pub fn parse_startup(value: &str) -> Option<u64> {
     order
 }
 
+/// The `key: value` lines of a guest config's main section (what follows
+/// the first `[...]` header is a snapshot's or pending values), values
+/// trimmed.
+pub fn main_section(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines()
+        .take_while(|line| !line.starts_with('['))
+        .filter_map(|line| line.split_once(':'))
+        .map(|(key, value)| (key, value.trim()))
+}
+
 /// The `onboot` and `startup` keys of a guest config's main section.
 pub fn parse_conf(text: &str) -> Startup {
     let mut s = Startup::default();
-    for line in text.lines() {
-        if line.starts_with('[') {
-            break;
-        }
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
+    for (key, value) in main_section(text) {
         match key {
             "onboot" => s.onboot = matches!(value, "1" | "on" | "yes" | "true"),
             "startup" => s.order = parse_startup(value),
@@ -115,7 +118,7 @@ impl Guest {
 
 /// Read one guest config: a regular file, not a link, at most
 /// [`GUEST_CONF_LIMIT`] bytes.
-fn read_conf(path: &Path) -> std::io::Result<String> {
+pub fn read_conf(path: &Path) -> std::io::Result<String> {
     let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
     let file = OpenOptions::new()
         .read(true)
