@@ -432,6 +432,19 @@ fn call_failed(cmd: &Cmd, out: &Output, guest: Guest) -> anyhow::Error {
     classify(&out.stderr_str(), guest, &detail).unwrap_or_else(|| anyhow::anyhow!("{detail}"))
 }
 
+/// What the guest agent says of a pid it does not know (qemu-ga
+/// `guest-exec-status`: "Invalid parameter 'pid'", prefixed by qemu-server
+/// src/PVE/QemuServer/Agent.pm `check_agent_error`).
+const UNKNOWN_PID: &str = "Agent error: Invalid parameter 'pid'";
+
+/// `e`, from [`Proxmox::exec_status`], says the guest agent does not know
+/// the pid: the VM or its agent restarted, or the command's end was
+/// already collected. Any other failure leaves it unknown whether the
+/// command still runs.
+pub fn is_unknown_pid(e: &anyhow::Error) -> bool {
+    format!("{e:#}").contains(UNKNOWN_PID)
+}
+
 /// Run state of a guest, as `qm status`/`pct status` print it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunState {
@@ -703,7 +716,8 @@ impl Proxmox {
     /// [`Self::exec_or_pid`] left running, or [`Finished::Running`]
     /// while it runs. A pid the agent does not know (the VM or its agent
     /// restarted, or the result was already collected: "Agent error:
-    /// Invalid parameter 'pid'") is an error.
+    /// Invalid parameter 'pid'") is an error that [`is_unknown_pid`]
+    /// tells apart.
     pub fn exec_status(&self, vmid: u32, pid: i64) -> Result<Finished> {
         let vm = Guest {
             kind: GuestType::Vm,
@@ -1202,6 +1216,23 @@ mod tests {
         assert!(is_task_noise(" OK"));
         assert!(!is_task_noise("failed to open /x for reading"));
         assert!(!is_task_noise("Task finished with many warning(s)!"));
+    }
+
+    #[test]
+    fn only_an_unknown_pid_is_taken_as_collected() {
+        let unknown = anyhow::anyhow!(
+            "`qm guest exec-status 1001 42` exited with status 255: Agent error: Invalid \
+             parameter 'pid'"
+        );
+        assert!(is_unknown_pid(&unknown.context("VM 1001: pid 42")));
+        let proxied = anyhow::anyhow!("proxy handler failed: Agent error: Invalid parameter 'pid'");
+        assert!(is_unknown_pid(&proxied));
+        for other in [
+            "Agent error: can't get exec status for '42'",
+            "VM 1001 qmp command 'guest-exec-status' failed - got timeout",
+        ] {
+            assert!(!is_unknown_pid(&anyhow::anyhow!("{other}")), "{other}");
+        }
     }
 
     #[test]

@@ -243,7 +243,7 @@ fn legacy_qm(
             Err(e) if kind_of(&e) == Kind::Config => return Err(e),
             // The agent no longer knows the pid: the VM or its agent
             // restarted, or its end was already collected.
-            Err(e) if format!("{e:#}").contains("Agent error") => {
+            Err(e) if proxmox::is_unknown_pid(&e) => {
                 log::info!(
                     "{what}: the guest agent no longer knows pid {} of an earlier run ({e:#}); \
                      taken as ended",
@@ -257,7 +257,7 @@ fn legacy_qm(
                      still runs, so it is not started again",
                     earlier.pid,
                     time(earlier.started)
-                ))
+                ));
             }
         }
     }
