@@ -38,7 +38,7 @@ mod nspawn_support;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use nspawn_support::{build_deb, cached_root, entries, project, sections, Root};
+use nspawn_support::{build_deb, cached_root, entries, project, sections, text, Root};
 
 /// Where the fakes live inside the root, and their state.
 const FAKES: &str = "/usr/local/lib/phoenix-fakes";
@@ -478,33 +478,30 @@ fn the_sync_runs_at_a_real_boot_after_it_in_order_and_the_timer_catches_up_once(
     // The operator's links (setup.sh: `systemctl enable ...`) go with the
     // package (its postrm: deb-systemd-helper purge). In the root, not
     // booted: no manager to stop anything.
-    let purge = std::process::Command::new("systemd-nspawn")
-        .args(["--quiet", "--keep-unit", "--register=no", "-D"])
-        .arg(&root.path)
-        .args(["dpkg", "--purge", "phoenix-hooks"])
-        .env("SYSTEMD_LOG_COLOR", "0")
-        .output()
-        .expect("systemd-nspawn dpkg --purge");
-    let purged = format!(
-        "{}{}",
-        String::from_utf8_lossy(&purge.stdout),
-        String::from_utf8_lossy(&purge.stderr)
+    let purge = deb_support::run(
+        std::process::Command::new("systemd-nspawn")
+            .args(["--quiet", "--keep-unit", "--register=no", "-D"])
+            .arg(&root.path)
+            .args(["dpkg", "--purge", "phoenix-hooks"])
+            .env("SYSTEMD_LOG_COLOR", "0"),
     );
-    assert!(purge.status.success(), "dpkg --purge: {purged}");
-    let links = std::process::Command::new("find")
-        .arg(root.at("/etc/systemd/system"))
-        .args([
-            "-type",
-            "l",
-            "-name",
-            "phoenix-*",
-            "!",
-            "-name",
-            "phoenix-boot-*",
-        ])
-        .output()
-        .unwrap();
-    let left = String::from_utf8_lossy(&links.stdout);
+    let purged = format!("{}{}", text(&purge.stdout), text(&purge.stderr));
+    // run(): a find that fails (no such directory) finds nothing, and
+    // must not pass for a clean purge.
+    let links = deb_support::run(
+        std::process::Command::new("find")
+            .arg(root.at("/etc/systemd/system"))
+            .args([
+                "-type",
+                "l",
+                "-name",
+                "phoenix-*",
+                "!",
+                "-name",
+                "phoenix-boot-*",
+            ]),
+    );
+    let left = text(&links.stdout);
     assert!(
         left.trim().is_empty(),
         "dpkg --purge left enable links:\n{left}\n{purged}"
