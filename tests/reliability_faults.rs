@@ -11,8 +11,6 @@ mod common;
 mod reliability_support;
 mod renew_support;
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -392,25 +390,7 @@ fn a_certificate_not_valid_yet_is_reissued_once_and_a_ca_ahead_is_not_looped_on(
 
     // The CA's clock runs an hour ahead: every certificate it issues is
     // not valid yet. A `step` on PATH adds `--not-before 1h` to issues.
-    let bin = b.path("skewed-bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let wrapper = bin.join("step");
-    let mut w = std::fs::File::create(&wrapper).unwrap();
-    write!(
-        w,
-        "#!/bin/sh\necho \"$*\" >> {log}\nif [ \"$1 $2\" = \"ca certificate\" ]; then\n\
-         shift 2; exec /usr/local/bin/step ca certificate --not-before 1h \"$@\"\nfi\n\
-         exec /usr/local/bin/step \"$@\"\n",
-        log = b.path("step-calls.log").display()
-    )
-    .unwrap();
-    drop(w);
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        common::path_with_fakes().to_string_lossy()
-    );
+    let path = b.skewed_step("--not-before 1h");
     future_pair(&b, "web.test", &f.0, &f.1);
     let future2 = read2(&f);
     assert_ne!(future2, future);

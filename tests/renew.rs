@@ -757,32 +757,6 @@ fn pair_by_our_intermediate(b: &Bench, crt: &Path, key: &Path, not_before: &str,
     std::fs::write(key, std::fs::read(&k).unwrap()).unwrap();
 }
 
-/// A `step` on PATH that adds `args` to every `step ca certificate`: the
-/// CA's clock differs from ours by that much. Returns the PATH to use.
-fn step_with_issue_args(b: &Bench, args: &str) -> std::ffi::OsString {
-    use std::os::unix::fs::PermissionsExt;
-    let real = std::env::split_paths(&common::path_with_fakes())
-        .map(|d| d.join("step"))
-        .find(|p| p.is_file())
-        .expect("step on PATH");
-    let bin = b.path("skewed-bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let wrapper = bin.join("step");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nif [ \"$1 $2\" = \"ca certificate\" ]; then\n\
-             shift 2; exec {real} ca certificate {args} \"$@\"\nfi\nexec {real} \"$@\"\n",
-            real = real.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut dirs = vec![bin];
-    dirs.extend(std::env::split_paths(&common::path_with_fakes()));
-    std::env::join_paths(dirs).unwrap()
-}
-
 #[test]
 fn a_new_pair_already_due_by_our_clock_is_refused_as_clock_skew() {
     let b = setup_two();
@@ -790,7 +764,7 @@ fn a_new_pair_already_due_by_our_clock_is_refused_as_clock_skew() {
     // The CA's clock 50 minutes behind ours: what it issues began 50
     // minutes ago by our clock, so a 1 h certificate (66 %: due after
     // 40 minutes) is due at once, though still valid for 10 minutes.
-    let path = step_with_issue_args(&b, "--not-before -50m");
+    let path = b.skewed_step("--not-before -50m");
     let out = b
         .command(&["run", "--only", "web.test.internal"])
         .env("PATH", &path)
