@@ -109,15 +109,13 @@ impl EntryState {
     /// `guest_state`, not running: delivery and action stay pending, with
     /// no failure counted. Returns since when it has waited.
     pub fn waiting_for_guest(&mut self, outcome: Outcome, guest_state: &str, now: i64) -> i64 {
-        self.failures = 0;
+        let since = self.waiting_since.unwrap_or(now);
+        // The pair is good: a success, but for the action still to come.
+        self.succeeded(outcome, now);
         self.post_pending = true;
-        self.last_result = Some(outcome);
-        self.last_attempt = Some(now);
-        self.last_success = Some(now);
-        self.last_error = None;
-        self.retry_after = None;
         self.waiting_for = Some(guest_state.to_string());
-        *self.waiting_since.get_or_insert(now)
+        self.waiting_since = Some(since);
+        since
     }
 
     /// Record that the post-renewal action failed at `now`, the new pair
