@@ -386,11 +386,16 @@ fn roff(text: &str) -> String {
 fn tagged_section(
     w: &mut dyn Write,
     title: &str,
-    items: &[(String, String)],
+    items: &[(impl AsRef<str>, impl AsRef<str>)],
 ) -> std::io::Result<()> {
     writeln!(w, ".SH \"{title}\"")?;
     for (tag, text) in items {
-        writeln!(w, ".TP\n\\fB{}\\fR\n{}", roff(tag), roff(text))?;
+        writeln!(
+            w,
+            ".TP\n\\fB{}\\fR\n{}",
+            roff(tag.as_ref()),
+            roff(text.as_ref())
+        )?;
     }
     Ok(())
 }
@@ -452,20 +457,14 @@ pub fn write_man_pages(cmd: &clap::Command, dir: &Path) -> std::io::Result<()> {
     let mut w = Vec::new();
     clap_sections(&page, &cmd, &mut w)?;
     exit_section(&mut w, about)?;
-    let env: Vec<(String, String)> = COMMON_ENVIRONMENT
+    let env: Vec<(&str, &str)> = COMMON_ENVIRONMENT
         .iter()
         .chain(extras.environment)
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .copied()
         .collect();
     tagged_section(&mut w, "ENVIRONMENT", &env)?;
-    let owned = |items: &[(&str, &str)]| -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    tagged_section(&mut w, "FILES", &owned(extras.files))?;
-    tagged_section(&mut w, "EXAMPLES", &owned(extras.examples))?;
+    tagged_section(&mut w, "FILES", extras.files)?;
+    tagged_section(&mut w, "EXAMPLES", extras.examples)?;
     page.render_version_section(&mut w)?;
     let see_also: Vec<String> = sub_pages
         .iter()
