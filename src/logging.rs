@@ -5,9 +5,9 @@
 //! it) each line starts with its sd-daemon priority (`<3>` error ... `<7>`
 //! debug) so journald files it at the right level and adds the timestamp
 //! itself; on a terminal, in a Proxmox task log, or redirected to a file by
-//! a unit's child (which inherits `JOURNAL_STREAM`) the line is plain. Where stderr goes nowhere
-//! durable (hookscripts), the same lines can also go to syslog with the
-//! binary's name as ident.
+//! a unit's child (which inherits `JOURNAL_STREAM`) the line is plain.
+//! Where stderr goes nowhere durable (hookscripts), the same lines can also
+//! go to syslog with the binary's name as ident.
 
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
@@ -104,8 +104,10 @@ fn stderr_is_journal() -> bool {
 /// Parse a `JOURNAL_STREAM` value, `DEVICE:INODE` in decimal.
 fn parse_journal_stream(value: &str) -> Option<(u64, u64)> {
     let (dev, ino) = value.split_once(':')?;
+    // Digits only: u64's parser would also take a leading '+'.
     let number = |s: &str| {
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
             .then(|| s.parse::<u64>().ok())
             .flatten()
     };
