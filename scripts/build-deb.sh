@@ -9,8 +9,8 @@
 #
 # Without --bin-dir it builds release binaries; without --docs it generates
 # the man pages and completions from the clap definitions with the
-# gen-docs example, built in the same release tree (one cargo build, no
-# second debug build). The version is packaging/changelog's newest entry,
+# gen-docs example, built in the same release tree (no second, debug
+# build). The version is packaging/changelog's newest entry,
 # whose upstream part must be the binaries' version. Depends: from the
 # binaries' shared libraries, by dpkg-shlibdeps (dpkg-dev) when present.
 # Prints the path of the .deb.
