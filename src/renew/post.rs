@@ -10,19 +10,16 @@
 //!   with `renewal.command_timeout_secs` (not qm's 30 s default). One it
 //!   outlives is not started again while it may still run: qm prints `{"pid":
 //!   N}` and leaves it running (qemu-server src/PVE/CLI/qm.pm `exec`), so
-//!   the pid is kept (in this process, and under the state directory with
-//!   [`run_in`]) and the guest agent is asked (`qm guest exec-status`)
-//!   before it is started again. Any other string runs with `sh -c` on the
-//!   host as root; one that starts with `qm guest exec` has its JSON
-//!   checked the same way as the typed transport's (`qm` itself exits 0
-//!   whatever the command did).
+//!   the pid is kept under the state directory ([`run_in`]) and the guest
+//!   agent is asked (`qm guest exec-status`) before it is started again.
+//!   Any other string runs with `sh -c` on the host as root; one that
+//!   starts with `qm guest exec` has its JSON checked the same way as the
+//!   typed transport's (`qm` itself exits 0 whatever the command did).
 //! - `"post_renewal": {"swarm_secrets": {...}, "services": [...]}`: the
 //!   new files become versioned Swarm secrets on the manager VM, rolled
 //!   into the services ([`crate::swarm::secrets`]).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
@@ -48,16 +45,11 @@ pub struct Bounds {
     pub update: Duration,
 }
 
-/// Run the entry's post-renewal action. A legacy `qm guest exec` left
-/// running is remembered in this process only: [`run_in`] keeps it across
-/// runs.
-pub fn run(entry: &Entry, px: &Proxmox, manifest_path: &Path, bounds: Bounds) -> Result<()> {
-    run_in(entry, px, manifest_path, bounds, None)
-}
-
-/// [`run`], keeping the pid of a legacy `qm guest exec` command that
-/// outlived its bound under `state_dir` (`<state_dir>/post-running/`), so
-/// that no later run starts it again while the guest agent says it runs.
+/// Run the entry's post-renewal action, keeping the pid of a legacy `qm
+/// guest exec` command that outlived its bound under `state_dir`
+/// (`<state_dir>/post-running/`), so that no later run starts it again
+/// while the guest agent says it runs (without `state_dir`, nothing is
+/// kept).
 pub fn run_in(
     entry: &Entry,
     px: &Proxmox,
@@ -283,17 +275,16 @@ fn legacy_qm(
             Ok(())
         }
         Finished::Running { pid } => {
-            let kept = running.save(pid, &entry.name);
-            let next = match (&kept, state_dir) {
-                (Ok(()), Some(_)) => {
-                    "no later run starts it again while the guest agent says \
-                                      it runs"
+            let next = match running.save(pid, &entry.name) {
+                Ok(true) => "no later run starts it again while the guest agent says it runs",
+                Ok(false) => {
+                    "nothing keeps its pid (no state directory), so a later run may start it again"
                 }
-                _ => "this run does not start it again while the guest agent says it runs",
+                Err(e) => {
+                    log::error!("{what}: cannot record pid {pid}: {e:#}");
+                    "its pid could not be kept, so a later run may start it again"
+                }
             };
-            if let Err(e) = kept {
-                log::error!("{what}: cannot record pid {pid}: {e:#}");
-            }
             Err(err(
                 Kind::Timeout,
                 format!(
@@ -321,10 +312,6 @@ fn time(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
-/// Legacy `qm guest exec` commands this process left running, by
-/// [`Running::key`].
-static LEFT_RUNNING: Mutex<BTreeMap<String, Started>> = Mutex::new(BTreeMap::new());
-
 /// A command left running in a VM.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Started {
@@ -337,12 +324,11 @@ struct Started {
     entry: String,
 }
 
-/// Where a legacy `qm guest exec` left running is remembered: by its VM
-/// and argv (two entries running the same command share it), in this
-/// process and, given a state directory, in a file there.
+/// Where a legacy `qm guest exec` left running is remembered: a file
+/// under the state directory named by its VM and argv (two entries
+/// running the same command share it).
 struct Running<'a> {
     q: &'a QmGuestExec,
-    key: String,
     file: Option<PathBuf>,
 }
 
@@ -351,17 +337,10 @@ impl<'a> Running<'a> {
         let digest = crate::digest::sha256_hex(q.argv.join("\0").as_bytes());
         let key = format!("{}-{}", q.vmid, &digest[..16]);
         let file = state_dir.map(|d| d.join("post-running").join(format!("{key}.json")));
-        Running { q, key, file }
+        Running { q, file }
     }
 
     fn load(&self) -> Option<Started> {
-        if let Some(s) = LEFT_RUNNING
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&self.key)
-        {
-            return Some(s.clone());
-        }
         let file = self.file.as_ref()?;
         let bytes = match crate::fsutil::read_limited(file, 1 << 20) {
             Ok(b) => b,
@@ -381,7 +360,11 @@ impl<'a> Running<'a> {
         }
     }
 
-    fn save(&self, pid: i64, entry: &str) -> Result<()> {
+    /// Keep `pid`; `false` when there is nowhere to keep it.
+    fn save(&self, pid: i64, entry: &str) -> Result<bool> {
+        let Some(file) = &self.file else {
+            return Ok(false);
+        };
         let started = Started {
             vmid: self.q.vmid,
             pid,
@@ -392,28 +375,18 @@ impl<'a> Running<'a> {
                 .unwrap_or(0),
             entry: entry.to_string(),
         };
-        LEFT_RUNNING
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(self.key.clone(), started.clone());
-        if let Some(file) = &self.file {
-            if let Some(dir) = file.parent() {
-                crate::fsutil::ensure_dir(dir, 0o700)?;
-            }
-            crate::fsutil::write_atomic(
-                file,
-                &serde_json::to_vec_pretty(&started)?,
-                crate::fsutil::FileOptions::mode(0o600),
-            )?;
+        if let Some(dir) = file.parent() {
+            crate::fsutil::ensure_dir(dir, 0o700)?;
         }
-        Ok(())
+        crate::fsutil::write_atomic(
+            file,
+            &serde_json::to_vec_pretty(&started)?,
+            crate::fsutil::FileOptions::mode(0o600),
+        )?;
+        Ok(true)
     }
 
     fn clear(&self) {
-        LEFT_RUNNING
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
         if let Some(file) = &self.file {
             if let Err(e) = std::fs::remove_file(file) {
                 if e.kind() != std::io::ErrorKind::NotFound {
