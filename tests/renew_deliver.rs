@@ -341,31 +341,36 @@ fn a_stopped_guest_waits_pending_and_the_next_run_delivers_and_acts() {
     assert_eq!(b.pve.calls().len(), n);
 }
 
+/// The fake `tool` (qm, pct) of `pve` as a wrapper in `dir`: it sets the
+/// fake's state directory without touching this process's env.
+fn fake_tool(pve: &common::FakePve, dir: &Path, tool: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(tool);
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\nPHOENIX_FAKE_PVE='{}' exec '{}' \"$@\"\n",
+            pve.dir.path().display(),
+            common::fakes().join(tool).display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p.display().to_string()
+}
+
 /// `Proxmox::pct_push` against the fake `pct`, which fails as the real
 /// one does: a stopped CT exits 255; a task error (source missing) is
 /// printed on stderr with exit 0, and must still fail.
 #[test]
 fn pct_push_fails_on_a_stopped_ct_and_on_a_task_error() {
     use phoenix_hooks::proxmox::Proxmox;
-    use std::os::unix::fs::PermissionsExt;
 
     let pve = common::FakePve::new();
     let ct = pve.add_ct(101);
     let dir = tempfile::tempdir().unwrap();
-    // The fake's state directory, without touching this process's env.
-    let pct = dir.path().join("pct");
-    std::fs::write(
-        &pct,
-        format!(
-            "#!/bin/sh\nPHOENIX_FAKE_PVE='{}' exec '{}' \"$@\"\n",
-            pve.dir.path().display(),
-            common::fakes().join("pct").display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&pct, std::fs::Permissions::from_mode(0o755)).unwrap();
     let px = Proxmox {
-        pct: pct.display().to_string(),
+        pct: fake_tool(&pve, dir.path(), "pct"),
         ..Proxmox::default()
     };
     let src = dir.path().join("key.src");
@@ -478,20 +483,8 @@ fn a_legacy_qm_command_left_running_is_not_started_again() {
     );
     std::fs::write(vm.join("slow"), "").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // The fake's state directory, without touching this process's env.
-    let qm = dir.path().join("qm");
-    std::fs::write(
-        &qm,
-        format!(
-            "#!/bin/sh\nPHOENIX_FAKE_PVE='{}' exec '{}' \"$@\"\n",
-            pve.dir.path().display(),
-            common::fakes().join("qm").display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&qm, std::fs::Permissions::from_mode(0o755)).unwrap();
     let px = Proxmox {
-        qm: qm.display().to_string(),
+        qm: fake_tool(&pve, dir.path(), "qm"),
         ..Proxmox::default()
     };
     let manifest = dir.path().join("certificate-manifest.json");
