@@ -6,7 +6,7 @@ mod common;
 use common::FakePve;
 use phoenix_hooks::exit::{kind_of, Kind};
 use phoenix_hooks::phoenix::GuestType;
-use phoenix_hooks::proxmox::{Finished, Guest, Proxmox, RunState};
+use phoenix_hooks::proxmox::{Finished, Guest, GuestOutput, Proxmox, RunState};
 use std::time::{Duration, Instant};
 
 fn argv(words: &[&str]) -> Vec<String> {
@@ -160,16 +160,7 @@ fn transports_report_what_the_guest_did() {
         px.exec_status(1001, pid).unwrap(),
         Finished::Running { pid }
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let out = loop {
-        match px.exec_status(1001, pid).unwrap() {
-            Finished::Done(out) => break out,
-            Finished::Running { .. } if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(200))
-            }
-            other => panic!("{other:?}"),
-        }
-    };
+    let out = wait_ended(&px, 1001, pid, Duration::from_secs(10));
     assert_eq!(out.stdout, "done\n");
     // Collected once: the agent forgets it.
     assert!(px.exec_status(1001, pid).is_err());
@@ -209,6 +200,21 @@ fn transports_report_what_the_guest_did() {
         .unwrap_err();
     assert_eq!(kind_of(&e), Kind::Config, "{e:#}");
     assert!(format!("{e:#}").contains("not a Proxmox VE node"), "{e:#}");
+}
+
+/// The end of the command of `pid` in VM `vmid`, asked with
+/// `exec-status` until it has one (at most `bound`).
+fn wait_ended(px: &Proxmox, vmid: u32, pid: i64, bound: Duration) -> GuestOutput {
+    let deadline = Instant::now() + bound;
+    loop {
+        match px.exec_status(vmid, pid).unwrap() {
+            Finished::Done(out) => return out,
+            Finished::Running { .. } if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            other => panic!("VM {vmid}, pid {pid}: {other:?}"),
+        }
+    }
 }
 
 /// A fake tool of node `node` in the three-node cluster under `root`:
@@ -349,16 +355,7 @@ fn vms_of_other_nodes_go_through_the_cluster_api() {
     let Finished::Running { pid } = started else {
         panic!("{started:?}")
     };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let out = loop {
-        match px.exec_status(1002, pid).unwrap() {
-            Finished::Done(out) => break out,
-            Finished::Running { .. } if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(300))
-            }
-            other => panic!("{other:?}"),
-        }
-    };
+    let out = wait_ended(&px, 1002, pid, Duration::from_secs(15));
     assert_eq!(out.stdout, "late\n");
 
     // Stdin (a secret) is never sent to another node: refused, named.
