@@ -64,8 +64,9 @@ and src/PVE/API2/Qemu/Agent.pm; pve-container src/PVE/API2/LXC/Status.pm):
 - `POST /nodes/N/qemu/ID/agent/exec --command PROG --command ARG...
   [--input-data TEXT]`: `input-data` over 64 KiB: "400 Parameter
   verification failed.\ninput-data: value may only be 65536 characters
-  long"; neither: "command or input-data (or both) required"; then
-  assert_agent_available; prints `{"pid":N}` at once (no wait), the
+  long"; `command` is mandatory in the API's schema since PVE 8 (qemu_exec's
+  "command or input-data (or both) required" is for `qm guest exec`);
+  then assert_agent_available; prints `{"pid":N}` at once (no wait), the
   command runs on with input-data on its stdin.
 - `GET /nodes/N/qemu/ID/agent/exec-status --pid N`: `{"exited":0}` while
   it runs, then the result as `qm guest exec` gives it (with the real
@@ -497,7 +498,7 @@ PVESH_HANDLERS = [
     ("GET", r"/nodes/([^/]+)/lxc/(\d+)/status/current", "lxc_status", {}),
     ("POST", r"/nodes/([^/]+)/qemu/(\d+)/agent/ping", "agent_ping", {}),
     ("POST", r"/nodes/([^/]+)/qemu/(\d+)/agent/exec", "agent_exec",
-     {"command": ("array", True), "input-data": ("string", True)}),
+     {"command": ("array", False), "input-data": ("string", True)}),
     ("GET", r"/nodes/([^/]+)/qemu/(\d+)/agent/exec-status", "agent_exec_status",
      {"pid": ("integer", False)}),
 ]
@@ -727,13 +728,9 @@ def pvesh_handle(name, vmid, params):
         assert_agent_available(d, vmid)
         return {"result": {}}
     if name == "agent_exec":
-        cmd = params.get("command")
+        cmd = params["command"]
         data = params.get("input-data")
-        if data is None and not cmd:
-            die("command or input-data (or both) required")
         assert_agent_available(d, vmid)
-        if not cmd:
-            die("Agent error: Invalid parameter 'path'")
         return {"pid": agent_spawn(d, vmid, cmd, None if data is None else data.encode())}
     if name == "agent_exec_status":
         assert_agent_available(d, vmid)
