@@ -538,6 +538,14 @@ fn a_legacy_qm_command_left_running_is_not_started_again() {
         .unwrap()
         .collect();
     assert_eq!(kept.len(), 1);
+    let record_mode = kept[0]
+        .as_ref()
+        .unwrap()
+        .metadata()
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(record_mode & 0o777, 0o600, "the pid record is root's alone");
 
     // Asked again while it runs: not started, temporary.
     let e = post::run_in(&entry, &px, &manifest, bounds, Some(&state)).unwrap_err();
