@@ -21,7 +21,7 @@ REF=../shared/reference/phoenix-etc
 [ -f "$REF/phoenix_lxc_configs.json" ] || { echo "need $REF" >&2; exit 2; }
 command -v jq >/dev/null || { echo "need jq" >&2; exit 2; }
 
-cargo build --release --quiet --bin phoenix-hook
+bash scripts/build-release.sh   # phoenix-hook as it ships: a static PIE
 HOOK=$PWD/target/release/phoenix-hook
 
 TMP=$(mktemp -d)
@@ -71,50 +71,67 @@ chmod +x "$TMP/hook.sh"
 # The measurer is a tiny C program: a child's peak RSS (wait4's ru_maxrss)
 # includes what it inherited at fork, so the launcher must be smaller than
 # what it measures (a Python launcher would report its own ~14 MiB).
+#   measure RUNS CMD [ARG...] [-- CMD [ARG...]]...
+# runs the commands in turn, RUNS rounds (so a floor given beside a case is
+# measured at the same moments, not before it), and prints per command its
+# median wall time in ms and peak RSS in MiB, a line each.
 cat >"$TMP/measure.c" <<'C'
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#define MAXCMD 8
 static int cmp(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
 }
 int main(int argc, char **argv) {
-  int runs = atoi(argv[1]);
-  double *t = malloc(sizeof(double) * runs);
-  long peak = 0;
-  for (int i = 0; i < runs; i++) {
-    struct timespec a, b;
-    struct rusage ru;
-    int status;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    pid_t pid = fork();
-    if (pid == 0) {
-      int null = open("/dev/null", O_WRONLY);
-      dup2(null, 1); dup2(null, 2);
-      execv(argv[2], argv + 2);
-      _exit(127);
+  int runs = atoi(argv[1]), n = 0;
+  char **cmd[MAXCMD];
+  cmd[n++] = argv + 2;
+  for (int i = 2; i < argc; i++)
+    if (strcmp(argv[i], "--") == 0) {
+      argv[i] = NULL;
+      if (n == MAXCMD) return 2;
+      cmd[n++] = argv + i + 1;
     }
-    wait4(pid, &status, 0, &ru);
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      fprintf(stderr, "%s exited %d\n", argv[2], WEXITSTATUS(status));
-      return 1;
+  double *t = malloc(sizeof(double) * runs * n);
+  long peak[MAXCMD] = {0};
+  for (int i = 0; i < runs; i++)
+    for (int c = 0; c < n; c++) {
+      struct timespec a, b;
+      struct rusage ru;
+      int status;
+      clock_gettime(CLOCK_MONOTONIC, &a);
+      pid_t pid = fork();
+      if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1); dup2(null, 2);
+        execv(cmd[c][0], cmd[c]);
+        _exit(127);
+      }
+      wait4(pid, &status, 0, &ru);
+      clock_gettime(CLOCK_MONOTONIC, &b);
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "%s exited %d\n", cmd[c][0], WEXITSTATUS(status));
+        return 1;
+      }
+      t[c * runs + i] = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
+      if (ru.ru_maxrss > peak[c]) peak[c] = ru.ru_maxrss;
     }
-    t[i] = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
-    if (ru.ru_maxrss > peak) peak = ru.ru_maxrss;
+  for (int c = 0; c < n; c++) {
+    qsort(t + c * runs, runs, sizeof(double), cmp);
+    printf("%.2f %.1f\n", t[c * runs + runs / 2], peak[c] / 1024.0);
   }
-  qsort(t, runs, sizeof(double), cmp);
-  printf("%.2f %.1f\n", t[runs / 2], peak / 1024.0);
   return 0;
 }
 C
 cc -O2 -o "$TMP/measure" "$TMP/measure.c"
-# The floor: a C program that does nothing, linked like phoenix-hook
+# The floor: a C program that does nothing, linked the default way
 # (dynamically, against libc): what fork, exec and exit cost here, now.
 printf 'int main(void) { return 0; }\n' >"$TMP/nothing.c"
 cc -O2 -o "$TMP/nothing" "$TMP/nothing.c"
@@ -125,17 +142,15 @@ unshare --mount --propagation private -- bash -c '
   set -e
   mount --bind "$1/quickOS" "$1/quickOS"
   for id in 101 4242; do "$2" $id pre-start 2>/dev/null; "$3" $id pre-start 2>/dev/null; done
-  printf "runs per case: %s\n" "$5"
-  read -r ft fr < <("$4" "$5" "$6")
-  printf "floor (fork + exec + exit of an empty C program): %.2f ms, %.1f MiB\n" "$ft" "$fr"
-  printf "%-10s %20s %20s %9s %9s %9s\n" case phoenix-hook "bash + jq" speed-up "RSS ratio" "/ floor"
+  printf "runs per case: %s, each in turn with the floor (fork + exec + exit of an empty C program)\n" "$5"
+  printf "%-10s %20s %20s %9s %9s %16s\n" case phoenix-hook "bash + jq" speed-up "RSS ratio" "floor, / floor"
   met=yes
   for c in unknown:4242 dependent:101; do
-    read -r ht hr < <("$4" "$5" "$2" "${c#*:}" pre-start)
-    read -r bt br < <("$4" "$5" "$3" "${c#*:}" pre-start)
+    { read -r ht hr; read -r ft fr; } < <("$4" "$5" "$2" "${c#*:}" pre-start -- "$6")
+    read -r bt br < <("$4" "$((($5 + 9) / 10))" "$3" "${c#*:}" pre-start)
     awk -v c="${c%%:*}" -v ht="$ht" -v hr="$hr" -v bt="$bt" -v br="$br" -v ft="$ft" "BEGIN {
-      printf \"%-10s %8.2f ms %5.1f MiB %8.2f ms %5.1f MiB %8.1fx %8.1fx %8.2fx\\n\",
-        c, ht, hr, bt, br, bt / ht, br / hr, ht / ft }"
+      printf \"%-10s %8.2f ms %5.1f MiB %8.2f ms %5.1f MiB %8.1fx %8.1fx %7.2f ms %5.2fx\\n\",
+        c, ht, hr, bt, br, bt / ht, br / hr, ft, ht / ft }"
     awk -v ht="$ht" -v hr="$hr" "BEGIN { exit !(ht <= 1.0 && hr <= 3.0) }" || met=no
   done
   echo "target (<= 1.0 ms median, <= 3 MiB peak RSS): $met"

@@ -7,7 +7,7 @@
 #
 #   bash benches/secret_rotation.sh [ROUNDS]     (root; default 5)
 #
-# Builds the release binaries (`cargo build --release`); PHOENIX_BIN_DIR
+# Builds the release binaries (scripts/build-release.sh); PHOENIX_BIN_DIR
 # names a directory of release binaries to use instead (a build of a
 # clean checkout while the tree is being edited).
 #
@@ -55,7 +55,7 @@ done
 if [ -n "${PHOENIX_BIN_DIR:-}" ]; then
   BIN=$(cd "$PHOENIX_BIN_DIR" && pwd)
 else
-  cargo build --release --quiet --bins
+  bash scripts/build-release.sh
   BIN=$PWD/target/release
 fi
 FAKES=$PWD/tests/fakes

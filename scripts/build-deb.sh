@@ -35,15 +35,15 @@ BINARIES=(phoenix-ca phoenix-deploy phoenix-hook phoenix-mount phoenix-renew pho
 PACKAGE=phoenix-hooks
 
 # The release tree only (`cargo run --example` built a whole debug tree).
-# Two cargo runs, not one: building the example with the binaries would
-# give a crate they share the features of a dev-dependency (rustix's
-# "fs", from tempfile) and so build the binaries anew, where `cargo build
-# --release` already built them. Apart, the binaries are those of `cargo
-# build --release` and only gen-docs (and the library, with those
-# features) is built for the docs; linked without LTO (`cargo rustc`
-# flags apply to it alone): it runs once, at build time.
+# Two builds, not one: building the example with the binaries would give a
+# crate they share the features of a dev-dependency (rustix's "fs", from
+# tempfile) and so build the binaries anew. Apart, the binaries are those
+# of scripts/build-release.sh (phoenix-hook a static PIE) and only gen-docs
+# (and the library, with those features) is built for the docs; linked
+# without LTO (`cargo rustc` flags apply to it alone): it runs once, at
+# build time.
 release=${CARGO_TARGET_DIR:-target}/release
-[ -n "$bin_dir" ] || cargo build --release --locked --quiet --bins
+[ -n "$bin_dir" ] || bash scripts/build-release.sh --locked
 [ -n "$docs" ] || cargo rustc --release --locked --quiet --example gen-docs -- -C lto=off
 bin_dir=${bin_dir:-$release}
 work=$(mktemp -d "${TMPDIR:-/tmp}/phoenix-deb.XXXXXX")
@@ -164,6 +164,17 @@ depends=$(
 )
 [[ $depends == libc6* ]] || die "Depends '$depends' does not name libc6"
 
+# Built-Using: a binary linked statically (the release's phoenix-hook)
+# carries glibc's code; Debian policy 7.8 names the source it came from,
+# as the libc6-dev it was linked with.
+built_using=
+for b in "${BINARIES[@]}"; do
+  if ! readelf -d "$root/usr/bin/$b" | grep -q '(NEEDED)'; then
+    built_using="Built-Using: glibc (= $(dpkg-query -W -f='${source:Version}' libc6-dev))"$'\n'
+    break
+  fi
+done
+
 cat > "$root/DEBIAN/control" <<CONTROL
 Package: $PACKAGE
 Version: $version
@@ -171,7 +182,7 @@ Architecture: $arch
 Maintainer: Phoenix hooks maintainers <phoenix-hooks@proxmox-phoenix.org>
 Installed-Size: $(du -sk --exclude=DEBIAN "$root" | cut -f1)
 Depends: $depends
-Recommends: systemd, ca-certificates
+${built_using}Recommends: systemd, ca-certificates
 Suggests: step-cli, nfs-common
 Section: admin
 Priority: optional

@@ -35,7 +35,7 @@ ensure_realswarm
 ensure_step
 ensure_cargo
 log "building (release)"
-cargo build --release --quiet --bins
+bash scripts/build-release.sh
 BIN=$PWD/target/release
 FAKES=$PWD/tests/fakes
 

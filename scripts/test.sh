@@ -18,6 +18,14 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --all-targets "$@"
+# The release links phoenix-hook statically (scripts/build-release.sh):
+# its tests once more with the hook linked that way (a debug build, same
+# flag; relinking the one binary takes seconds).
+echo "== tests/hook.rs, phoenix-hook linked as it ships (static PIE)"
+cargo rustc --quiet --bin phoenix-hook -- -C target-feature=+crt-static
+mkdir -p target/static-hook
+cp target/debug/phoenix-hook target/static-hook/phoenix-hook
+PHOENIX_TEST_HOOK_BIN=$PWD/target/static-hook/phoenix-hook cargo test --test hook "$@"
 for summary in target/tmp/race-summary.txt target/tmp/race-mutants.txt; do
   if [ -f "$summary" ]; then
     echo "== race harness (tests/race.rs): ${summary##*/}"

@@ -681,6 +681,12 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
     path: &Path,
     what: &str,
 ) -> Result<T> {
+    // Straight first: tracking the key path costs a third of the parse of
+    // a large file (the Phoenix configs, in every run of phoenix-hook), and
+    // only an error needs it. The same bytes then fail the same way.
+    if let Ok(v) = serde_json::from_slice(bytes) {
+        return Ok(v);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let at = e.path().to_string();

@@ -150,6 +150,11 @@ pub fn kind_of(e: &anyhow::Error) -> Kind {
 /// Report an error chain on the log, one cause per line, and turn it into
 /// the process exit code.
 pub fn report(e: &anyhow::Error) -> ExitCode {
+    ExitCode::from(report_status(e))
+}
+
+/// [`report`], the exit status as a number (for a `main` that returns one).
+pub fn report_status(e: &anyhow::Error) -> u8 {
     let mut causes = e.chain();
     if let Some(first) = causes.next() {
         log::error!("{first}");
@@ -157,14 +162,19 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
     for cause in causes {
         log::error!("  caused by: {cause}");
     }
-    ExitCode::from(kind_of(e).code())
+    kind_of(e).code()
 }
 
 /// Map a library result to the process exit code.
 pub fn finish(result: anyhow::Result<()>) -> ExitCode {
+    ExitCode::from(finish_status(result))
+}
+
+/// [`finish`], the exit status as a number.
+pub fn finish_status(result: anyhow::Result<()>) -> u8 {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&e),
+        Ok(()) => 0,
+        Err(e) => report_status(&e),
     }
 }
 

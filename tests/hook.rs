@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hook_support::{chmod, in_namespace, mode_of, mount_line, stderr, Layout};
+use hook_support::{chmod, hook_bin, in_namespace, mode_of, mount_line, stderr, Layout};
 use serde_json::json;
 
 fn layout() -> Layout {
@@ -66,7 +66,7 @@ fn unknown_phase_warns_and_exits_zero() {
 
 #[test]
 fn bad_arguments_exit_2_with_usage() {
-    let bin = env!("CARGO_BIN_EXE_phoenix-hook");
+    let bin = hook_bin();
     for args in [
         &[][..],
         &["103"][..],
@@ -74,7 +74,7 @@ fn bad_arguments_exit_2_with_usage() {
         &["103", "pre-start", "extra"][..],
         &["-5", "pre-start"][..],
     ] {
-        let o = Command::new(bin).args(args).output().unwrap();
+        let o = Command::new(&bin).args(args).output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains("Usage: phoenix-hook"), "{args:?}");
     }
@@ -292,8 +292,11 @@ fn gated_guest_waits_bounded_then_refuses_to_start() {
 #[test]
 fn post_start_returns_once_the_real_ca_is_ready_and_gates_open() {
     let ca = common::TestCa::start(None);
+    // The CA by host name (its certificate names localhost): the hook
+    // resolves it, /etc/hosts here, also when linked statically.
+    let by_name = ca.url().replace("127.0.0.1", "localhost");
     let l = Layout::new(
-        json!({"url": ca.url(), "post_start_timeout_secs": 60}),
+        json!({"url": by_name, "post_start_timeout_secs": 60}),
         json!({"guests": {"102": {"gate_on_ca": true, "gate_timeout_secs": 30}}}),
     );
     std::fs::copy(ca.root_cert(), l.state.join("phoenix_root_ca.crt")).unwrap();
@@ -375,7 +378,7 @@ fn snippet_runs_the_binary_and_refuses_a_start_without_it() {
     let snippet = common::project().join("hooks/phoenix-hook");
     let o = Command::new(&snippet)
         .args(["4242", "pre-start"])
-        .env("PHOENIX_HOOK_BIN", env!("CARGO_BIN_EXE_phoenix-hook"))
+        .env("PHOENIX_HOOK_BIN", hook_bin())
         .env("PHOENIX_CONFIG", &l.config)
         .output()
         .unwrap();

@@ -1,7 +1,5 @@
 //! `phoenix-hook VMID PHASE`: the Proxmox hookscript's command line.
 
-use std::process::ExitCode;
-
 use clap::Parser;
 
 use super::Common;
@@ -63,9 +61,22 @@ pub struct Args {
     phase: String,
 }
 
+/// The whole of `phoenix-hook`: parse `argv`, run the phase; the exit
+/// status.
+pub fn main<I, T>(argv: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match parse_args(argv) {
+        Ok(args) => args.run(),
+        Err(status) => status,
+    }
+}
+
 /// Parse the command line; any usage error (a missing argument, a VMID
 /// that is not a number) prints the error and the usage line and exits 2.
-pub fn parse_args<I, T>(argv: I) -> Result<Args, ExitCode>
+pub fn parse_args<I, T>(argv: I) -> Result<Args, u8>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -76,7 +87,7 @@ where
         Ok(a) => Ok(a),
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();
-            Err(ExitCode::SUCCESS)
+            Err(0)
         }
         Err(e) => {
             let text = e.render().to_string();
@@ -84,7 +95,7 @@ where
             if !text.contains("Usage:") {
                 eprintln!("\n{}", Args::command().render_usage());
             }
-            Err(ExitCode::from(Kind::Config.code()))
+            Err(Kind::Config.code())
         }
     }
 }
@@ -92,7 +103,7 @@ where
 impl Args {
     /// Log with `VMID PHASE: ` on every line (stderr and syslog), load the
     /// configuration, run the phase under its hard deadline.
-    pub fn run(self) -> ExitCode {
+    pub fn run(self) -> u8 {
         let mut opts = logging::Options::new("phoenix-hook");
         opts.verbosity = if self.common.quiet {
             -1
@@ -106,15 +117,15 @@ impl Args {
 
         let Some(phase) = Phase::parse(&self.phase) else {
             log::warn!("unknown phase '{}': nothing to do", self.phase);
-            return ExitCode::SUCCESS;
+            return 0;
         };
         let config = match self.common.load_config() {
             Ok(c) => c,
             Err(e) if phase.is_stop() => {
                 log::warn!("{e:#} (ignored: a stop phase never fails)");
-                return ExitCode::SUCCESS;
+                return 0;
             }
-            Err(e) => return exit::report(&e),
+            Err(e) => return exit::report_status(&e),
         };
         let after = hook::deadline(&config, self.vmid, phase);
         let _watchdog = Watchdog::arm(
@@ -133,9 +144,9 @@ impl Args {
         );
         let result = hook::run(&config, self.vmid, phase);
         if phase.is_stop() {
-            return ExitCode::SUCCESS;
+            return 0;
         }
-        exit::finish(result)
+        exit::finish_status(result)
     }
 }
 

@@ -29,6 +29,15 @@ if [ -n "$table" ]; then mount --bind "$table" "/proc/$$/mountinfo" || exit 99; 
 exec "$@"
 "#;
 
+/// The phoenix-hook under test: this build's, or the one
+/// `PHOENIX_TEST_HOOK_BIN` names (scripts/test.sh runs this file again
+/// with the hook linked as the release ships it, a static PIE).
+pub fn hook_bin() -> PathBuf {
+    std::env::var_os("PHOENIX_TEST_HOOK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_phoenix-hook")))
+}
+
 /// Run `cmd` in a private mount namespace after `binds` (source,
 /// target) bind mounts. A bind of a directory onto itself makes it a
 /// mount point whose files are the host's, so tests can look at them.
@@ -195,7 +204,7 @@ impl Layout {
 
     /// `phoenix-hook --config toolkit.json VMID PHASE`.
     pub fn hook(&self, vmid: &str, phase: &str) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_phoenix-hook"));
+        let mut c = Command::new(hook_bin());
         c.arg("--config").arg(&self.config).arg(vmid).arg(phase);
         c.env_remove("PHOENIX_CONFIG");
         c
