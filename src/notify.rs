@@ -1,6 +1,6 @@
 //! `STATUS=` lines to the service manager (sd_notify(3)), so that
 //! `systemctl status phoenix-swarm` shows what a long wait is waiting
-//! for. Sent only when systemd gave us `$NOTIFY_SOCKET` (a unit with
+//! for, and `READY=1` where a unit is `Type=notify`. Sent only when systemd gave us `$NOTIFY_SOCKET` (a unit with
 //! `NotifyAccess=main`, or `Type=notify`); nowhere else, and never an
 //! error: a status line is a courtesy, the journal has the whole story.
 //! The texts are the progress lines the log has too, which never carry a
@@ -16,6 +16,19 @@ pub fn status(text: &str) {
     };
     let line = format!("STATUS={}", text.replace('\n', " "));
     let _ = send(&socket, line.as_bytes());
+}
+
+/// Tell the service manager the unit's work is done (`READY=1`, with
+/// `STATUS=text`), for a `Type=notify` unit whose main process still has
+/// to exit: the units ordered after it start now, not after the exit,
+/// which for a sandboxed unit includes tearing its mount namespace down
+/// (milliseconds, BENCHMARKS.md).
+pub fn ready(text: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let msg = format!("READY=1\nSTATUS={}", text.replace('\n', " "));
+    let _ = send(&socket, msg.as_bytes());
 }
 
 /// One datagram to the socket systemd named: a path, or an abstract

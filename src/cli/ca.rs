@@ -221,6 +221,12 @@ fn wait(config: &Config, w: Wait) -> Result<()> {
         };
         ca::bootstrap(&h.root, &fingerprint, Duration::from_secs(60))?;
     }
+    // phoenix-ca-wait.service is Type=notify: Docker may start now.
+    crate::notify::ready(if w.bootstrap {
+        "CA ready, its root trusted"
+    } else {
+        "CA ready"
+    });
     Ok(())
 }
 
