@@ -49,46 +49,58 @@ fn overlaps(a: &Path, b: &Path) -> bool {
     a.starts_with(b) || b.starts_with(a)
 }
 
-/// The secrets of `secrets` (absolute host paths of files or directories
-/// that exist) the bind mount `host_path -> container_path` exposes, as
-/// the guest sees them. Compared as written and, where both resolve, as
-/// the kernel resolves them (a source reached through a symbolic link).
-pub fn exposed(host_path: &Path, container_path: &Path, secrets: &[PathBuf]) -> Vec<PathBuf> {
-    let real_source = std::fs::canonicalize(host_path).ok();
-    secrets
+/// How host paths are looked at: whether one exists, and where it leads.
+/// The hook's answer is its storages' ([`super::storage::Storages`]): no
+/// link a guest may have made is followed, in a bind source or in the
+/// CA's state directory (the CA container writes there).
+pub trait HostPaths {
+    /// Whether `path` exists.
+    fn exists(&self, path: &Path) -> bool;
+    /// Where `path` leads, as far as the host's own configuration goes.
+    fn real_path(&self, path: &Path) -> Option<PathBuf>;
+}
+
+impl HostPaths for super::storage::Storages {
+    fn exists(&self, path: &Path) -> bool {
+        super::storage::Storages::exists(self, path)
+    }
+    fn real_path(&self, path: &Path) -> Option<PathBuf> {
+        super::storage::Storages::real_path(self, path)
+    }
+}
+
+/// The secrets of `present` (absolute host paths of files or directories
+/// that exist, each with where it leads) the bind mount `host_path ->
+/// container_path` exposes, as the guest sees them. Compared as written
+/// and as they lead (a source on a storage reached through the host's
+/// link).
+fn exposed(
+    host_path: &Path,
+    container_path: &Path,
+    present: &[(&PathBuf, Option<PathBuf>)],
+    paths: &dyn HostPaths,
+) -> Vec<PathBuf> {
+    let real_source = paths.real_path(host_path);
+    present
         .iter()
-        .filter(|s| s.symlink_metadata().is_ok())
-        .filter(|s| {
-            overlaps(s, host_path)
-                || match (&real_source, real_secret(s)) {
-                    (Some(src), Some(real)) => overlaps(&real, src),
-                    _ => false,
+        .filter_map(|(s, real)| {
+            let inside = if overlaps(s, host_path) {
+                s.strip_prefix(host_path).ok().map(Path::to_path_buf)
+            } else {
+                match (&real_source, real) {
+                    (Some(src), Some(real)) if overlaps(real, src) => {
+                        real.strip_prefix(src).ok().map(Path::to_path_buf)
+                    }
+                    _ => return None,
                 }
-        })
-        .map(|s| {
-            let inside = s
-                .strip_prefix(host_path)
-                .ok()
-                .map(Path::to_path_buf)
-                .or_else(|| {
-                    let src = real_source.as_ref()?;
-                    let real = real_secret(s)?;
-                    real.strip_prefix(src).ok().map(Path::to_path_buf)
-                });
-            match inside {
+            };
+            Some(match inside {
                 Some(rel) => container_path.join(rel),
                 // The mount is inside the secret (a part of `secrets/`).
                 None => container_path.to_path_buf(),
-            }
+            })
         })
         .collect()
-}
-
-/// A secret's path with its directory resolved (the secret itself is not
-/// followed: it may be a link the CA guest made).
-fn real_secret(secret: &Path) -> Option<PathBuf> {
-    let parent = std::fs::canonicalize(secret.parent()?).ok()?;
-    Some(parent.join(secret.file_name()?))
 }
 
 /// Every mount of `mounts` (host path, container path), in order, that
@@ -96,12 +108,31 @@ fn real_secret(secret: &Path) -> Option<PathBuf> {
 pub fn check<'a>(
     mounts: impl IntoIterator<Item = (&'a Path, &'a Path)>,
     secrets: &[PathBuf],
+    paths: &dyn HostPaths,
 ) -> Vec<Exposure> {
+    // Once for all the mounts: which secrets exist, and where each leads
+    // (its directory resolved; the secret itself not followed: it may be
+    // a link the CA guest made).
+    let present: Vec<(&PathBuf, Option<PathBuf>)> = secrets
+        .iter()
+        .filter(|s| paths.exists(s))
+        .map(|s| {
+            let real = s
+                .parent()
+                .and_then(|p| paths.real_path(p))
+                .zip(s.file_name())
+                .map(|(dir, name)| dir.join(name));
+            (s, real)
+        })
+        .collect();
+    if present.is_empty() {
+        return Vec::new();
+    }
     mounts
         .into_iter()
         .enumerate()
         .filter_map(|(index, (host, guest))| {
-            let files = exposed(host, guest, secrets);
+            let files = exposed(host, guest, &present, paths);
             (!files.is_empty()).then(|| Exposure {
                 index,
                 host_path: host.to_path_buf(),
@@ -115,6 +146,26 @@ pub fn check<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Paths as the file system has them, links followed (the storages'
+    /// own answer is tested in `storage`).
+    struct Fs;
+
+    impl HostPaths for Fs {
+        fn exists(&self, path: &Path) -> bool {
+            path.symlink_metadata().is_ok()
+        }
+        fn real_path(&self, path: &Path) -> Option<PathBuf> {
+            std::fs::canonicalize(path).ok()
+        }
+    }
+
+    fn exposed(host: &Path, guest: &Path, secrets: &[PathBuf]) -> Vec<PathBuf> {
+        check([(host, guest)], secrets, &Fs)
+            .into_iter()
+            .flat_map(|e| e.files)
+            .collect()
+    }
 
     fn state() -> (tempfile::TempDir, PathBuf, Vec<PathBuf>) {
         let d = tempfile::tempdir().unwrap();
@@ -179,7 +230,7 @@ mod tests {
         let logs = d.path().join("logs");
         let a = (logs.as_path(), Path::new("/var/log"));
         let b = (ssl.as_path(), Path::new("/etc/step-ca/ssl"));
-        let found = check([a, b], &secrets);
+        let found = check([a, b], &secrets, &Fs);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].index, 1);
         let text = found[0].to_string();

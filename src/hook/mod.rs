@@ -275,7 +275,7 @@ fn pre_start(config: &Config, vmid: u32) -> Result<()> {
     if is_ca {
         ca_checks(config, &table, &storages, &mut problems)?;
     } else if let Some(ct) = &ct {
-        warn_exposed_secrets(config, &name, ct);
+        warn_exposed_secrets(config, &name, ct, &storages);
     }
     if !problems.is_empty() {
         return Err(err(
@@ -378,13 +378,13 @@ fn warn_onboot_order(config: &Config, vmid: u32) {
 /// Warn about each bind mount of a dependent container that exposes the
 /// CA's secrets (a warning only: such setups worked before, and the fix,
 /// mounting `public/`, is the operator's).
-fn warn_exposed_secrets(config: &Config, name: &str, ct: &Lxc) {
+fn warn_exposed_secrets(config: &Config, name: &str, ct: &Lxc, storages: &Storages) {
     let secrets = secrets::secret_paths(&config.ca, &config.ca.state_dir);
     let mounts = ct
         .mount_points
         .iter()
         .map(|m| (m.host_path.as_path(), m.container_path.as_path()));
-    for found in exposure::check(mounts, &secrets) {
+    for found in exposure::check(mounts, &secrets, storages) {
         log::warn!(
             "{name}: {found}; its root can read them. Bind-mount '{}' (the root \
              certificate, fingerprint and readiness token only) instead: see \

@@ -33,10 +33,13 @@
 
 pub mod cfg;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use anyhow::{Context, Result};
 
@@ -140,18 +143,21 @@ impl Storage {
 
 /// `st_mode` of `path` itself (`None`: absent), following no symbolic
 /// link below `base`. `base` is the host's part of the path (a storage's
-/// path or mount point, from root's configuration), resolved as
-/// pve-storage resolves it (`Cwd::realpath`), so a storage reached
-/// through the host's own link still counts. Below it a guest may write
-/// (a bind-mount source, the CA state directory), so from there each
-/// directory is opened with `O_NOFOLLOW` ([`guestdir`]) and the last
-/// component is not followed either. Without a `base`, nothing on the
-/// way is followed.
-fn mode_below(base: Option<&Path>, path: &Path) -> io::Result<Option<u32>> {
-    let start = base.and_then(|b| Some((b, path.strip_prefix(b).ok()?)));
-    let (mut dir, rest) = match start {
-        Some((b, rest)) => (Dir::open(&std::fs::canonicalize(b)?)?, rest),
-        None => (Dir::open(Path::new("/"))?, path),
+/// path or mount point, from root's configuration), given with its
+/// directory opened as pve-storage resolves it (`Cwd::realpath`), so a
+/// storage reached through the host's own link still counts. Below it a
+/// guest may write (a bind-mount source, the CA state directory), so from
+/// there each directory is opened with `O_NOFOLLOW` ([`guestdir`]) and
+/// the last component is not followed either. Without a `base`, nothing
+/// on the way is followed.
+fn mode_below(base: Option<(&Path, &Dir)>, path: &Path) -> io::Result<Option<u32>> {
+    let root;
+    let (first, rest) = match base.and_then(|(b, dir)| Some((dir, path.strip_prefix(b).ok()?))) {
+        Some(start) => start,
+        None => {
+            root = Dir::open(Path::new("/"))?;
+            (&root, path)
+        }
     };
     let mut names: Vec<&OsStr> = rest
         .components()
@@ -161,15 +167,24 @@ fn mode_below(base: Option<&Path>, path: &Path) -> io::Result<Option<u32>> {
         })
         .collect();
     let Some(last) = names.pop() else {
-        return dir.metadata().map(|m| Some(m.mode()));
+        return first.metadata().map(|m| Some(m.mode()));
     };
+    let mut below: Option<Dir> = None;
     for name in names {
-        match dir.subdir(name)? {
-            Some(d) => dir = d,
+        match below.as_ref().unwrap_or(first).subdir(name)? {
+            Some(d) => below = Some(d),
             None => return Ok(None),
         }
     }
-    dir.mode_of(last)
+    below.as_ref().unwrap_or(first).mode_of(last)
+}
+
+/// A base resolved ([`Storages::check`] walks from it): where it leads,
+/// and that directory opened.
+#[derive(Debug)]
+struct Base {
+    real: PathBuf,
+    dir: Dir,
 }
 
 /// Whether `dir` is a mount point: as written, or (reached through a
@@ -210,6 +225,9 @@ pub struct Storages {
     required: Vec<PathBuf>,
     /// Lines of storage.cfg that were ignored, for the log.
     pub warnings: Vec<String>,
+    /// Bases resolved and opened so far ([`Storages::resolve`]): a
+    /// container's mounts and the CA's secrets mostly share one storage.
+    resolved: RefCell<HashMap<PathBuf, Rc<Base>>>,
 }
 
 impl Storages {
@@ -228,6 +246,7 @@ impl Storages {
                 source: Source::Fallback(storage_root.to_path_buf()),
                 required: required.to_vec(),
                 warnings: Vec::new(),
+                resolved: RefCell::default(),
             }),
             Err(e) => Err(e).with_context(|| {
                 format!("reading the storage configuration '{}'", cfg_path.display())
@@ -267,6 +286,7 @@ impl Storages {
             source: Source::Cfg(storages),
             required: required.to_vec(),
             warnings,
+            resolved: RefCell::default(),
         }
     }
 
@@ -303,6 +323,76 @@ impl Storages {
             .max_by_key(|s| s.path.components().count())
     }
 
+    /// `base` (a storage's path or mount point, or a required mount: the
+    /// host's configuration) as pve-storage resolves it (`Cwd::realpath`),
+    /// and opened: once per base.
+    fn resolve(&self, base: &Path) -> io::Result<Rc<Base>> {
+        if let Some(b) = self.resolved.borrow().get(base) {
+            return Ok(Rc::clone(b));
+        }
+        let real = std::fs::canonicalize(base)?;
+        let dir = Dir::open(&real)?;
+        let b = Rc::new(Base { real, dir });
+        self.resolved
+            .borrow_mut()
+            .insert(base.to_path_buf(), Rc::clone(&b));
+        Ok(b)
+    }
+
+    /// [`mode_below`] from `base`, resolved.
+    fn mode_below(&self, base: Option<&Path>, path: &Path) -> io::Result<Option<u32>> {
+        match base {
+            Some(b) if path.starts_with(b) => mode_below(Some((b, &self.resolve(b)?.dir)), path),
+            _ => mode_below(None, path),
+        }
+    }
+
+    /// The base [`Storages::check`] walks `path` from: its storage's path
+    /// (storage.cfg) or mount point (the fallback rule), else the deepest
+    /// required mount it lies under; `None`: from `/`.
+    fn base_of(&self, path: &Path) -> Option<PathBuf> {
+        let storage = match &self.source {
+            Source::Cfg(_) => self.storage_of(path).map(|s| s.path.clone()),
+            Source::Fallback(root) => storage_of(root, path).map(|(_, mp)| mp),
+        };
+        storage.or_else(|| {
+            self.required
+                .iter()
+                .filter(|r| path.starts_with(r))
+                .max_by_key(|r| r.components().count())
+                .cloned()
+        })
+    }
+
+    /// Whether `path` exists, looked at as [`Storages::check`] looks at
+    /// it: no link followed below its base, nor the last component.
+    pub fn exists(&self, path: &Path) -> bool {
+        matches!(
+            self.mode_below(self.base_of(path).as_deref(), path),
+            Ok(Some(_))
+        )
+    }
+
+    /// `path` as the kernel resolves it, without following a link a guest
+    /// may have made: its base ([`Storages::check`]'s) resolved, the rest
+    /// as written. For a path `check` accepted that is where it leads (its
+    /// walk allowed no link below the base); for another, where the
+    /// configuration says it is. `None` when the base does not resolve.
+    pub fn real_path(&self, path: &Path) -> Option<PathBuf> {
+        match self.base_of(path) {
+            Some(b) => {
+                let rest = path.strip_prefix(&b).ok()?;
+                let real = self.resolve(&b).ok()?.real.clone();
+                Some(if rest.as_os_str().is_empty() {
+                    real
+                } else {
+                    real.join(rest)
+                })
+            }
+            None => Some(path.to_path_buf()),
+        }
+    }
+
     /// Check `path` (`what` names it in messages: "bind mount source", "CA
     /// state directory"). `Ok` says what was checked; `Err` says what is
     /// wrong, naming the path, the storage, its type and what was checked.
@@ -315,7 +405,7 @@ impl Storages {
         }
         // The path itself may be a guest's (or under one's): it is looked
         // at without following a link below the storage it lies on.
-        let exists = |base: Option<&Path>, p: &Path| match mode_below(base, p) {
+        let exists = |base: Option<&Path>, p: &Path| match self.mode_below(base, p) {
             Ok(Some(m)) if m & nix::libc::S_IFMT == nix::libc::S_IFLNK => Err(format!(
                 "{what} '{}' is {}",
                 p.display(),
@@ -764,6 +854,46 @@ lvmthin: local-lvm
         let why = s.check(&t, "source", &st_link.join("103")).unwrap_err();
         assert!(why.contains("st-link': it is a symbolic link"), "{why}");
         assert!(s.check(&t, "source", &ca).is_ok());
+    }
+
+    #[test]
+    fn real_path_resolves_the_hosts_link_and_no_guests() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("key"), "k").unwrap();
+        let st = dir.path().join("st");
+        let ca = st.join("103/ssl");
+        std::fs::create_dir_all(&ca).unwrap();
+        std::fs::write(ca.join("provisioner_password.txt"), "pw").unwrap();
+        // A guest's link below the storage, to a host directory.
+        std::os::unix::fs::symlink(host.path(), ca.join("public")).unwrap();
+        // The storage reached through the host's own link.
+        let st_link = dir.path().join("st-link");
+        std::os::unix::fs::symlink(&st, &st_link).unwrap();
+        let s = storages(&format!("dir: st\n\tpath {}\n", st_link.display()));
+        let real_st = std::fs::canonicalize(&st).unwrap();
+
+        assert_eq!(
+            s.real_path(&st_link.join("103/ssl")),
+            Some(real_st.join("103/ssl"))
+        );
+        assert_eq!(s.real_path(&st_link), Some(real_st.clone()));
+        // Where the configuration says, not where the guest's link goes.
+        assert_eq!(
+            s.real_path(&st_link.join("103/ssl/public/key")),
+            Some(real_st.join("103/ssl/public/key"))
+        );
+        assert!(s.exists(&st_link.join("103/ssl/provisioner_password.txt")));
+        assert!(s.exists(&st_link.join("103/ssl/public")), "the link itself");
+        assert!(
+            !s.exists(&st_link.join("103/ssl/public/key")),
+            "through the link"
+        );
+        assert!(!s.exists(&st_link.join("103/ssl/absent")));
+        // On no storage: as written, nothing resolved.
+        let s = storages(CFG);
+        assert_eq!(s.real_path(&st_link.join("103")), Some(st_link.join("103")));
+        assert!(!s.exists(&st_link.join("103")), "through the link");
     }
 
     #[test]
