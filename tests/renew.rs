@@ -595,6 +595,42 @@ fn the_reference_manifest_loads_and_plans() {
     assert!(b.pve.calls().is_empty(), "--dry-run called a guest");
 }
 
+#[test]
+fn a_large_manifest_is_planned_in_its_order() {
+    // Planned over the CPUs in chunks (above 128 entries a thread): the
+    // plan must still read as the manifest does.
+    let b = Bench::new();
+    let d = certs(&b);
+    let n = 600;
+    let entries: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"common_name": format!("h{i:03}.test.internal"),
+                   "sans": [format!("h{i:03}.test.internal")],
+                   "guest_id": 1001, "guest_type": "vm",
+                   "cert_path": d.join(format!("1001/h{i:03}.crt")),
+                   "key_path": d.join(format!("1001/h{i:03}.key")),
+                   "owner": "root:root"})
+        })
+        .collect();
+    b.write_manifest(&json!(entries));
+    let out = b.run(&["run", "--dry-run"]);
+    ok(&out);
+    let plan = stdout(&out);
+    let names: Vec<&str> = plan
+        .lines()
+        .skip(1)
+        .filter_map(|r| r.split_whitespace().next())
+        .collect();
+    let wanted: Vec<String> = (0..n).map(|i| format!("h{i:03}.test.internal")).collect();
+    assert_eq!(names, wanted, "{plan}");
+    assert!(
+        plan.lines()
+            .skip(1)
+            .all(|r| r.contains("certificate missing")),
+        "{plan}"
+    );
+}
+
 /// A configuration error step reports is the configuration's, not the
 /// certificates': said once naming the key to fix (exit 2), the other
 /// certificates not tried, no backoff recorded, and the next run after the
