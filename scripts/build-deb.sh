@@ -119,6 +119,22 @@ mkdir -p "$root/${GENERATOR%/*}"
 ln -s "$GENERATOR_TARGET" "$root/$GENERATOR"
 [ -x "$root/$GENERATOR" ] || die "$GENERATOR -> $GENERATOR_TARGET does not resolve"
 
+# A binary linked statically (the release's phoenix-hook, a static PIE):
+# it carries glibc's code, so the control file names the source it came
+# from, as the libc6-dev it was linked with (Built-Using, Debian policy
+# 7.8); and lintian takes a static PIE, an ELF shared object with no
+# NEEDED, for a shared library that lacks its prerequisites (as it does
+# ldconfig, libc-bin's override), which it is not.
+built_using=
+for b in "${BINARIES[@]}"; do
+  if ! grep -q '(NEEDED)' <<<"$(readelf -d "$root/usr/bin/$b")"; then
+    built_using="Built-Using: glibc (= $(dpkg-query -W -f='${source:Version}' libc6-dev))"$'\n'
+    printf '\n# usr/bin/%s is a static PIE (scripts/build-release.sh), not a library.\n%s\n' \
+      "$b" "$PACKAGE: shared-library-lacks-prerequisites [usr/bin/$b]" \
+      >>"$root/usr/share/lintian/overrides/$PACKAGE"
+  fi
+done
+
 # --- DEBIAN/ -----------------------------------------------------------------
 mkdir -p "$root/DEBIAN"
 printf '%s\n' "${CONFFILES[@]}" > "$root/DEBIAN/conffiles"
@@ -163,17 +179,6 @@ depends=$(
   fi
 )
 [[ $depends == libc6* ]] || die "Depends '$depends' does not name libc6"
-
-# Built-Using: a binary linked statically (the release's phoenix-hook)
-# carries glibc's code; Debian policy 7.8 names the source it came from,
-# as the libc6-dev it was linked with.
-built_using=
-for b in "${BINARIES[@]}"; do
-  if ! readelf -d "$root/usr/bin/$b" | grep -q '(NEEDED)'; then
-    built_using="Built-Using: glibc (= $(dpkg-query -W -f='${source:Version}' libc6-dev))"$'\n'
-    break
-  fi
-done
 
 cat > "$root/DEBIAN/control" <<CONTROL
 Package: $PACKAGE
