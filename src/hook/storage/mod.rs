@@ -339,11 +339,11 @@ impl Storages {
         Ok(b)
     }
 
-    /// [`mode_below`] from `base`, resolved.
-    fn mode_below(&self, base: Option<&Path>, path: &Path) -> io::Result<Option<u32>> {
-        match base {
-            Some(b) if path.starts_with(b) => mode_below(Some((b, &self.resolve(b)?.dir)), path),
-            _ => mode_below(None, path),
+    /// [`mode_below`] from `path`'s base ([`Storages::base_of`]), resolved.
+    fn mode_below(&self, path: &Path) -> io::Result<Option<u32>> {
+        match self.base_of(path) {
+            Some(b) => mode_below(Some((&b, &self.resolve(&b)?.dir)), path),
+            None => mode_below(None, path),
         }
     }
 
@@ -367,10 +367,7 @@ impl Storages {
     /// Whether `path` exists, looked at as [`Storages::check`] looks at
     /// it: no link followed below its base, nor the last component.
     pub fn exists(&self, path: &Path) -> bool {
-        matches!(
-            self.mode_below(self.base_of(path).as_deref(), path),
-            Ok(Some(_))
-        )
+        matches!(self.mode_below(path), Ok(Some(_)))
     }
 
     /// `path` as the kernel resolves it, without following a link a guest
@@ -382,12 +379,7 @@ impl Storages {
         match self.base_of(path) {
             Some(b) => {
                 let rest = path.strip_prefix(&b).ok()?;
-                let real = self.resolve(&b).ok()?.real.clone();
-                Some(if rest.as_os_str().is_empty() {
-                    real
-                } else {
-                    real.join(rest)
-                })
+                Some(self.resolve(&b).ok()?.real.join(rest))
             }
             None => Some(path.to_path_buf()),
         }
@@ -405,24 +397,19 @@ impl Storages {
         }
         // The path itself may be a guest's (or under one's): it is looked
         // at without following a link below the storage it lies on.
-        let exists = |base: Option<&Path>, p: &Path| match self.mode_below(base, p) {
+        let exists = || match self.mode_below(path) {
             Ok(Some(m)) if m & nix::libc::S_IFMT == nix::libc::S_IFLNK => Err(format!(
                 "{what} '{}' is {}",
-                p.display(),
+                path.display(),
                 guestdir::kind_name(m)
             )),
             Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(format!("{what} '{}' does not exist", p.display())),
+            Ok(None) => Err(format!("{what} '{}' does not exist", path.display())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(format!("{what} '{}' does not exist", p.display()))
+                Err(format!("{what} '{}' does not exist", path.display()))
             }
-            Err(e) => Err(format!("{what} '{}': {e}", p.display())),
+            Err(e) => Err(format!("{what} '{}': {e}", path.display())),
         };
-        let required = self
-            .required
-            .iter()
-            .filter(|r| path.starts_with(r))
-            .max_by_key(|r| r.components().count());
         let mut checked = Vec::new();
         for r in self.required.iter().filter(|r| path.starts_with(r)) {
             if !is_mount_point(table, r) {
@@ -447,7 +434,7 @@ impl Storages {
                     let ok = s
                         .mounted(table, path)
                         .map_err(|e| format!("{what} '{}': {e}", path.display()))?;
-                    exists(Some(&s.path), path).map_err(|e| format!("{e} on {}", s.describe()))?;
+                    exists().map_err(|e| format!("{e} on {}", s.describe()))?;
                     Ok(format!(
                         "{what} '{}' exists on {ok}{}",
                         path.display(),
@@ -455,7 +442,7 @@ impl Storages {
                     ))
                 }
                 None => {
-                    exists(required.map(PathBuf::as_path), path)?;
+                    exists()?;
                     Ok(format!(
                         "{what} '{}' exists (on no storage of '{}': no storage mount to check{})",
                         path.display(),
@@ -476,8 +463,7 @@ impl Storages {
                             root.display()
                         ));
                     }
-                    exists(Some(&mount_point), path)
-                        .map_err(|e| format!("{e} on storage '{name}'"))?;
+                    exists().map_err(|e| format!("{e} on storage '{name}'"))?;
                     Ok(format!(
                         "{what} '{}' exists on mounted storage '{name}' (no '{}': '{}' taken \
                          for its mount point){}",
@@ -488,7 +474,7 @@ impl Storages {
                     ))
                 }
                 None => {
-                    exists(required.map(PathBuf::as_path), path)?;
+                    exists()?;
                     Ok(format!(
                         "{what} '{}' exists (not under '{}': no storage mount to check{})",
                         path.display(),
