@@ -11,11 +11,7 @@ use std::os::unix::net::UnixDatagram;
 /// Tell the service manager what we are doing now: `STATUS=text` (one
 /// line; newlines become spaces).
 pub fn status(text: &str) {
-    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let line = format!("STATUS={}", text.replace('\n', " "));
-    let _ = send(&socket, line.as_bytes());
+    notify("", text);
 }
 
 /// Tell the service manager the unit's work is done (`READY=1`, with
@@ -24,10 +20,15 @@ pub fn status(text: &str) {
 /// which for a sandboxed unit includes tearing its mount namespace down
 /// (milliseconds, BENCHMARKS.md).
 pub fn ready(text: &str) {
+    notify("READY=1\n", text);
+}
+
+/// `fields` then `STATUS=text`, when systemd gave us a socket.
+fn notify(fields: &str, text: &str) {
     let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
-    let msg = format!("READY=1\nSTATUS={}", text.replace('\n', " "));
+    let msg = format!("{fields}STATUS={}", text.replace('\n', " "));
     let _ = send(&socket, msg.as_bytes());
 }
 

@@ -76,7 +76,7 @@ where
 
 /// Parse the command line; any usage error (a missing argument, a VMID
 /// that is not a number) prints the error and the usage line and exits 2.
-pub fn parse_args<I, T>(argv: I) -> Result<Args, u8>
+fn parse_args<I, T>(argv: I) -> Result<Args, u8>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
