@@ -20,4 +20,8 @@ for f in src/bin/*.rs; do
   [ "$b" = phoenix-hook ] || others+=(--bin "$b")
 done
 cargo build --release --quiet "$@" "${others[@]}"
-cargo rustc --release --quiet "$@" --bin phoenix-hook -- -C target-feature=+crt-static
+# -z pack-relative-relocs: a static PIE relocates itself at start; its
+# 5,500 relative relocations take 1.3 KB as RELR (binutils 2.38, glibc
+# 2.36) instead of 130 KB of RELA read at every start (0.5 MiB of RSS).
+cargo rustc --release --quiet "$@" --bin phoenix-hook -- -C target-feature=+crt-static \
+  -C link-arg=-Wl,-z,pack-relative-relocs

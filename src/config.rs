@@ -666,13 +666,18 @@ impl Config {
 /// a value of the wrong shape is a [`Kind::Config`] error naming the file,
 /// the key path and line:column. `what` names the document in messages.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
-    let bytes = fsutil::read_limited(path, JSON_LIMIT).map_err(|e| {
+    parse_json(&read_json_bytes(path, what)?, path, what)
+}
+
+/// The bytes of the JSON document [`read_json`] reads, bounded; a missing
+/// or unreadable file is its [`Kind::Config`] error.
+pub fn read_json_bytes(path: &Path, what: &str) -> Result<Vec<u8>> {
+    fsutil::read_limited(path, JSON_LIMIT).map_err(|e| {
         err(
             Kind::Config,
             format!("cannot read {what} '{}': {e}", path.display()),
         )
-    })?;
-    parse_json(&bytes, path, what)
+    })
 }
 
 /// [`read_json`] on bytes already read from `path`.

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::config::read_json;
@@ -275,6 +276,148 @@ pub fn read_lxc_configs(path: &Path) -> Result<LxcConfigs> {
     read_json(path, "LXC configuration")
 }
 
+/// Container `vmid` of `phoenix_lxc_configs.json` (`None`: not there),
+/// as [`read_lxc_configs`] would give it, without building the others:
+/// phoenix-hook runs for one guest at a time, at every start. The other
+/// containers' entries only have to be JSON; their fields are not looked
+/// at (a mistake in one of them is not this guest's to refuse a start
+/// for). An error is reported as [`read_lxc_configs`] reports it.
+pub fn read_lxc_config(path: &Path, vmid: u32) -> Result<Option<Lxc>> {
+    const WHAT: &str = "LXC configuration";
+    let bytes = crate::config::read_json_bytes(path, WHAT)?;
+    let top = Top {
+        field: "lxc_configs",
+        seed: OneOf::<Lxc>::new(vmid),
+    };
+    match top.deserialize(&mut serde_json::Deserializer::from_slice(&bytes)) {
+        Ok(found) => Ok(found),
+        Err(e) => Err(strict_error::<LxcConfigs>(&bytes, path, WHAT, e)),
+    }
+}
+
+/// The name of VM `vmid` in `phoenix_vm_configs.json` (`None`: not
+/// there; the first one, if several have that VMID), reading the other
+/// VMs as [`read_lxc_config`] reads the other containers.
+pub fn read_vm_name(path: &Path, vmid: u32) -> Result<Option<String>> {
+    const WHAT: &str = "VM configuration";
+    /// The two fields looked at, of every VM.
+    #[derive(Deserialize)]
+    struct Named {
+        vmid: u32,
+        name: String,
+    }
+    let bytes = crate::config::read_json_bytes(path, WHAT)?;
+    let top = Top {
+        field: "vms",
+        seed: std::marker::PhantomData::<Vec<Named>>,
+    };
+    match top.deserialize(&mut serde_json::Deserializer::from_slice(&bytes)) {
+        Ok(vms) => Ok(vms.into_iter().find(|v| v.vmid == vmid).map(|v| v.name)),
+        Err(e) => Err(strict_error::<VmConfigs>(&bytes, path, WHAT, e)),
+    }
+}
+
+/// The error of a targeted read: the full reader's, which names the key
+/// path and line:column (the targeted one fails only where it would);
+/// this one's own if that one passes.
+fn strict_error<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    path: &Path,
+    what: &str,
+    e: serde_json::Error,
+) -> anyhow::Error {
+    match crate::config::parse_json::<T>(bytes, path, what) {
+        Err(strict) => strict,
+        Ok(_) => crate::exit::err(
+            crate::exit::Kind::Config,
+            format!("{what} '{}': {e}", path.display()),
+        ),
+    }
+}
+
+/// A document's one field `field`, read with `seed`; the other fields are
+/// only skipped. A missing `field` is serde's "missing field" error.
+struct Top<S> {
+    field: &'static str,
+    seed: S,
+}
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Top<S> {
+    type Value = S::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for Top<S> {
+    type Value = S::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "an object with \"{}\"", self.field)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<S::Value, A::Error> {
+        let mut seed = Some(self.seed);
+        let mut found = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match (key == self.field, seed.take()) {
+                (true, Some(s)) => found = Some(map.next_value_seed(s)?),
+                (true, None) => return Err(de::Error::duplicate_field(self.field)),
+                (false, s) => {
+                    seed = s;
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        found.ok_or_else(|| de::Error::missing_field(self.field))
+    }
+}
+
+/// The value of key `id` of a map keyed by VMID, the others skipped (the
+/// last one wins, as in a `BTreeMap`); every key must be a VMID.
+struct OneOf<T> {
+    id: u32,
+    of: std::marker::PhantomData<T>,
+}
+
+impl<T> OneOf<T> {
+    fn new(id: u32) -> Self {
+        OneOf {
+            id,
+            of: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for OneOf<T> {
+    type Value = Option<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for OneOf<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map keyed by VMID")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<T>, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<u32>()? {
+            if key == self.id {
+                found = Some(map.next_value::<T>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
 /// Read `phoenix_vm_configs.json`.
 pub fn read_vm_configs(path: &Path) -> Result<VmConfigs> {
     read_json(path, "VM configuration")
@@ -329,6 +472,83 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("vms[1].swarm_role"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn one_container_is_read_as_the_whole_file_gives_it() {
+        let (_d, p) = write(
+            "lxc.json",
+            r#"{"nvidia_driver_version": "1", "lxc_configs": {"103": {"name": "Step-CA",
+               "unprivileged": true, "gpu_assignment": "none",
+               "mount_points": [{"host_path": "/mnt/pve/quickOS/x", "container_path": "/etc/step-ca/ssl"}]},
+               "101": {"name": "Nginx", "mount_points": [{"host_path": "/a", "container_path": "/b"}]},
+               "101": {"name": "Nginx again"}}}"#,
+        );
+        let all = read_lxc_configs(&p).unwrap();
+        for id in [101, 103] {
+            let one = read_lxc_config(&p, id).unwrap().unwrap();
+            assert_eq!(
+                format!("{one:?}"),
+                format!("{:?}", all.lxc_configs[&id]),
+                "{id}"
+            );
+        }
+        assert!(read_lxc_config(&p, 104).unwrap().is_none());
+    }
+
+    #[test]
+    fn one_container_does_not_answer_for_the_others() {
+        // Another container's mistake: not this one's to refuse.
+        let (_d, p) = write(
+            "lxc.json",
+            r#"{"lxc_configs": {"103": {"name": 7}, "101": {"name": "Nginx"}}}"#,
+        );
+        assert_eq!(read_lxc_config(&p, 101).unwrap().unwrap().name, "Nginx");
+        // Its own is refused as the whole file's reader refuses it.
+        let e = read_lxc_config(&p, 103).unwrap_err();
+        assert_eq!(kind_of(&e), Kind::Config);
+        let msg = e.to_string();
+        assert!(msg.contains("lxc_configs.103.name"), "{msg}");
+        assert!(msg.contains(&p.display().to_string()), "{msg}");
+        // Not JSON, a key that is no VMID, no lxc_configs at all: refused
+        // for every container, by the same messages.
+        for (text, says) in [
+            (
+                r#"{"lxc_configs": {"101": {"name": "x"},}}"#,
+                "trailing comma",
+            ),
+            (
+                r#"{"lxc_configs": {"ct101": {"name": "x"}}}"#,
+                "lxc_configs",
+            ),
+            (r#"{"vms": []}"#, "missing field `lxc_configs`"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = read_lxc_config(&p, 101).unwrap_err();
+            let full = read_lxc_configs(&p).unwrap_err();
+            assert_eq!(kind_of(&e), Kind::Config, "{text}");
+            assert_eq!(e.to_string(), full.to_string(), "{text}");
+            assert!(e.to_string().contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn one_vm_name_is_read_as_the_whole_file_gives_it() {
+        let (_d, p) = write(
+            "vm.json",
+            r#"{"vms": [{"vmid": 1001, "name": "Portainer", "swarm_role": "boss"},
+               {"vmid": 1002, "name": "w"}, {"vmid": 1002, "name": "second"}]}"#,
+        );
+        assert_eq!(read_vm_name(&p, 1002).unwrap().as_deref(), Some("w"));
+        assert_eq!(
+            read_vm_name(&p, 1001).unwrap().as_deref(),
+            Some("Portainer")
+        );
+        assert_eq!(read_vm_name(&p, 1003).unwrap(), None);
+        std::fs::write(&p, r#"{"vms": [{"vmid": "1001", "name": "P"}]}"#).unwrap();
+        let e = read_vm_name(&p, 1001).unwrap_err();
+        assert_eq!(kind_of(&e), Kind::Config);
+        assert!(e.to_string().contains("vms[0].vmid"), "{e}");
     }
 
     #[test]

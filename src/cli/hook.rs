@@ -83,6 +83,10 @@ where
 {
     use clap::error::ErrorKind;
     use clap::CommandFactory;
+    let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+    if let Some(args) = as_proxmox_calls(&argv, std::env::var_os("PHOENIX_CONFIG")) {
+        return Ok(args);
+    }
     match Args::try_parse_from(argv) {
         Ok(a) => Ok(a),
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -98,6 +102,47 @@ where
             Err(Kind::Config.code())
         }
     }
+}
+
+/// `argv` parsed without clap when it is the one form Proxmox uses,
+/// `phoenix-hook VMID PHASE`: a VMID of digits from 1 to 4294967295 with no
+/// leading zero, a phase that is not an option, no option at all. These
+/// give what clap gives (`as_proxmox_calls_is_what_clap_parses`); anything
+/// else (an option, `--help`, a usage error) is left to clap (`None`).
+/// Building clap's command, help texts included, was a tenth of the
+/// hook's run (BENCHMARKS.md, "phoenix-hook").
+///
+/// `config`: `$PHOENIX_CONFIG` (clap's `env`), taken when set and not
+/// empty; an empty one is left to clap.
+fn as_proxmox_calls(
+    argv: &[std::ffi::OsString],
+    config: Option<std::ffi::OsString>,
+) -> Option<Args> {
+    let [_, vmid, phase] = argv else {
+        return None;
+    };
+    let vmid = vmid.to_str()?;
+    let phase = phase.to_str()?;
+    if !vmid.bytes().all(|b| b.is_ascii_digit()) || vmid.starts_with('0') {
+        return None;
+    }
+    let vmid: u32 = vmid.parse().ok()?;
+    if phase.is_empty() || phase.starts_with('-') {
+        return None;
+    }
+    if config.as_ref().is_some_and(|c| c.is_empty()) {
+        return None;
+    }
+    Some(Args {
+        common: Common {
+            config: config.map(Into::into),
+            verbose: 0,
+            quiet: false,
+            syslog: false,
+        },
+        vmid,
+        phase: phase.to_string(),
+    })
 }
 
 impl Args {
@@ -161,5 +206,54 @@ mod tests {
         assert!(Args::try_parse_from(["phoenix-hook", "0", "pre-start"]).is_err());
         assert!(Args::try_parse_from(["phoenix-hook", "103"]).is_err());
         assert!(parse_args(["phoenix-hook", "x", "pre-start"]).is_err());
+    }
+
+    /// The parse without clap gives what clap gives, and leaves every
+    /// other command line to it.
+    #[test]
+    fn as_proxmox_calls_is_what_clap_parses() {
+        use std::ffi::OsString;
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (&["103", "pre-start"], None),
+            (&["103", "post-stop"], Some("/etc/phoenix/other.json")),
+            (&["4294967295", "pre-start"], None),
+            (&["1", "pre-migrate"], None),
+            (&["103", "pre start"], None),
+        ];
+        for (args, env) in cases {
+            let argv: Vec<OsString> = std::iter::once("phoenix-hook")
+                .chain(args.iter().copied())
+                .map(OsString::from)
+                .collect();
+            let ours = as_proxmox_calls(&argv, env.map(OsString::from))
+                .unwrap_or_else(|| panic!("{args:?} was left to clap"));
+            let mut theirs = Args::try_parse_from(&argv).unwrap();
+            // clap reads the variable itself: give it what ours was given.
+            theirs.common.config = env.map(Into::into);
+            assert_eq!(format!("{ours:?}"), format!("{theirs:?}"), "{args:?}");
+        }
+        for args in [
+            &["0", "pre-start"][..],
+            &["0103", "pre-start"],
+            &["+103", "pre-start"],
+            &["4294967296", "pre-start"],
+            &["ct103", "pre-start"],
+            &["103", "-v"],
+            &["103", ""],
+            &["-v", "103", "pre-start"],
+            &["103", "pre-start", "--quiet"],
+            &["--help"],
+            &["103"],
+        ] {
+            let argv: Vec<OsString> = std::iter::once("phoenix-hook")
+                .chain(args.iter().copied())
+                .map(OsString::from)
+                .collect();
+            assert!(as_proxmox_calls(&argv, None).is_none(), "{args:?}");
+        }
+        let argv: Vec<OsString> = ["phoenix-hook", "103", "pre-start"]
+            .map(OsString::from)
+            .to_vec();
+        assert!(as_proxmox_calls(&argv, Some(OsString::new())).is_none());
     }
 }

@@ -214,18 +214,15 @@ fn pre_start(config: &Config, vmid: u32) -> Result<()> {
     let is_ca = vmid == config.ca.guest_id;
     let gate = gate_timeout(config, vmid);
     let lxc_path = config.lxc_configs_path();
-    let mut lxc = phoenix::read_lxc_configs(&lxc_path)?;
-    let ct: Option<Lxc> = lxc.lxc_configs.remove(&vmid);
-    drop(lxc);
+    let ct: Option<Lxc> = phoenix::read_lxc_config(&lxc_path, vmid)?;
     let name = match (&ct, is_ca) {
         (Some(ct), true) => format!("CA container {vmid} ({})", ct.name),
         (None, true) => format!("CA guest {vmid}"),
         (Some(ct), false) => format!("container {vmid} ({})", ct.name),
         (None, false) => {
             // Only for the message: a VM has no bind mounts to check.
-            let vms = phoenix::read_vm_configs(&config.vm_configs_path())?;
-            match vms.vms.iter().find(|v| v.vmid == vmid) {
-                Some(vm) => format!("VM {vmid} ({})", vm.name),
+            match phoenix::read_vm_name(&config.vm_configs_path(), vmid)? {
+                Some(vm) => format!("VM {vmid} ({vm})"),
                 None if gate.is_some() => format!("guest {vmid}"),
                 None => {
                     log::info!("guest not in the Phoenix configs: nothing to do");

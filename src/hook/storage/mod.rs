@@ -148,17 +148,24 @@ impl Storage {
 /// storage reached through the host's own link still counts. Below it a
 /// guest may write (a bind-mount source, the CA state directory), so from
 /// there each directory is opened with `O_NOFOLLOW` ([`guestdir`]) and
-/// the last component is not followed either. Without a `base`, nothing
-/// on the way is followed.
-fn mode_below(base: Option<(&Path, &Dir)>, path: &Path) -> io::Result<Option<u32>> {
-    let root;
-    let (first, rest) = match base.and_then(|(b, dir)| Some((dir, path.strip_prefix(b).ok()?))) {
-        Some(start) => start,
-        None => {
-            root = Dir::open(Path::new("/"))?;
-            (&root, path)
-        }
-    };
+/// the last component is not followed either. `walked` keeps the
+/// directories opened on the way, by base and the path below it: a
+/// container's mounts and the CA's secrets mostly share their first
+/// directories, and each is opened once (and is then the same directory
+/// for every later check of the run).
+fn mode_below(
+    base: (&Path, &Dir),
+    path: &Path,
+    walked: &RefCell<HashMap<(PathBuf, PathBuf), Rc<Dir>>>,
+) -> io::Result<Option<u32>> {
+    let (base, first) = base;
+    let rest = path.strip_prefix(base).map_err(|_| {
+        io::Error::other(format!(
+            "'{}' is not under '{}'",
+            path.display(),
+            base.display()
+        ))
+    })?;
     let mut names: Vec<&OsStr> = rest
         .components()
         .filter_map(|c| match c {
@@ -169,14 +176,26 @@ fn mode_below(base: Option<(&Path, &Dir)>, path: &Path) -> io::Result<Option<u32
     let Some(last) = names.pop() else {
         return first.metadata().map(|m| Some(m.mode()));
     };
-    let mut below: Option<Dir> = None;
+    let mut below: Option<Rc<Dir>> = None;
+    let mut at = PathBuf::new();
     for name in names {
-        match below.as_ref().unwrap_or(first).subdir(name)? {
-            Some(d) => below = Some(d),
-            None => return Ok(None),
-        }
+        at.push(name);
+        let key = (base.to_path_buf(), at.clone());
+        let cached = walked.borrow().get(&key).cloned();
+        let dir = match cached {
+            Some(d) => d,
+            None => match below.as_deref().unwrap_or(first).subdir(name)? {
+                Some(d) => {
+                    let d = Rc::new(d);
+                    walked.borrow_mut().insert(key, Rc::clone(&d));
+                    d
+                }
+                None => return Ok(None),
+            },
+        };
+        below = Some(dir);
     }
-    below.as_ref().unwrap_or(first).mode_of(last)
+    below.as_deref().unwrap_or(first).mode_of(last)
 }
 
 /// A base resolved ([`Storages::check`] walks from it): where it leads,
@@ -184,7 +203,7 @@ fn mode_below(base: Option<(&Path, &Dir)>, path: &Path) -> io::Result<Option<u32
 #[derive(Debug)]
 struct Base {
     real: PathBuf,
-    dir: Dir,
+    dir: Rc<Dir>,
 }
 
 /// Whether `dir` is a mount point: as written, or (reached through a
@@ -228,6 +247,9 @@ pub struct Storages {
     /// Bases resolved and opened so far ([`Storages::resolve`]): a
     /// container's mounts and the CA's secrets mostly share one storage.
     resolved: RefCell<HashMap<PathBuf, Rc<Base>>>,
+    /// Directories opened below a base so far, by the base and the path
+    /// below it ([`mode_below`]).
+    walked: RefCell<HashMap<(PathBuf, PathBuf), Rc<Dir>>>,
 }
 
 impl Storages {
@@ -247,6 +269,7 @@ impl Storages {
                 required: required.to_vec(),
                 warnings: Vec::new(),
                 resolved: RefCell::default(),
+                walked: RefCell::default(),
             }),
             Err(e) => Err(e).with_context(|| {
                 format!("reading the storage configuration '{}'", cfg_path.display())
@@ -287,6 +310,7 @@ impl Storages {
             required: required.to_vec(),
             warnings,
             resolved: RefCell::default(),
+            walked: RefCell::default(),
         }
     }
 
@@ -331,7 +355,7 @@ impl Storages {
             return Ok(Rc::clone(b));
         }
         let real = std::fs::canonicalize(base)?;
-        let dir = Dir::open(&real)?;
+        let dir = Rc::new(Dir::open(&real)?);
         let b = Rc::new(Base { real, dir });
         self.resolved
             .borrow_mut()
@@ -339,12 +363,28 @@ impl Storages {
         Ok(b)
     }
 
-    /// [`mode_below`] from `path`'s base ([`Storages::base_of`]), resolved.
+    /// [`mode_below`] from `path`'s base ([`Storages::base_of`]), resolved;
+    /// from `/` (nothing on the way followed) when it has none.
     fn mode_below(&self, path: &Path) -> io::Result<Option<u32>> {
-        match self.base_of(path) {
-            Some(b) => mode_below(Some((&b, &self.resolve(&b)?.dir)), path),
-            None => mode_below(None, path),
+        let (base, dir) = match self.base_of(path) {
+            Some(b) => {
+                let dir = Rc::clone(&self.resolve(&b)?.dir);
+                (b, dir)
+            }
+            None => (PathBuf::from("/"), self.root_dir()?),
+        };
+        mode_below((&base, &dir), path, &self.walked)
+    }
+
+    /// `/`, opened once.
+    fn root_dir(&self) -> io::Result<Rc<Dir>> {
+        let key = (PathBuf::from("/"), PathBuf::new());
+        if let Some(d) = self.walked.borrow().get(&key) {
+            return Ok(Rc::clone(d));
         }
+        let d = Rc::new(Dir::open(Path::new("/"))?);
+        self.walked.borrow_mut().insert(key, Rc::clone(&d));
+        Ok(d)
     }
 
     /// The base [`Storages::check`] walks `path` from: its storage's path
