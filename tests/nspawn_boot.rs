@@ -32,13 +32,16 @@
 //! systemd-nspawn and, the first time, a Debian mirror: without them the
 //! test fails saying which.
 
+mod common;
 mod deb_support;
 mod nspawn_support;
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use nspawn_support::{build_deb, cached_root, entries, project, sections, text, Root};
+use nspawn_support::{
+    build_deb, cached_root, cached_root_of, entries, project, sections, text, Root,
+};
 
 /// Where the fakes live inside the root, and their state.
 const FAKES: &str = "/usr/local/lib/phoenix-fakes";
@@ -541,4 +544,180 @@ fn the_sync_runs_at_a_real_boot_after_it_in_order_and_the_timer_catches_up_once(
         b2.took,
         started.elapsed()
     );
+}
+
+/// Where the chain benchmark's files are inside the root.
+const BENCH: &str = "/var/lib/phoenix-chain-bench";
+
+/// Benchmark (benches/sd_chain_latency.sh): from `phoenix-ca publish` to
+/// the docker stand-in active, with systemd as PID 1 of a booted Debian:
+/// bookworm (systemd 252) and trixie (systemd 257), as the user manager's
+/// bench in tests/systemd.rs measures it (the same variants: the wait
+/// unit as shipped, an `inotifywait` oneshot, the bash loop), the units
+/// as the package ships them, `--bootstrap` included, the real step-ca on
+/// loopback. Both boot with cgroup v2 alone (what both releases boot with
+/// by default; this machine's host is hybrid). systemd 257 starts a
+/// unit's process straight into its cgroup (glibc's `pidfd_spawn` with
+/// `CLONE_INTO_CGROUP`); 252 forks, and the child writes its PID to
+/// `cgroup.procs`, which waits for an RCU grace period on a kernel whose
+/// cgroup mount lacks `favordynmods` (BENCHMARKS.md).
+///
+/// `PHOENIX_BENCH_SUITES` (default "bookworm trixie"),
+/// `PHOENIX_BENCH_RUNS` (30), `PHOENIX_BENCH_BASH_RUNS` (3).
+#[test]
+#[ignore = "benchmark: benches/sd_chain_latency.sh"]
+fn bench_publish_to_docker_active_at_a_real_boot() {
+    let env_n = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let runs = env_n("PHOENIX_BENCH_RUNS", 30);
+    let bash_runs = env_n("PHOENIX_BENCH_BASH_RUNS", 3);
+    let suites = std::env::var("PHOENIX_BENCH_SUITES").unwrap_or_else(|_| "bookworm trixie".into());
+    let ca = common::TestCa::start(None);
+    let ca_dir = format!("{BENCH}/ca");
+    let host_dir = format!("{BENCH}/ca-host");
+    let guest_dir = "/etc/step-ca/ssl";
+    for suite in suites.split_whitespace() {
+        let root = Root::copy_of(&cached_root_of(suite));
+        let state = tempfile::tempdir_in("/var/tmp").unwrap();
+        root.put(
+            "/usr/bin/phoenix-ca",
+            std::fs::read(env!("CARGO_BIN_EXE_phoenix-ca")).unwrap(),
+            0o755,
+        );
+        let units = project().join("units");
+        root.put(
+            "/etc/systemd/system/phoenix-ca-wait.service",
+            std::fs::read(units.join("phoenix-ca-wait.service")).unwrap(),
+            0o644,
+        );
+        root.put(
+            "/etc/systemd/system/docker.service.d/phoenix-ca-wait.conf",
+            std::fs::read(units.join("docker.service.d/phoenix-ca-wait.conf")).unwrap(),
+            0o644,
+        );
+        root.put(
+            "/etc/systemd/system/docker.service",
+            "[Unit]\nDescription=Docker stand-in (tests/nspawn_boot.rs)\n\n\
+             [Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
+            0o644,
+        );
+        root.put(
+            "/etc/phoenix/toolkit.json",
+            serde_json::json!({"ca": {
+                "url": ca.url(),
+                "root_cert": format!("{ca_dir}/steppath/certs/root_ca.crt"),
+                "wait_timeout_secs": 60,
+            }})
+            .to_string(),
+            0o644,
+        );
+        let inotify =
+            format!("/usr/bin/inotifywait -qq -e moved_to --include 'ca\\.ready$' {guest_dir}");
+        let bash = format!("/bin/sh -c 'while [ ! -f {guest_dir}/ca.ready ]; do sleep 5; done'");
+        let variants = [
+            ("phoenix-ca wait (unit as shipped)", None, runs),
+            (
+                "inotifywait -e moved_to --include ca.ready (a oneshot)",
+                Some(inotify),
+                runs,
+            ),
+            (
+                "bash: while [ ! -f ca.ready ]; do sleep 5; done",
+                Some(bash),
+                bash_runs,
+            ),
+        ];
+        root.put(
+            &format!("{BENCH}/bench.json"),
+            serde_json::json!({
+                "host_dir": host_dir,
+                "variants": variants.iter().map(|(name, exec, runs)| serde_json::json!(
+                    {"name": name, "exec": exec, "runs": runs})).collect::<Vec<_>>(),
+            })
+            .to_string(),
+            0o644,
+        );
+        root.put(
+            &format!("{BENCH}/chain-bench.py"),
+            std::fs::read(project().join("tests/nspawn_support/chain-bench.py")).unwrap(),
+            0o755,
+        );
+        root.put(
+            "/etc/systemd/system/phoenix-chain-bench.service",
+            format!(
+                "[Unit]\nDescription=Phoenix chain benchmark\nAfter=multi-user.target\n\n\
+                 [Service]\nType=exec\nExecStart={BENCH}/chain-bench.py\n\n\
+                 [Install]\nWantedBy=multi-user.target\n"
+            ),
+            0o644,
+        );
+        root.link(
+            "/etc/systemd/system/multi-user.target.wants/phoenix-chain-bench.service",
+            "/etc/systemd/system/phoenix-chain-bench.service",
+        );
+        // The CA's state directory: published to as the CA host does, and
+        // the same directory mounted where the VM's wait looks.
+        let state = state.path().display();
+        let boot = root.boot_with(
+            Duration::from_secs(600),
+            &[
+                format!("--bind={state}:{host_dir}"),
+                format!("--bind={state}:{guest_dir}"),
+                format!("--bind-ro={}:{ca_dir}", ca.dir.path().display()),
+            ],
+            &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")],
+        );
+        let result = root.read(&format!("{BENCH}/result.json"));
+        let result: serde_json::Value = serde_json::from_str(&result).unwrap_or_else(|e| {
+            panic!(
+                "{suite}: no result ({e}); nspawn exit {:?}:\n{}\n--- journal\n{}",
+                boot.code,
+                boot.console,
+                root.journal(&["-u", "phoenix-*", "-u", "docker.service"])
+            )
+        });
+        assert!(
+            result.get("error").is_none(),
+            "{suite}: {}\n--- journal\n{}",
+            result["error"].as_str().unwrap_or_default(),
+            root.journal(&["-u", "phoenix-*", "-u", "docker.service"])
+        );
+        let systemd = result["systemd"].as_str().unwrap_or_default().to_string();
+        let mut medians = Vec::new();
+        for (name, _, _) in &variants {
+            let rows: Vec<Vec<f64>> = serde_json::from_value(result[name].clone()).unwrap();
+            let leg = |i: usize| {
+                let mut v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+                v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                v
+            };
+            let at = |v: &[f64], p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+            let total = leg(3);
+            println!(
+                "{suite} ({systemd}) {name}: runs={} p50={:.1}ms p99={:.1}ms max={:.1}ms",
+                total.len(),
+                at(&total, 0.5),
+                at(&total, 0.99),
+                total[total.len() - 1]
+            );
+            println!(
+                "{suite} {name}: p50 from the publish to: wait unit active {:.1}ms, waiter \
+                 exited {:.1}ms, docker ExecStart {:.1}ms, docker active {:.1}ms",
+                at(&leg(0), 0.5),
+                at(&leg(1), 0.5),
+                at(&leg(2), 0.5),
+                at(&total, 0.5)
+            );
+            medians.push(at(&total, 0.5));
+        }
+        println!(
+            "{suite} ratio (ours p50 / inotifywait p50): {:.2}x; (bash p50 / ours p50): {:.1}x",
+            medians[0] / medians[1],
+            medians[2] / medians[0]
+        );
+    }
 }

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# nspawn-root.sh: the Debian bookworm root that tests/nspawn_boot.rs boots
-# with systemd as PID 1 (systemd-nspawn -b), made once per machine and
-# cached; the test boots a copy, so the cache stays as debootstrap left it.
+# nspawn-root.sh: the Debian root that tests/nspawn_boot.rs boots with
+# systemd as PID 1 (systemd-nspawn -b), made once per machine and cached;
+# the test boots a copy, so the cache stays as debootstrap left it.
 #
 #   nspawn-root.sh [CACHE]    make CACHE if needed (default
-#                             /var/cache/phoenix-hooks/nspawn-bookworm),
+#                             /var/cache/phoenix-hooks/nspawn-$SUITE),
 #                             get this machine ready to boot it, print its path
+#
+# $PHOENIX_NSPAWN_SUITE: bookworm (the default: the tests) or trixie (the
+# chain benchmark also boots Debian 13, whose systemd starts a unit's
+# processes straight into its cgroup: BENCHMARKS.md).
 #
 # The root: `debootstrap --variant=minbase` with what the boot needs:
 # systemd and systemd-sysv (PID 1), dbus (systemctl inside talks to the
-# manager over it), python3 (the project's fake qm, pct and docker). About
+# manager over it), python3 (the project's fake qm, pct and docker; the
+# benchmark's driver), ca-certificates (what `phoenix-ca wait --bootstrap`
+# trusts the root with), inotify-tools (the benchmark's floor). About
 # 80 s and 250 MB, once. Built under a lock (concurrent test runs wait for
 # one build) in CACHE.partial, renamed to CACHE when complete: an
 # interrupted build is never booted. CACHE/.phoenix-nspawn-root names what
@@ -26,11 +32,16 @@
 # deb.debian.org. Exit 1 with the reason.
 set -euo pipefail
 
-SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,dbus,python3
+SUITE=${PHOENIX_NSPAWN_SUITE:-bookworm}
+PACKAGES=systemd,systemd-sysv,dbus,python3,ca-certificates,inotify-tools
 STAMP=.phoenix-nspawn-root
 
 die() { printf 'nspawn-root: %s\n' "$*" >&2; exit 1; }
+
+case $SUITE in
+  bookworm | trixie) ;;
+  *) die "PHOENIX_NSPAWN_SUITE='$SUITE': bookworm or trixie" ;;
+esac
 
 CACHE=${1:-/var/cache/phoenix-hooks/nspawn-$SUITE}
 CACHE=${CACHE%/}
@@ -50,7 +61,7 @@ mirror() {
   m=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' |
     grep -v security | head -1 || true)
   [ -n "$m" ] || m=$(grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
-    awk '$3 ~ /^(bookworm|stable)$/ {print $2}' | head -1 || true)
+    awk '$3 ~ /^(bookworm|trixie|stable)$/ {print $2}' | head -1 || true)
   echo "${m:-http://deb.debian.org/debian}"
 }
 

@@ -21,6 +21,11 @@ pub use crate::deb_support::{build_deb, project, text};
 /// it. Panics saying why when this machine cannot: not root, no
 /// debootstrap or systemd-nspawn, no Debian mirror reachable.
 pub fn cached_root() -> PathBuf {
+    cached_root_of("bookworm")
+}
+
+/// [`cached_root`] of Debian `suite` (bookworm or trixie).
+pub fn cached_root_of(suite: &str) -> PathBuf {
     assert!(
         nix::unistd::geteuid().is_root(),
         "booting Debian with systemd-nspawn needs root (debootstrap, mounts, \
@@ -28,6 +33,7 @@ pub fn cached_root() -> PathBuf {
     );
     let out = Command::new("bash")
         .arg(project().join("scripts/lib/nspawn-root.sh"))
+        .env("PHOENIX_NSPAWN_SUITE", suite)
         .stdin(Stdio::null())
         .output()
         .expect("running scripts/lib/nspawn-root.sh");
@@ -102,12 +108,21 @@ impl Root {
     /// `--keep-unit --register=no`: no systemd manager or machined on the
     /// host to register with (nspawn-root.sh).
     pub fn boot(&self, bound: Duration) -> Boot {
+        self.boot_with(bound, &[], &[])
+    }
+
+    /// [`Root::boot`] with more options of `systemd-nspawn` (`--bind=`)
+    /// and variables of its environment (`SYSTEMD_NSPAWN_UNIFIED_HIERARCHY`).
+    pub fn boot_with(&self, bound: Duration, options: &[String], env: &[(&str, &str)]) -> Boot {
         let started = Instant::now();
         let out = Command::new("timeout")
             .args(["--kill-after=10", &bound.as_secs().to_string()])
             .args(["systemd-nspawn", "--quiet", "--keep-unit", "--register=no"])
-            .args(["--console=pipe", "--boot", "-D"])
+            .args(["--console=pipe", "--boot"])
+            .args(options)
+            .arg("-D")
             .arg(&self.path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .env("SYSTEMD_LOG_COLOR", "0")
             .output()
