@@ -922,6 +922,50 @@ lvmthin: local-lvm
         assert!(!s.exists(&st_link.join("103")), "through the link");
     }
 
+    /// The exposure check on the hook's own answer: a source written
+    /// through the host's link to the storage is seen to expose the CA's
+    /// secrets (configured by their real path); a source through a link a
+    /// guest made is not followed there, and the storage check refuses it.
+    #[test]
+    fn exposure_is_seen_through_the_hosts_link_and_not_through_a_guests() {
+        use crate::hook::exposure;
+        let dir = tempfile::tempdir().unwrap();
+        let st = dir.path().join("st");
+        let ca = st.join("103/ssl");
+        std::fs::create_dir_all(ca.join("secrets")).unwrap();
+        std::fs::create_dir_all(ca.join("public")).unwrap();
+        std::fs::create_dir_all(st.join("105")).unwrap();
+        std::fs::write(ca.join("provisioner_password.txt"), "pw").unwrap();
+        let st_link = dir.path().join("st-link");
+        std::os::unix::fs::symlink(&st, &st_link).unwrap();
+        // Container 105 made its own directory a link to the CA's.
+        std::os::unix::fs::symlink(&ca, st.join("105/data")).unwrap();
+        let s = storages(&format!("dir: st\n\tpath {}\n", st_link.display()));
+        let secrets = vec![ca.join("provisioner_password.txt"), ca.join("secrets")];
+        let whole = st_link.join("103/ssl");
+        let public = st_link.join("103/ssl/public");
+        let guests = st_link.join("105/data");
+        let mounts = [
+            (public.as_path(), Path::new("/ca")),
+            (whole.as_path(), Path::new("/etc/step-ca/ssl")),
+            (guests.as_path(), Path::new("/data")),
+        ];
+        let found = exposure::check(mounts, &secrets, &s);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].index, 1);
+        assert_eq!(
+            found[0].files,
+            vec![
+                PathBuf::from("/etc/step-ca/ssl/provisioner_password.txt"),
+                PathBuf::from("/etc/step-ca/ssl/secrets")
+            ]
+        );
+        let why = s
+            .check(&table(&[]), "bind mount source", &guests)
+            .unwrap_err();
+        assert!(why.contains("is a symbolic link (not followed)"), "{why}");
+    }
+
     #[test]
     fn zfs_mounts_are_looked_up_as_written_not_as_resolved() {
         // No mount holds the path as written: a guest's link to where a
