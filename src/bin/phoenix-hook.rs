@@ -39,8 +39,10 @@ mod start {
     #[no_mangle]
     pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
         start_as_std();
+        // Before the first name lookup, not here: glibc reads
+        // nsswitch.conf to configure it, and most runs look nothing up.
         #[cfg(target_feature = "crt-static")]
-        hosts_files_and_dns();
+        phoenix_hooks::ca::health::before_first_lookup(hosts_files_and_dns);
         // argv: std reads it itself on glibc (from `.init_array`), as for any
         // Rust program.
         let status = std::panic::catch_unwind(|| hook::main(std::env::args_os())).unwrap_or(101);
@@ -73,8 +75,9 @@ mod start {
         extern "C" {
             fn __nss_configure_lookup(db: *const c_char, lookups: *const c_char) -> c_int;
         }
-        // SAFETY: two NUL-terminated constants; called before any lookup and
-        // before any other thread exists.
+        // SAFETY: two NUL-terminated constants; called once, before the
+        // first lookup (`before_first_lookup`), and the hook looks up names
+        // from one thread.
         unsafe {
             __nss_configure_lookup(c"hosts".as_ptr(), c"files dns".as_ptr());
         }

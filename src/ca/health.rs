@@ -19,6 +19,29 @@ use rustls::pki_types::{CertificateDer, ServerName};
 /// Largest answer read.
 pub const ANSWER_LIMIT: u64 = 64 * 1024;
 
+/// What a program has asked to run once, before the first host name is
+/// resolved ([`before_first_lookup`]).
+static BEFORE_LOOKUP: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+static LOOKUP_SET_UP: std::sync::Once = std::sync::Once::new();
+
+/// Run `setup` once, before the first host name is resolved, if one ever
+/// is. The static phoenix-hook configures glibc's `hosts` lookups there
+/// (src/bin/phoenix-hook.rs): glibc reads nsswitch.conf to do it, and most
+/// runs of the hook resolve nothing. The first call wins.
+pub fn before_first_lookup(setup: fn()) {
+    let _ = BEFORE_LOOKUP.set(setup);
+}
+
+/// `host:port`'s addresses, after the setup of [`before_first_lookup`].
+fn resolve(host: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    LOOKUP_SET_UP.call_once(|| {
+        if let Some(setup) = BEFORE_LOOKUP.get() {
+            setup();
+        }
+    });
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
 /// `https://host[:port][/prefix]` split for the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
@@ -97,10 +120,8 @@ pub fn check(url: &str, root_pem: &[u8], timeout: Duration) -> Result<(), String
                 )
             })
     };
-    let addrs: Vec<_> = (t.host.as_str(), t.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve '{}': {e}", t.host))?
-        .collect();
+    let addrs =
+        resolve(&t.host, t.port).map_err(|e| format!("cannot resolve '{}': {e}", t.host))?;
     let mut last = format!("'{}' resolves to no address", t.host);
     let mut tcp = None;
     for a in addrs {
