@@ -17,7 +17,9 @@ of the poll interval, so that the poll figures sample the whole interval.
 Prints p50/p99/max per waiter, ours against the floor (target: at most
 1.2x at p50 and p99, pinned and unpinned) and against the bash loop.
 
-  benches/ca_wait_latency.py [--runs 200] [--bash-runs 20] [--bin target/release/phoenix-ca]
+  bash scripts/build-release.sh && benches/ca_wait_latency.py [--runs 200] [--bash-runs 20] [--bin target/release/phoenix-ca]
+
+(phoenix-ca as it ships: a static PIE, scripts/build-release.sh.)
 """
 import argparse
 import json

@@ -38,7 +38,7 @@ PACKAGE=phoenix-hooks
 # Two builds, not one: building the example with the binaries would give a
 # crate they share the features of a dev-dependency (rustix's "fs", from
 # tempfile) and so build the binaries anew. Apart, the binaries are those
-# of scripts/build-release.sh (phoenix-hook a static PIE) and only gen-docs
+# of scripts/build-release.sh (phoenix-hook and phoenix-ca static PIEs) and only gen-docs
 # (and the library, with those features) is built for the docs; linked
 # without LTO (`cargo rustc` flags apply to it alone): it runs once, at
 # build time.
@@ -119,7 +119,8 @@ mkdir -p "$root/${GENERATOR%/*}"
 ln -s "$GENERATOR_TARGET" "$root/$GENERATOR"
 [ -x "$root/$GENERATOR" ] || die "$GENERATOR -> $GENERATOR_TARGET does not resolve"
 
-# A binary linked statically (the release's phoenix-hook, a static PIE):
+# A binary linked statically (the release's phoenix-hook and phoenix-ca,
+# static PIEs):
 # it carries glibc's code, so the control file names the source it came
 # from, as the libc6-dev it was linked with (Built-Using, Debian policy
 # 7.8); and lintian takes a static PIE, an ELF shared object with no

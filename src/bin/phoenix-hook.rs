@@ -42,7 +42,9 @@ mod start {
         // Before the first name lookup, not here: glibc reads
         // nsswitch.conf to configure it, and most runs look nothing up.
         #[cfg(target_feature = "crt-static")]
-        phoenix_hooks::ca::health::before_first_lookup(hosts_files_and_dns);
+        phoenix_hooks::ca::health::before_first_lookup(
+            phoenix_hooks::ca::health::hosts_by_files_and_dns,
+        );
         // argv: std reads it itself on glibc (from `.init_array`), as for any
         // Rust program.
         let status = std::panic::catch_unwind(|| hook::main(std::env::args_os())).unwrap_or(101);
@@ -65,21 +67,5 @@ mod start {
         }
         // SAFETY: ignoring a signal installs no handler; nothing else runs yet.
         let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
-    }
-
-    /// Host names by `/etc/hosts` and DNS only, the two lookups a static glibc
-    /// has in itself (nss.h, `__nss_configure_lookup`: made for static
-    /// programs).
-    #[cfg(target_feature = "crt-static")]
-    fn hosts_files_and_dns() {
-        extern "C" {
-            fn __nss_configure_lookup(db: *const c_char, lookups: *const c_char) -> c_int;
-        }
-        // SAFETY: two NUL-terminated constants; called once, before the
-        // first lookup (`before_first_lookup`), and the hook looks up names
-        // from one thread.
-        unsafe {
-            __nss_configure_lookup(c"hosts".as_ptr(), c"files dns".as_ptr());
-        }
     }
 }

@@ -25,11 +25,34 @@ static BEFORE_LOOKUP: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 static LOOKUP_SET_UP: std::sync::Once = std::sync::Once::new();
 
 /// Run `setup` once, before the first host name is resolved, if one ever
-/// is. The static phoenix-hook configures glibc's `hosts` lookups there
-/// (src/bin/phoenix-hook.rs): glibc reads nsswitch.conf to do it, and most
-/// runs of the hook resolve nothing. The first call wins.
+/// is. The static binaries configure glibc's `hosts` lookups there
+/// ([`hosts_by_files_and_dns`]): glibc reads nsswitch.conf to do it, and
+/// most runs of the hook resolve nothing. The first call wins.
 pub fn before_first_lookup(setup: fn()) {
     let _ = BEFORE_LOOKUP.set(setup);
+}
+
+/// Host names by `/etc/hosts` and DNS only, the two lookups a static glibc
+/// has in itself (nss.h, `__nss_configure_lookup`: made for static
+/// programs), whatever the `hosts:` line of nsswitch.conf lists: a module
+/// there (`myhostname`, `mdns`, `resolve`) is a shared object, which a
+/// static program can load only from the very glibc it was linked with.
+/// For a statically linked program alone (phoenix-hook and phoenix-ca as
+/// released, scripts/build-release.sh), given to [`before_first_lookup`];
+/// in a dynamic one it would override nsswitch.conf for nothing.
+pub fn hosts_by_files_and_dns() {
+    extern "C" {
+        fn __nss_configure_lookup(
+            db: *const std::ffi::c_char,
+            lookups: *const std::ffi::c_char,
+        ) -> std::ffi::c_int;
+    }
+    // SAFETY: two NUL-terminated constants; called once, before the first
+    // lookup ([`before_first_lookup`]), and the programs that set it look
+    // up names from one thread.
+    unsafe {
+        __nss_configure_lookup(c"hosts".as_ptr(), c"files dns".as_ptr());
+    }
 }
 
 /// `host:port`'s addresses, after the setup of [`before_first_lookup`].

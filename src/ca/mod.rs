@@ -369,19 +369,14 @@ pub struct Ready {
 pub fn wait_ready(paths: &CaPaths, opts: &WaitOptions) -> Result<Ready> {
     let started = Instant::now();
     let deadline = started + opts.timeout;
-    let mut watch = DirWatch::new(&paths.dir, opts.inotify);
+    // Made only once a look found the CA not ready: a CA that is ready
+    // already (a guest booting after it) needs no watch, and closing one
+    // waits for its teardown (an SRCU grace period, 2-3 ms here). Made,
+    // the token is looked at once more before any wait, so that a token
+    // renamed in between the first look and the watch is not missed.
+    let mut watch: Option<DirWatch> = None;
     let mut last = String::new();
     let mut next_progress = started + Duration::from_secs(10);
-    log::debug!(
-        "waiting for '{}' ({}, every {} ms)",
-        paths.ready.display(),
-        if watch.uses_inotify() {
-            "inotify and polling"
-        } else {
-            "polling"
-        },
-        opts.interval.as_millis()
-    );
     loop {
         signal::check()?;
         let verdict = token::check(paths);
@@ -391,7 +386,9 @@ pub fn wait_ready(paths: &CaPaths, opts: &WaitOptions) -> Result<Ready> {
             // check to overlap, the watch is left to the close at exit: a
             // watch removed just before the close made the close wait
             // longer (p90 7.9 ms against 0.9 ms, benches/ca_wait_latency.py).
-            watch.suspend();
+            if let Some(w) = watch.as_mut() {
+                w.suspend();
+            }
         }
         let why = match (&verdict, &opts.health) {
             (Verdict::Fresh(t), None) => return Ok(ready(Some(t.clone()), started)),
@@ -437,7 +434,23 @@ pub fn wait_ready(paths: &CaPaths, opts: &WaitOptions) -> Result<Ready> {
                 ),
             ));
         }
-        watch.wait(opts.interval.min(deadline - now));
+        match watch.as_mut() {
+            Some(w) => w.wait(opts.interval.min(deadline - now)),
+            None => {
+                let w = DirWatch::new(&paths.dir, opts.inotify);
+                log::debug!(
+                    "waiting for '{}' ({}, every {} ms)",
+                    paths.ready.display(),
+                    if w.uses_inotify() {
+                        "inotify and polling"
+                    } else {
+                        "polling"
+                    },
+                    opts.interval.as_millis()
+                );
+                watch = Some(w);
+            }
+        }
     }
 }
 
