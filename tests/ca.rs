@@ -473,9 +473,10 @@ fn sigterm_stops_a_wait_promptly() {
 
 #[test]
 fn a_publish_wakes_a_wait_long_before_its_poll_interval() {
-    // The watch is made only after a first look found no token: a token
-    // published right after that look (here, as soon as the waiter says
-    // so) is still seen at once, not at the next poll a minute later.
+    // The watch is made only after a first look found no token (and the
+    // token looked at again before the waiter says what it waits for): a
+    // publish after that is seen at once, not at the next poll a minute
+    // later.
     let env = Env::new();
     env.ok(&["invalidate"]);
     let mut w = env.spawn(&[

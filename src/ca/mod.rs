@@ -372,14 +372,34 @@ pub fn wait_ready(paths: &CaPaths, opts: &WaitOptions) -> Result<Ready> {
     // Made only once a look found the CA not ready: a CA that is ready
     // already (a guest booting after it) needs no watch, and closing one
     // waits for its teardown (an SRCU grace period, 2-3 ms here). Made,
-    // the token is looked at once more before any wait, so that a token
-    // renamed in between the first look and the watch is not missed.
+    // the token is looked at once more before anything is said or awaited,
+    // so that a token renamed in between the first look and the watch is
+    // not missed.
     let mut watch: Option<DirWatch> = None;
+    let watch_dir = || {
+        let w = DirWatch::new(&paths.dir, opts.inotify);
+        log::debug!(
+            "waiting for '{}' ({}, every {} ms)",
+            paths.ready.display(),
+            if w.uses_inotify() {
+                "inotify and polling"
+            } else {
+                "polling"
+            },
+            opts.interval.as_millis()
+        );
+        w
+    };
     let mut last = String::new();
     let mut next_progress = started + Duration::from_secs(10);
     loop {
         signal::check()?;
         let verdict = token::check(paths);
+        let may_be_ready = verdict.is_fresh() || (opts.health.is_some() && verdict.needs_health());
+        if watch.is_none() && !may_be_ready {
+            watch = Some(watch_dir());
+            continue;
+        }
         if opts.health.is_some() && (verdict.is_fresh() || verdict.needs_health()) {
             // Likely the last look: the watch's teardown overlaps the
             // health check rather than delaying the exit. With no health
@@ -434,23 +454,12 @@ pub fn wait_ready(paths: &CaPaths, opts: &WaitOptions) -> Result<Ready> {
                 ),
             ));
         }
-        match watch.as_mut() {
-            Some(w) => w.wait(opts.interval.min(deadline - now)),
-            None => {
-                let w = DirWatch::new(&paths.dir, opts.inotify);
-                log::debug!(
-                    "waiting for '{}' ({}, every {} ms)",
-                    paths.ready.display(),
-                    if w.uses_inotify() {
-                        "inotify and polling"
-                    } else {
-                        "polling"
-                    },
-                    opts.interval.as_millis()
-                );
-                watch = Some(w);
-            }
-        }
+        // Not yet made when the first look found a token that the health
+        // check then refused: made now, it bounds this wait like a
+        // suspended one (the interval).
+        watch
+            .get_or_insert_with(watch_dir)
+            .wait(opts.interval.min(deadline - now));
     }
 }
 
