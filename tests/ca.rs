@@ -68,6 +68,21 @@ impl Env {
         Waiter::start(self.cmd(args))
     }
 
+    /// A `wait --no-health` that polls once a minute only (inotify
+    /// aside), once it has said it found no token.
+    fn spawn_minute_poll_wait(&self) -> Waiter {
+        let mut w = self.spawn(&[
+            "wait",
+            "--no-health",
+            "--timeout",
+            "300",
+            "--interval",
+            "60000",
+        ]);
+        w.expect_line("no readiness token yet");
+        w
+    }
+
     fn generation(&self) -> String {
         let v: serde_json::Value =
             serde_json::from_slice(&fs::read(self.state().join("ca.generation")).unwrap()).unwrap();
@@ -454,15 +469,7 @@ fn bad_configuration_exits_2_naming_file_key_and_position() {
 #[test]
 fn sigterm_stops_a_wait_promptly() {
     let env = Env::new();
-    let mut w = env.spawn(&[
-        "wait",
-        "--no-health",
-        "--timeout",
-        "300",
-        "--interval",
-        "60000",
-    ]);
-    w.expect_line("no readiness token yet");
+    let mut w = env.spawn_minute_poll_wait();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(w.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -479,15 +486,7 @@ fn a_publish_wakes_a_wait_long_before_its_poll_interval() {
     // later.
     let env = Env::new();
     env.ok(&["invalidate"]);
-    let mut w = env.spawn(&[
-        "wait",
-        "--no-health",
-        "--timeout",
-        "300",
-        "--interval",
-        "60000",
-    ]);
-    w.expect_line("no readiness token yet");
+    let mut w = env.spawn_minute_poll_wait();
     env.publish_no_health();
     assert_eq!(w.finish(Duration::from_secs(20)), 0, "{:#?}", w.seen);
     assert!(
