@@ -38,10 +38,10 @@ PACKAGE=phoenix-hooks
 # Two builds, not one: building the example with the binaries would give a
 # crate they share the features of a dev-dependency (rustix's "fs", from
 # tempfile) and so build the binaries anew. Apart, the binaries are those
-# of scripts/build-release.sh (phoenix-hook and phoenix-ca static PIEs) and only gen-docs
-# (and the library, with those features) is built for the docs; linked
-# without LTO (`cargo rustc` flags apply to it alone): it runs once, at
-# build time.
+# of scripts/build-release.sh (phoenix-hook and phoenix-ca static PIEs)
+# and only gen-docs (and the library, with those features) is built for
+# the docs; linked without LTO (`cargo rustc` flags apply to it alone): it
+# runs once, at build time.
 release=${CARGO_TARGET_DIR:-target}/release
 [ -n "$bin_dir" ] || bash scripts/build-release.sh --locked
 [ -n "$docs" ] || cargo rustc --release --locked --quiet --example gen-docs -- -C lto=off
@@ -120,10 +120,9 @@ ln -s "$GENERATOR_TARGET" "$root/$GENERATOR"
 [ -x "$root/$GENERATOR" ] || die "$GENERATOR -> $GENERATOR_TARGET does not resolve"
 
 # A binary linked statically (the release's phoenix-hook and phoenix-ca,
-# static PIEs):
-# it carries glibc's code, so the control file names the source it came
-# from, as the libc6-dev it was linked with (Built-Using, Debian policy
-# 7.8); and lintian takes a static PIE, an ELF shared object with no
+# static PIEs) carries glibc's code, so the control file names the source
+# it came from, as the libc6-dev it was linked with (Built-Using, Debian
+# policy 7.8); and lintian takes a static PIE, an ELF shared object with no
 # NEEDED, for a shared library that lacks its prerequisites (as it does
 # ldconfig, libc-bin's override), which it is not.
 built_using=

@@ -23,14 +23,14 @@ cargo test --all-targets "$@"
 # flag; relinking the one binary takes seconds).
 echo "== tests/hook.rs, phoenix-hook linked as it ships (static PIE)"
 cargo rustc --quiet --bin phoenix-hook -- -C target-feature=+crt-static
-mkdir -p target/static-hook
-cp target/debug/phoenix-hook target/static-hook/phoenix-hook
-PHOENIX_TEST_HOOK_BIN=$PWD/target/static-hook/phoenix-hook cargo test --test hook "$@"
+mkdir -p target/static-bin
+cp target/debug/phoenix-hook target/static-bin/phoenix-hook
+PHOENIX_TEST_HOOK_BIN=$PWD/target/static-bin/phoenix-hook cargo test --test hook "$@"
 # The same for phoenix-ca (tests/ca.rs), also a static PIE as released.
 echo "== tests/ca.rs, phoenix-ca linked as it ships (static PIE)"
 cargo rustc --quiet --bin phoenix-ca -- -C target-feature=+crt-static
-cp target/debug/phoenix-ca target/static-hook/phoenix-ca
-PHOENIX_TEST_CA_BIN=$PWD/target/static-hook/phoenix-ca cargo test --test ca "$@"
+cp target/debug/phoenix-ca target/static-bin/phoenix-ca
+PHOENIX_TEST_CA_BIN=$PWD/target/static-bin/phoenix-ca cargo test --test ca "$@"
 for summary in target/tmp/race-summary.txt target/tmp/race-mutants.txt; do
   if [ -f "$summary" ]; then
     echo "== race harness (tests/race.rs): ${summary##*/}"

@@ -283,56 +283,55 @@ pub fn read_lxc_configs(path: &Path) -> Result<LxcConfigs> {
 /// at (a mistake in one of them is not this guest's to refuse a start
 /// for). An error is reported as [`read_lxc_configs`] reports it.
 pub fn read_lxc_config(path: &Path, vmid: u32) -> Result<Option<Lxc>> {
-    const WHAT: &str = "LXC configuration";
-    let bytes = crate::config::read_json_bytes(path, WHAT)?;
-    let top = Top {
-        field: "lxc_configs",
-        seed: OneOf::<Lxc>::new(vmid),
-    };
-    match top.deserialize(&mut serde_json::Deserializer::from_slice(&bytes)) {
-        Ok(found) => Ok(found),
-        Err(e) => Err(strict_error::<LxcConfigs>(&bytes, path, WHAT, e)),
-    }
+    read_field::<LxcConfigs, _, _>(
+        path,
+        "LXC configuration",
+        "lxc_configs",
+        OneOf::<Lxc>::new(vmid),
+    )
 }
 
 /// The name of VM `vmid` in `phoenix_vm_configs.json` (`None`: not
 /// there; the first one, if several have that VMID), reading the other
 /// VMs as [`read_lxc_config`] reads the other containers.
 pub fn read_vm_name(path: &Path, vmid: u32) -> Result<Option<String>> {
-    const WHAT: &str = "VM configuration";
     /// The two fields looked at, of every VM.
     #[derive(Deserialize)]
     struct Named {
         vmid: u32,
         name: String,
     }
-    let bytes = crate::config::read_json_bytes(path, WHAT)?;
-    let top = Top {
-        field: "vms",
-        seed: std::marker::PhantomData::<Vec<Named>>,
-    };
-    match top.deserialize(&mut serde_json::Deserializer::from_slice(&bytes)) {
-        Ok(vms) => Ok(vms.into_iter().find(|v| v.vmid == vmid).map(|v| v.name)),
-        Err(e) => Err(strict_error::<VmConfigs>(&bytes, path, WHAT, e)),
-    }
+    let vms = read_field::<VmConfigs, _, _>(
+        path,
+        "VM configuration",
+        "vms",
+        std::marker::PhantomData::<Vec<Named>>,
+    )?;
+    Ok(vms.into_iter().find(|v| v.vmid == vmid).map(|v| v.name))
 }
 
-/// The error of a targeted read: the full reader's, which names the key
-/// path and line:column (the targeted one fails only where it would);
-/// this one's own if that one passes.
-fn strict_error<T: serde::de::DeserializeOwned>(
-    bytes: &[u8],
-    path: &Path,
-    what: &str,
-    e: serde_json::Error,
-) -> anyhow::Error {
-    match crate::config::parse_json::<T>(bytes, path, what) {
-        Err(strict) => strict,
-        Ok(_) => crate::exit::err(
-            crate::exit::Kind::Config,
-            format!("{what} '{}': {e}", path.display()),
-        ),
-    }
+/// The one field `field` of the JSON document `path` (`what` in
+/// messages), read with `seed`, the rest skipped. An error is the one the
+/// whole document's reader (`Whole`, as [`read_json`] reads it) gives,
+/// which names the key path and line:column: the targeted read fails
+/// only where that one would; its own error if that one passes.
+fn read_field<Whole, S, V>(path: &Path, what: &str, field: &'static str, seed: S) -> Result<V>
+where
+    Whole: serde::de::DeserializeOwned,
+    S: for<'de> DeserializeSeed<'de, Value = V>,
+{
+    let bytes = crate::config::read_json_bytes(path, what)?;
+    let top = Top { field, seed };
+    top.deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
+        .map_err(
+            |e| match crate::config::parse_json::<Whole>(&bytes, path, what) {
+                Err(strict) => strict,
+                Ok(_) => crate::exit::err(
+                    crate::exit::Kind::Config,
+                    format!("{what} '{}': {e}", path.display()),
+                ),
+            },
+        )
 }
 
 /// A document's one field `field`, read with `seed`; the other fields are

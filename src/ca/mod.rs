@@ -400,7 +400,7 @@ pub fn wait_ready(paths: &CaPaths, opts: &WaitOptions) -> Result<Ready> {
             watch = Some(watch_dir());
             continue;
         }
-        if opts.health.is_some() && (verdict.is_fresh() || verdict.needs_health()) {
+        if opts.health.is_some() && may_be_ready {
             // Likely the last look: the watch's teardown overlaps the
             // health check rather than delaying the exit. With no health
             // check to overlap, the watch is left to the close at exit: a

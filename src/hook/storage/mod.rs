@@ -348,8 +348,8 @@ impl Storages {
     }
 
     /// `base` (a storage's path or mount point, or a required mount: the
-    /// host's configuration) as pve-storage resolves it (`Cwd::realpath`),
-    /// and opened: once per base.
+    /// host's configuration; or `/`) as pve-storage resolves it
+    /// (`Cwd::realpath`), and opened: once per base.
     fn resolve(&self, base: &Path) -> io::Result<Rc<Base>> {
         if let Some(b) = self.resolved.borrow().get(base) {
             return Ok(Rc::clone(b));
@@ -364,27 +364,12 @@ impl Storages {
     }
 
     /// [`mode_below`] from `path`'s base ([`Storages::base_of`]), resolved;
-    /// from `/` (nothing on the way followed) when it has none.
+    /// from `/` (which resolves to itself: nothing on the way followed)
+    /// when it has none.
     fn mode_below(&self, path: &Path) -> io::Result<Option<u32>> {
-        let (base, dir) = match self.base_of(path) {
-            Some(b) => {
-                let dir = Rc::clone(&self.resolve(&b)?.dir);
-                (b, dir)
-            }
-            None => (PathBuf::from("/"), self.root_dir()?),
-        };
+        let base = self.base_of(path).unwrap_or_else(|| PathBuf::from("/"));
+        let dir = Rc::clone(&self.resolve(&base)?.dir);
         mode_below((&base, &dir), path, &self.walked)
-    }
-
-    /// `/`, opened once.
-    fn root_dir(&self) -> io::Result<Rc<Dir>> {
-        let key = (PathBuf::from("/"), PathBuf::new());
-        if let Some(d) = self.walked.borrow().get(&key) {
-            return Ok(Rc::clone(d));
-        }
-        let d = Rc::new(Dir::open(Path::new("/"))?);
-        self.walked.borrow_mut().insert(key, Rc::clone(&d));
-        Ok(d)
     }
 
     /// The base [`Storages::check`] walks `path` from: its storage's path
