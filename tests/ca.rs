@@ -619,6 +619,52 @@ fn health_trusts_only_the_given_root() {
 }
 
 #[test]
+fn a_static_build_resolves_by_files_and_dns_whatever_nsswitch_lists() {
+    // The release links phoenix-ca statically (scripts/build-release.sh;
+    // scripts/test.sh runs this file against such a build): host names
+    // through /etc/hosts and DNS whatever the hosts: line of nsswitch.conf
+    // lists, configured before the first lookup (docs/hook.md). A dynamic
+    // build follows nsswitch.conf. Here it names only a module no glibc
+    // has, in a private mount namespace.
+    let ca = common::TestCa::start(None);
+    let env = Env::new();
+    let nss = env.dir.path().join("nsswitch.conf");
+    fs::write(&nss, "hosts: phoenix-no-such-module\n").unwrap();
+    let script = format!(
+        "mount --bind {} /etc/nsswitch.conf && exec \"$0\" \"$@\"",
+        nss.display()
+    );
+    let by_name = ca.url().replace("127.0.0.1", "localhost");
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(bin())
+        .args(["status", "--json", "--ca-url", &by_name, "--root"])
+        .arg(ca.root_cert())
+        .arg("--state-dir")
+        .arg(env.state())
+        .env("PHOENIX_CONFIG", env.dir.path().join("toolkit.json"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let st: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    let health = st["health"].as_str().unwrap_or_default();
+    let program_headers = Command::new("readelf")
+        .arg("-lW")
+        .arg(bin())
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&program_headers.stdout).contains("INTERP") {
+        assert!(
+            health.contains("cannot resolve 'localhost'"),
+            "dynamic: {st}"
+        );
+    } else {
+        assert_eq!(health, "ok", "static: {st}");
+    }
+}
+
+#[test]
 fn bootstrap_trusts_the_root_the_token_names_once() {
     // `wait --bootstrap` without step: the root from the state directory,
     // checked against the token's fingerprint, into the trust directory,
