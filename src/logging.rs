@@ -10,7 +10,9 @@
 //! go to syslog with the binary's name as ident.
 
 use std::io::Write;
-use std::sync::{Mutex, OnceLock};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::sync::OnceLock;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -39,13 +41,50 @@ impl Options {
     }
 }
 
-type Syslog = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
+/// The local syslog socket: journald's on a systemd host (a link to
+/// `/run/systemd/journal/dev-log`), rsyslog's or syslog-ng's otherwise.
+pub const SYSLOG_SOCKET: &str = "/dev/log";
+
+/// `LOG_DAEMON` (syslog(3)): the facility of every line sent.
+const FACILITY_DAEMON: u8 = 3;
+
+/// Lines sent to the local syslog socket as glibc's syslog(3) sends them,
+/// one datagram each: `<PRI>IDENT[PID]: MESSAGE`, without the RFC 3164
+/// time stamp, which journald and rsyslog's imuxsock replace with the time
+/// they received the line (journald's `syslog_skip_date` skips one if
+/// present; imuxsock ignores it by default).
+struct Syslog {
+    socket: UnixDatagram,
+    /// `IDENT[PID]: `
+    tag: String,
+}
+
+impl Syslog {
+    /// Connected to `path` ([`SYSLOG_SOCKET`]); `None` where there is none
+    /// (a container without a syslog daemon: stderr still works).
+    fn connect(path: &Path, ident: &str) -> Option<Syslog> {
+        let socket = UnixDatagram::unbound().ok()?;
+        socket.connect(path).ok()?;
+        Some(Syslog {
+            socket,
+            tag: format!("{ident}[{}]: ", std::process::id()),
+        })
+    }
+
+    /// Send one line; a full or vanished socket loses it (stderr has it).
+    fn send(&self, level: Level, text: &str) {
+        let pri = FACILITY_DAEMON * 8 + priority(level);
+        let _ = self
+            .socket
+            .send(format!("<{pri}>{}{text}", self.tag).as_bytes());
+    }
+}
 
 struct Logger {
     level: LevelFilter,
     journal: bool,
     prefix: String,
-    syslog: Option<Mutex<Syslog>>,
+    syslog: Option<Syslog>,
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
@@ -58,18 +97,10 @@ pub fn init(opts: &Options) {
         1 => LevelFilter::Debug,
         _ => LevelFilter::Trace,
     };
-    let syslog = if opts.syslog {
-        let formatter = syslog::Formatter3164 {
-            facility: syslog::Facility::LOG_DAEMON,
-            hostname: None,
-            process: opts.ident.clone(),
-            pid: std::process::id(),
-        };
-        // No syslog socket (a container without one): stderr still works.
-        syslog::unix(formatter).ok().map(Mutex::new)
-    } else {
-        None
-    };
+    let syslog = opts
+        .syslog
+        .then(|| Syslog::connect(Path::new(SYSLOG_SOCKET), &opts.ident))
+        .flatten();
     let logger = Logger {
         level,
         journal: stderr_is_journal(),
@@ -156,14 +187,7 @@ impl Log for Logger {
         };
         let _ = err.write_all(line.as_bytes());
         if let Some(syslog) = &self.syslog {
-            if let Ok(mut s) = syslog.lock() {
-                let _ = match record.level() {
-                    Level::Error => s.err(&text),
-                    Level::Warn => s.warning(&text),
-                    Level::Info => s.info(&text),
-                    Level::Debug | Level::Trace => s.debug(&text),
-                };
-            }
+            syslog.send(record.level(), &text);
         }
     }
 
@@ -176,6 +200,32 @@ impl Log for Logger {
 mod tests {
     use super::*;
     use std::ffi::OsStr;
+
+    #[test]
+    fn a_syslog_line_is_priority_ident_pid_and_text() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("log");
+        let daemon = UnixDatagram::bind(&path).unwrap();
+        let s = Syslog::connect(&path, "phoenix-hook").unwrap();
+        let mut buf = [0u8; 256];
+        for (level, pri) in [
+            (Level::Error, 27),
+            (Level::Warn, 28),
+            (Level::Info, 30),
+            (Level::Debug, 31),
+        ] {
+            s.send(level, "101 pre-start: a line");
+            let n = daemon.recv(&mut buf).unwrap();
+            assert_eq!(
+                std::str::from_utf8(&buf[..n]).unwrap(),
+                format!(
+                    "<{pri}>phoenix-hook[{}]: 101 pre-start: a line",
+                    std::process::id()
+                )
+            );
+        }
+        assert!(Syslog::connect(&d.path().join("none"), "x").is_none());
+    }
 
     #[test]
     fn journal_stream_is_device_colon_inode() {
