@@ -675,12 +675,10 @@ fn bootstrap_trusts_the_root_the_token_names_once() {
     let trust = dir.path().join("ca-certificates");
     let log = dir.path().join("update.log");
     let update = dir.path().join("update-ca-certificates");
-    fs::write(
+    common::write_executable(
         &update,
-        format!("#!/bin/sh\necho run >> '{}'\n", log.display()),
-    )
-    .unwrap();
-    fs::set_permissions(&update, fs::Permissions::from_mode(0o755)).unwrap();
+        &format!("#!/bin/sh\necho run >> '{}'\n", log.display()),
+    );
     let update = update.display().to_string();
     let bootstrap = |fp: &str| {
         phoenix_hooks::ca::bootstrap_into(

@@ -221,19 +221,16 @@ fn wait_ended(px: &Proxmox, vmid: u32, pid: i64, bound: Duration) -> GuestOutput
 /// a wrapper setting the fake's environment (not this process's, which
 /// the other test changes).
 fn node_tool(bin: &std::path::Path, root: &std::path::Path, node: &str, tool: &str) -> String {
-    use std::os::unix::fs::PermissionsExt;
     let p = bin.join(format!("{tool}-{node}"));
-    std::fs::write(
+    common::write_executable(
         &p,
-        format!(
+        &format!(
             "#!/bin/sh\nPHOENIX_FAKE_PVE='{state}' FAKE_PVE_CLUSTER='{state}/etc-pve' \
              FAKE_PVE_NODE={node} FAKE_PVE_TOOL={tool} exec '{fake}' \"$@\"\n",
             state = root.display(),
             fake = common::fakes().join("pve.py").display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     p.display().to_string()
 }
 

@@ -12,7 +12,6 @@ mod reliability_support;
 mod renew_support;
 mod swarm_support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -24,8 +23,7 @@ use serde_json::{json, Value};
 use swarm_support::{text, Lab, MANAGER};
 
 fn write_script(path: &Path, body: &str) {
-    std::fs::write(path, body).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    common::write_executable(path, body);
 }
 
 /// Live processes (zombies aside) whose environment holds `marker`

@@ -344,18 +344,15 @@ fn a_stopped_guest_waits_pending_and_the_next_run_delivers_and_acts() {
 /// The fake `tool` (qm, pct) of `pve` as a wrapper in `dir`: it sets the
 /// fake's state directory without touching this process's env.
 fn fake_tool(pve: &common::FakePve, dir: &Path, tool: &str) -> String {
-    use std::os::unix::fs::PermissionsExt;
     let p = dir.join(tool);
-    std::fs::write(
+    common::write_executable(
         &p,
-        format!(
+        &format!(
             "#!/bin/sh\nPHOENIX_FAKE_PVE='{}' exec '{}' \"$@\"\n",
             pve.dir.path().display(),
             common::fakes().join(tool).display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     p.display().to_string()
 }
 

@@ -42,6 +42,28 @@ pub fn reference_etc() -> Option<PathBuf> {
     None
 }
 
+/// Write an executable script (mode 0755) at `path`, by a `sh` child:
+/// this process never holds a descriptor open for writing on it. One
+/// written here would be inherited by a child another test thread forks
+/// meanwhile, and until that child's exec closes it, executing the script
+/// fails with ETXTBSY, "Text file busy" (rust-lang/rust#114554; it failed
+/// a CI run in tests/renew_deliver.rs).
+pub fn write_executable(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new("sh")
+        .args(["-c", "cat >\"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("running sh");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(text.as_bytes()).unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "writing {}: {status}", path.display());
+}
+
 /// `tests/fakes`: fake `qm`, `pct` (and later `docker`).
 pub fn fakes() -> PathBuf {
     project().join("tests/fakes")
@@ -244,10 +266,7 @@ impl FakePve {
 
     /// Put an executable script into the guest's `bin/`.
     pub fn guest_command(&self, guest_dir: &Path, name: &str, script: &str) {
-        use std::os::unix::fs::PermissionsExt;
-        let p = guest_dir.join("bin").join(name);
-        std::fs::write(&p, script).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&guest_dir.join("bin").join(name), script);
     }
 
     /// Every recorded call, in order.

@@ -73,18 +73,15 @@ impl Renewal {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
         let wrapper = d.join("bin/step");
-        std::fs::write(
+        common::write_executable(
             &wrapper,
-            format!(
+            &format!(
                 "#!/bin/sh\n# race harness: timestamp every step call of a renewal run\n\
                  s=$(date +%s%6N)\n{} \"$@\"\nrc=$?\n\
                  echo \"$PPID $s $(date +%s%6N) $rc $1 $2\" >> \"$RACE_STEP_LOG\"\nexit $rc\n",
                 real_step.trim()
             ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let world = Renewal {
             dir,
             variant,

@@ -103,7 +103,6 @@ impl Bench {
     /// 1h`: ahead; `-50m`: behind). The real `step` is the one on PATH.
     /// Returns the PATH to run with.
     pub fn skewed_step(&self, issue_args: &str) -> std::ffi::OsString {
-        use std::os::unix::fs::PermissionsExt;
         let path = crate::common::path_with_fakes();
         let real = std::env::split_paths(&path)
             .map(|d| d.join("step"))
@@ -112,17 +111,15 @@ impl Bench {
         let bin = self.path("skewed-bin");
         std::fs::create_dir_all(&bin).unwrap();
         let wrapper = bin.join("step");
-        std::fs::write(
+        crate::common::write_executable(
             &wrapper,
-            format!(
+            &format!(
                 "#!/bin/sh\necho \"$*\" >> {log}\nif [ \"$1 $2\" = \"ca certificate\" ]; then\n\
                  shift 2; exec {real} ca certificate {issue_args} \"$@\"\nfi\nexec {real} \"$@\"\n",
                 log = self.path("step-calls.log").display(),
                 real = real.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let mut dirs = vec![bin];
         dirs.extend(std::env::split_paths(&path));
         std::env::join_paths(dirs).unwrap()
