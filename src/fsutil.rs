@@ -198,11 +198,30 @@ pub fn read_open_limited(file: File, limit: u64) -> io::Result<Vec<u8>> {
     if meta.len() > limit {
         return Err(too_large());
     }
-    let mut buf = Vec::with_capacity(meta.len().min(limit) as usize);
-    file.take(limit + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > limit {
-        return Err(too_large());
+    // The size fstat gave plus one byte, read at once: an unchanged file
+    // takes one read() and the one that says end of file. (`read_to_end`
+    // through `take` has no size hint and reads 8 KiB, then doubling, then
+    // probes: four reads for a 38 KB file.) A file that grew since, or one
+    // whose size says nothing (/proc, some FUSE files report 0), is read
+    // on in doubling steps of at least 8 KiB, up to `limit + 1` bytes.
+    let bound = usize::try_from(limit).unwrap_or(usize::MAX - 1) + 1;
+    let mut buf = vec![0u8; meta.len() as usize + 1];
+    let mut n = 0;
+    loop {
+        if n == buf.len() {
+            if n >= bound {
+                return Err(too_large());
+            }
+            buf.resize(n.saturating_mul(2).max(8192).min(bound), 0);
+        }
+        match (&file).read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
+    buf.truncate(n);
     Ok(buf)
 }
 
@@ -258,6 +277,16 @@ mod tests {
         );
         assert_eq!(
             read_limited(dir.path(), 10).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        // A file whose size says 0 (procfs): read whole, still bounded.
+        let argv = Path::new("/proc/self/cmdline");
+        let whole = read_limited(argv, 1 << 20).unwrap();
+        assert_eq!(whole, fs::read(argv).unwrap());
+        assert_eq!(
+            read_limited(argv, whole.len() as u64 - 1)
+                .unwrap_err()
+                .kind(),
             io::ErrorKind::InvalidData
         );
         // A FIFO without a writer: refused at once, not waited on.

@@ -5,6 +5,7 @@
 //! NFS server (a `stat()` of the mount point could), and it needs no
 //! `mountpoint` process per path.
 
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
@@ -56,13 +57,30 @@ impl MountTable {
 
     /// Read a table from `path` (tests use a file).
     pub fn read_from(path: &Path) -> Result<MountTable> {
-        // /proc files report size 0, and every read() of one formats the
-        // table anew: read it in one large gulp, not in growing probes.
-        let mut text = Vec::with_capacity(256 << 10);
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut text))
+        // /proc files report size 0, and every read() of this one walks
+        // the mount list again to its position: read it in one gulp, not
+        // in `read_to_end`'s growing probes (8 KiB, 16 KiB...). The zeroed
+        // buffer is calloc'd from fresh mmap'd pages, so only the pages
+        // the kernel writes are ever touched.
+        let mut text = vec![0u8; 256 << 10];
+        let mut n = 0;
+        let mut file = std::fs::File::open(path)
             .with_context(|| format!("reading mount table '{}'", path.display()))?;
-        Ok(Self::parse(&text))
+        loop {
+            if n == text.len() {
+                text.resize(2 * n, 0);
+            }
+            match file.read(&mut text[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("reading mount table '{}'", path.display()))
+                }
+            }
+        }
+        Ok(Self::parse(&text[..n]))
     }
 
     /// Parse mountinfo text; lines that do not parse are skipped (the
@@ -96,25 +114,33 @@ impl MountTable {
 }
 
 fn parse_line(line: &[u8]) -> Option<Mount> {
-    let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-    let dash = fields.iter().position(|f| *f == b"-")?;
-    if dash < 6 || fields.len() < dash + 3 {
-        return None;
-    }
+    // ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTIONS [OPTIONAL...] - TYPE SOURCE
+    // SUPER-OPTIONS (proc_pid_mountinfo(5)).
+    let mut fields = line.split(|&b| b == b' ');
+    let mut next = || fields.next().filter(|f| *f != b"-");
+    let id = next()?;
+    let (_parent, _dev) = (next()?, next()?);
+    let (root, mount_point, options) = (next()?, next()?, next()?);
+    while next().is_some() {}
+    let (fs_type, source) = (fields.next()?, fields.next()?);
     let text = |b: &[u8]| String::from_utf8_lossy(&unescape(b)).into_owned();
+    let path = |b: &[u8]| PathBuf::from(OsString::from_vec(unescape(b).into_owned()));
     Some(Mount {
-        id: std::str::from_utf8(fields[0]).ok()?.parse().ok()?,
-        root: PathBuf::from(OsString::from_vec(unescape(fields[3]))),
-        mount_point: PathBuf::from(OsString::from_vec(unescape(fields[4]))),
-        options: text(fields[5]),
-        fs_type: text(fields[dash + 1]),
-        source: text(fields[dash + 2]),
+        id: std::str::from_utf8(id).ok()?.parse().ok()?,
+        root: path(root),
+        mount_point: path(mount_point),
+        options: text(options),
+        fs_type: text(fs_type),
+        source: text(source),
     })
 }
 
 /// Undo the kernel's octal escapes (`\040` space, `\011` tab, `\012`
-/// newline, `\134` backslash).
-fn unescape(field: &[u8]) -> Vec<u8> {
+/// newline, `\134` backslash); a field without any is borrowed as it is.
+fn unescape(field: &[u8]) -> Cow<'_, [u8]> {
+    if !field.contains(&b'\\') {
+        return Cow::Borrowed(field);
+    }
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
@@ -132,7 +158,7 @@ fn unescape(field: &[u8]) -> Vec<u8> {
         out.push(field[i]);
         i += 1;
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -165,8 +191,8 @@ garbage line
         let m = t.at(Path::new("/mnt/my data")).unwrap();
         assert_eq!(m.root, PathBuf::from("/srv/data"));
         assert!(m.read_only());
-        assert_eq!(unescape(b"a\\134b\\011"), b"a\\b\t");
-        assert_eq!(unescape(b"trailing\\"), b"trailing\\");
+        assert_eq!(&*unescape(b"a\\134b\\011"), b"a\\b\t");
+        assert_eq!(&*unescape(b"trailing\\"), b"trailing\\");
     }
 
     #[test]
