@@ -10,9 +10,9 @@
 #   dependent  pre-start of container 101 (three bind mounts on storage
 #              "quickOS"): storage mounted? every source present? does a
 #              mount expose the CA's secrets (it does: a warning)?
-# The JSON is the reference Phoenix configuration (../shared/reference),
-# with /mnt/pve rewritten to a temporary storage root, which is made a mount
-# point in a private mount namespace (nothing is mounted on the host).
+# The node is benches/hook-fixture.sh's: the reference Phoenix JSON, the
+# storage a mount point in a private mount namespace (nothing is mounted
+# on the host).
 # Prints the median wall time and the peak RSS (the largest process of the
 # run's tree, from wait4) of each, and the ratios, beside the floor of an
 # empty C program measured in turn with each case. phoenix-hook is built as
@@ -20,8 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-300}
-REF=../shared/reference/phoenix-etc
-[ -f "$REF/phoenix_lxc_configs.json" ] || { echo "need $REF" >&2; exit 2; }
+. benches/hook-fixture.sh
 command -v jq >/dev/null || { echo "need jq" >&2; exit 2; }
 
 bash scripts/build-release.sh   # phoenix-hook as it ships: a static PIE
@@ -29,23 +28,7 @@ HOOK=$PWD/target/release/phoenix-hook
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-ROOT=$TMP/pve
-mkdir -p "$TMP/etc" "$ROOT/quickOS/lxc-persistent-data/101/logs" \
-  "$ROOT/quickOS/lxc-persistent-data/101/ssl" "$ROOT/quickOS/lxc-persistent-data/103/ssl"
-for f in phoenix_lxc_configs.json phoenix_vm_configs.json; do
-  sed "s#/mnt/pve/#$ROOT/#g" "$REF/$f" >"$TMP/etc/$f"
-done
-# The CA's state directory on the same storage, with its secrets, as on a
-# node: container 101 mounts it whole, so the hook also warns that the
-# mount exposes them (a warning: the start goes on).
-CA=$ROOT/quickOS/lxc-persistent-data/103/ssl
-mkdir -p "$CA/secrets" "$CA/public"
-echo pw >"$CA/provisioner_password.txt"
-echo key >"$CA/secrets/root_ca_key"
-chmod 600 "$CA/provisioner_password.txt" "$CA/secrets/root_ca_key"
-cat >"$TMP/toolkit.json" <<JSON
-{"phoenix_etc": "$TMP/etc", "storage_root": "$ROOT", "ca": {"state_dir": "$CA"}}
-JSON
+hook_fixture "$TMP"
 
 # The baseline: what a careful bash hookscript does for these two cases.
 cat >"$TMP/hook.sh" <<'BASH'
@@ -147,11 +130,9 @@ cc -O2 -o "$TMP/measure" "$TMP/measure.c"
 printf 'int main(void) { return 0; }\n' >"$TMP/nothing.c"
 cc -O2 -o "$TMP/nothing" "$TMP/nothing.c"
 
-export PHOENIX_CONFIG=$TMP/toolkit.json
 # Both implementations must agree on the outcome before they are timed.
-unshare --mount --propagation private -- bash -c '
+hook_ns "$TMP" bash -c '
   set -e
-  mount --bind "$1/quickOS" "$1/quickOS"
   for id in 101 4242; do "$2" $id pre-start 2>/dev/null; "$3" $id pre-start 2>/dev/null; done
   printf "runs per case: %s, each in turn with the floor (fork + exec + exit of an empty C program)\n" "$5"
   printf "%-10s %20s %20s %9s %9s %16s\n" case phoenix-hook "bash + jq" speed-up "RSS ratio" "floor, / floor"
@@ -165,4 +146,4 @@ unshare --mount --propagation private -- bash -c '
     awk -v ht="$ht" -v hr="$hr" "BEGIN { exit !(ht <= 1.0 && hr <= 3.0) }" || met=no
   done
   echo "target (<= 1.0 ms median, <= 3 MiB peak RSS): $met"
-' sh "$ROOT" "$HOOK" "$TMP/hook.sh" "$TMP/measure" "$RUNS" "$TMP/nothing"
+' sh - "$HOOK" "$TMP/hook.sh" "$TMP/measure" "$RUNS" "$TMP/nothing"
