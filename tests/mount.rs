@@ -6,6 +6,7 @@
 //! `/etc/systemd/system` and `/etc/fstab` are the test's, bound over the
 //! host's in a private namespace).
 
+mod common;
 mod hook_support;
 
 use std::path::{Path, PathBuf};
@@ -313,6 +314,55 @@ fn apply_refuses_a_mount_point_taken_by_another_source() {
         "{out}"
     );
     assert!(err.contains("not mounted as configured:"), "{err}");
+    assert_no_host_mount(v.dir.path());
+}
+
+/// SIGTERM while a mount command hangs (an NFS server that does not
+/// answer): the command's process group is ended, `apply` exits 143 as
+/// every binary does on SIGTERM, and the volumes after it are not tried.
+/// The `mount` it finds first in PATH is a stand-in that says what it was
+/// asked and then hangs; the run is in a private mount namespace all the
+/// same.
+#[test]
+fn apply_stopped_by_sigterm_exits_143_and_tries_no_further_volume() {
+    let v = volumes();
+    let bin = v.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    common::write_executable(
+        &bin.join("mount"),
+        "#!/bin/sh\necho \"$*\" >>\"$MOUNT_LOG\"\nexec sleep 60\n",
+    );
+    let log = v.dir.path().join("mount.log");
+    let mut sh = Command::new("sh");
+    sh.args([
+        "-c",
+        r#"
+        PATH="$BIN:$PATH" "$M" --config "$C" apply & pid=$!
+        i=0
+        while [ ! -s "$MOUNT_LOG" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done
+        kill -TERM $pid
+        wait $pid; echo "apply=$?"
+        "#,
+        "sh",
+    ])
+    .env("M", env!("CARGO_BIN_EXE_phoenix-mount"))
+    .env("C", &v.config)
+    .env("BIN", &bin)
+    .env("MOUNT_LOG", &log)
+    .env_remove("PHOENIX_CONFIG");
+    let o = in_namespace(&[], &sh);
+    let out = stdout(&o);
+    let err = stderr(&o);
+    assert!(out.contains("apply=143"), "{out}\n{err}");
+    let asked = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        asked.lines().count(),
+        1,
+        "only the first volume's mount was run: {asked}"
+    );
+    assert!(asked.contains(&v.src.display().to_string()), "{asked}");
+    assert!(err.contains("stopped: we were asked to stop"), "{err}");
+    assert!(!err.contains("volumes not mounted"), "{err}");
     assert_no_host_mount(v.dir.path());
 }
 

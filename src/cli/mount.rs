@@ -33,12 +33,17 @@ never edited; a mount point it already has is left to it.",
         (
             exit::FAILED,
             "a volume not mounted as configured (check), or not mounted: its \
-             mount command failed, ran past --timeout or was stopped by a \
-             signal, and the others were still tried (apply)",
+             mount command failed or ran past --timeout, and the others were \
+             still tried (apply)",
         ),
         (
             exit::CONFIG,
             "also a generator directory that does not exist",
+        ),
+        (
+            exit::STOPPED,
+            "apply: the mount in progress was stopped (its process group \
+             ended), the volumes after it not tried",
         ),
     ],
 };

@@ -25,9 +25,10 @@ use anyhow::Result;
 
 use crate::config::{Config, MountConfig, MountType};
 use crate::exec::Cmd;
-use crate::exit::{err, Kind};
+use crate::exit::{self, err, Kind};
 use crate::fsutil::{self, FileOptions};
 use crate::phoenix;
+use crate::signal;
 use mountinfo::{Mount, MountTable};
 
 /// Where `systemctl enable` puts its links.
@@ -302,11 +303,14 @@ pub struct ApplyOptions {
 }
 
 /// Mount every volume that is not mounted yet. Already mounted from the
-/// same source: nothing. Something else mounted there: an error naming
-/// both (the other volumes are still mounted).
+/// same source: nothing. Something else mounted there, or a mount command
+/// that fails or runs past its deadline: an error naming it (the other
+/// volumes are still mounted). A stop signal ends the run at once, with
+/// the mount in progress stopped and the volumes after it not tried.
 pub fn apply(volumes: &[Volume], opts: &ApplyOptions) -> Result<()> {
     let mut failed = Vec::new();
     for v in volumes {
+        signal::check()?;
         let table = MountTable::read()?;
         match state(v, &table) {
             State::Ok => log::info!("{}: already mounted", v.describe()),
@@ -326,6 +330,9 @@ pub fn apply(volumes: &[Volume], opts: &ApplyOptions) -> Result<()> {
             }
             State::NotMounted => {
                 if let Err(e) = mount(v, opts) {
+                    if matches!(exit::kind_of(&e), Kind::Interrupted(_)) {
+                        return Err(e);
+                    }
                     log::error!("{e:#}");
                     failed.push(format!("{e:#}"));
                 }
