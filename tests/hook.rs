@@ -330,6 +330,59 @@ fn post_start_returns_once_the_real_ca_is_ready_and_gates_open() {
 }
 
 #[test]
+fn a_static_hook_resolves_the_ca_by_files_and_dns_whatever_nsswitch_lists() {
+    // The release links the hook statically (scripts/test.sh runs this
+    // file against such a build): it configures the `hosts` lookups
+    // (/etc/hosts, then DNS) before its first one, since a static glibc
+    // cannot load the modules nsswitch.conf may name (docs/hook.md). Here
+    // nsswitch.conf names only a module no glibc has, in a private mount
+    // namespace: a gated guest's pre-start reaches the CA by name all the
+    // same. A dynamic build follows nsswitch.conf and cannot resolve it.
+    let ca = common::TestCa::start(None);
+    let by_name = ca.url().replace("127.0.0.1", "localhost");
+    let l = Layout::new(
+        json!({"url": by_name}),
+        json!({"guests": {"102": {"gate_on_ca": true, "gate_timeout_secs": 2}}}),
+    );
+    std::fs::copy(ca.root_cert(), l.state.join("phoenix_root_ca.crt")).unwrap();
+    let o = l.run_mounted("103", "pre-start");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = l
+        .phoenix_ca(&[
+            "publish",
+            "--ca-url",
+            &ca.url(),
+            "--root",
+            &ca.root_cert().to_string_lossy(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let nss = l.dir.path().join("nsswitch.conf");
+    std::fs::write(&nss, "hosts: phoenix-no-such-module\n").unwrap();
+    let o = in_namespace(
+        &[
+            (&l.storage, &l.storage),
+            (&nss, Path::new("/etc/nsswitch.conf")),
+        ],
+        &l.hook("102", "pre-start"),
+    );
+    let err = stderr(&o);
+    let headers = Command::new("readelf")
+        .arg("-lW")
+        .arg(hook_bin())
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&headers.stdout).contains("INTERP") {
+        assert_ne!(o.status.code(), Some(0), "dynamic: {err}");
+        assert!(err.contains("cannot resolve 'localhost'"), "dynamic: {err}");
+    } else {
+        assert_eq!(o.status.code(), Some(0), "static: {err}");
+        assert!(err.contains("may start"), "static: {err}");
+    }
+}
+
+#[test]
 fn stop_phases_withdraw_the_token_and_never_fail() {
     let l = layout();
     std::fs::write(l.state.join("ca.ready"), "{}").unwrap();
