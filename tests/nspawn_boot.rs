@@ -690,29 +690,11 @@ fn bench_publish_to_docker_active_at_a_real_boot() {
         let mut medians = Vec::new();
         for (name, _, _) in &variants {
             let rows: Vec<Vec<f64>> = serde_json::from_value(result[name].clone()).unwrap();
-            let leg = |i: usize| {
-                let mut v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
-                v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                v
-            };
-            let at = |v: &[f64], p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
-            let total = leg(3);
-            println!(
-                "{suite} ({systemd}) {name}: runs={} p50={:.1}ms p99={:.1}ms max={:.1}ms",
-                total.len(),
-                at(&total, 0.5),
-                at(&total, 0.99),
-                total[total.len() - 1]
-            );
-            println!(
-                "{suite} {name}: p50 from the publish to: wait unit active {:.1}ms, waiter \
-                 exited {:.1}ms, docker ExecStart {:.1}ms, docker active {:.1}ms",
-                at(&leg(0), 0.5),
-                at(&leg(1), 0.5),
-                at(&leg(2), 0.5),
-                at(&total, 0.5)
-            );
-            medians.push(at(&total, 0.5));
+            let legs: [Vec<f64>; 4] = std::array::from_fn(|i| rows.iter().map(|r| r[i]).collect());
+            medians.push(common::print_chain_summary(
+                &format!("{suite} ({systemd}) {name}"),
+                &legs,
+            ));
         }
         println!(
             "{suite} ratio (ours p50 / inotifywait p50): {:.2}x; (bash p50 / ours p50): {:.1}x",

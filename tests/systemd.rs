@@ -863,7 +863,6 @@ fn bench_publish_to_docker_active() {
         }
         dropin(&m, "phoenix-ca-wait.service", &body);
         m.ok(&["daemon-reload"]);
-        let mut lat = Vec::new();
         let mut legs: [Vec<f64>; 4] = Default::default();
         for _ in 0..runs {
             m.ok(&["stop", "docker.service", "phoenix-ca-wait.service"]);
@@ -902,32 +901,11 @@ fn bench_publish_to_docker_active() {
                 m.mono("docker.service", "ActiveEnterTimestampMonotonic"),
             ];
             let ms = |t: u64| t.saturating_sub(published) as f64 / 1000.0;
-            lat.push(ms(stamps[3]));
             for (leg, t) in legs.iter_mut().zip(stamps) {
                 leg.push(ms(t));
             }
         }
-        let p50 = |v: &mut Vec<f64>| {
-            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            v[(v.len() - 1) / 2]
-        };
-        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
-        println!(
-            "{name}: runs={runs} p50={:.1}ms p99={:.1}ms max={:.1}ms",
-            pct(0.5),
-            pct(0.99),
-            lat[lat.len() - 1]
-        );
-        println!(
-            "{name}: p50 from the publish to: wait unit active {:.1}ms, waiter exited \
-             {:.1}ms, docker ExecStart {:.1}ms, docker active {:.1}ms",
-            p50(&mut legs[0]),
-            p50(&mut legs[1]),
-            p50(&mut legs[2]),
-            p50(&mut legs[3])
-        );
-        report.push(pct(0.5));
+        report.push(common::print_chain_summary(name, &legs));
     }
     println!(
         "ratio (ours p50 / inotifywait p50): {:.2}x; (bash p50 / ours p50): {:.1}x",

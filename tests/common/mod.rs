@@ -286,3 +286,36 @@ impl FakePve {
         ]
     }
 }
+
+/// The chain benchmarks' summary of one chain (benches/sd_chain_latency.sh
+/// reads it, in the user manager and in the booted systems alike): the
+/// whole chain's p50, p99 and max, then the p50 of each leg counted from
+/// the publish (the wait unit active, the waiter's exit, docker's
+/// `ExecStart=` process, docker active: `legs[3]`, the whole chain). Both
+/// lines start with `prefix`. Percentiles are nearest-rank. Returns the
+/// chain's p50.
+pub fn print_chain_summary(prefix: &str, legs: &[Vec<f64>; 4]) -> f64 {
+    let sorted = |i: usize| {
+        let mut v = legs[i].clone();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let at = |v: &[f64], p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    let total = sorted(3);
+    println!(
+        "{prefix}: runs={} p50={:.1}ms p99={:.1}ms max={:.1}ms",
+        total.len(),
+        at(&total, 0.5),
+        at(&total, 0.99),
+        total[total.len() - 1]
+    );
+    println!(
+        "{prefix}: p50 from the publish to: wait unit active {:.1}ms, waiter exited \
+         {:.1}ms, docker ExecStart {:.1}ms, docker active {:.1}ms",
+        at(&sorted(0), 0.5),
+        at(&sorted(1), 0.5),
+        at(&sorted(2), 0.5),
+        at(&total, 0.5)
+    );
+    at(&total, 0.5)
+}
