@@ -31,6 +31,12 @@ echo "== tests/ca.rs, phoenix-ca linked as it ships (static PIE)"
 cargo rustc --quiet --bin phoenix-ca -- -C target-feature=+crt-static
 cp target/debug/phoenix-ca target/static-bin/phoenix-ca
 PHOENIX_TEST_CA_BIN=$PWD/target/static-bin/phoenix-ca cargo test --test ca "$@"
+# The package as it ships: the release binaries of scripts/build-release.sh
+# (static PIEs, the hook's ordered link), packaged, installed, purged and
+# checked by lintian (tests/package.rs), as the test build's were above.
+echo "== tests/package.rs, the release binaries (scripts/build-release.sh)"
+bash scripts/build-release.sh --locked
+PHOENIX_TEST_BIN_DIR=$PWD/target/release cargo test --test package "$@"
 for summary in target/tmp/race-summary.txt target/tmp/race-mutants.txt; do
   if [ -f "$summary" ]; then
     echo "== race harness (tests/race.rs): ${summary##*/}"

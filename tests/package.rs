@@ -226,6 +226,29 @@ fn package_builds_installs_verifies_and_purges() {
         depends.starts_with("libc6 (>= 2.") && depends.contains("libgcc-s1"),
         "{depends}"
     );
+    // A binary linked statically (the release's phoenix-hook and
+    // phoenix-ca; scripts/test.sh runs this file with those) carries
+    // glibc's code: the control file names glibc's source version
+    // (Built-Using, Debian policy 7.8). The test build links none so.
+    let statics: Vec<&str> = BINARIES
+        .iter()
+        .copied()
+        .filter(|b| {
+            let headers = run(Command::new("readelf")
+                .arg("-lW")
+                .arg(deb_support::bin_dir().join(b)));
+            !text(&headers.stdout).contains("INTERP")
+        })
+        .collect();
+    let built_using = field("Built-Using");
+    if statics.is_empty() {
+        assert_eq!(built_using, "", "no static binary");
+    } else {
+        assert!(
+            built_using.starts_with("glibc (= "),
+            "static {statics:?}: Built-Using '{built_using}'"
+        );
+    }
     // The maintainer scripts have their unit lists filled in.
     let control = tmp.path().join("control");
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));

@@ -1,5 +1,5 @@
 //! The project's Debian package as the tests build it: scripts/build-deb.sh
-//! from the test build's binaries (no second, release build), with man
+//! from the test build's binaries (or the release's, [`bin_dir`]), with man
 //! pages and completions generated from the clap types. Shared by
 //! tests/package.rs (installs it into a throwaway root) and
 //! tests/nspawn_boot.rs (boots a system with it).
@@ -16,12 +16,18 @@ pub fn project() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Where cargo put the test build's binaries.
+/// Where the packaged binaries are: cargo's test build, or the directory
+/// `PHOENIX_TEST_BIN_DIR` names (scripts/test.sh runs tests/package.rs
+/// again with the release build, as it ships).
 pub fn bin_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_phoenix-ca"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    std::env::var_os("PHOENIX_TEST_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_BIN_EXE_phoenix-ca"))
+                .parent()
+                .unwrap()
+                .to_path_buf()
+        })
 }
 
 /// Text of a byte buffer (stdout, stderr).
