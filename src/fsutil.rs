@@ -201,20 +201,29 @@ pub fn read_open_limited(file: File, limit: u64) -> io::Result<Vec<u8>> {
     // The size fstat gave plus one byte, read at once: an unchanged file
     // takes one read() and the one that says end of file. (`read_to_end`
     // through `take` has no size hint and reads 8 KiB, then doubling, then
-    // probes: four reads for a 38 KB file.) A file that grew since, or one
-    // whose size says nothing (/proc, some FUSE files report 0), is read
-    // on in doubling steps of at least 8 KiB, up to `limit + 1` bytes.
+    // probes: four reads for a 38 KB file.)
+    read_sized(&file, meta.len() as usize + 1, limit)?.ok_or_else(too_large)
+}
+
+/// Read `file` to its end into a buffer of `first` bytes, grown in
+/// doubling steps of at least 8 KiB when it fills (a file that grew since
+/// its size was taken, or one whose size says nothing: /proc, some FUSE
+/// files report 0), up to `limit + 1` bytes; `None` when there is more
+/// than `limit`. The buffer is zeroed by `calloc`, so pages of a large
+/// `first` that the read does not reach are never touched.
+pub fn read_sized(file: &File, first: usize, limit: u64) -> io::Result<Option<Vec<u8>>> {
     let bound = usize::try_from(limit).unwrap_or(usize::MAX - 1) + 1;
-    let mut buf = vec![0u8; meta.len() as usize + 1];
+    let mut buf = vec![0u8; first.clamp(1, bound)];
     let mut n = 0;
+    let mut reader = file;
     loop {
         if n == buf.len() {
             if n >= bound {
-                return Err(too_large());
+                return Ok(None);
             }
             buf.resize(n.saturating_mul(2).max(8192).min(bound), 0);
         }
-        match (&file).read(&mut buf[n..]) {
+        match reader.read(&mut buf[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -222,7 +231,7 @@ pub fn read_open_limited(file: File, limit: u64) -> io::Result<Vec<u8>> {
         }
     }
     buf.truncate(n);
-    Ok(buf)
+    Ok(Some(buf))
 }
 
 /// Create `dir` and its missing parents; directories this creates get `mode`.

@@ -7,14 +7,18 @@
 
 use std::borrow::Cow;
 use std::ffi::OsString;
-use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::fsutil;
+
 /// The table of this process's mount namespace.
 pub const SELF_MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// Largest table read: about 100,000 mounts.
+const MOUNTINFO_LIMIT: u64 = 16 << 20;
 
 /// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,29 +62,15 @@ impl MountTable {
     /// Read a table from `path` (tests use a file).
     pub fn read_from(path: &Path) -> Result<MountTable> {
         // /proc files report size 0, and every read() of this one walks
-        // the mount list again to its position: read it in one gulp, not
-        // in `read_to_end`'s growing probes (8 KiB, 16 KiB...). The zeroed
-        // buffer is calloc'd from fresh mmap'd pages, so only the pages
-        // the kernel writes are ever touched.
-        let mut text = vec![0u8; 256 << 10];
-        let mut n = 0;
-        let mut file = std::fs::File::open(path)
-            .with_context(|| format!("reading mount table '{}'", path.display()))?;
-        loop {
-            if n == text.len() {
-                text.resize(2 * n, 0);
-            }
-            match file.read(&mut text[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("reading mount table '{}'", path.display()))
-                }
-            }
-        }
-        Ok(Self::parse(&text[..n]))
+        // the mount list again to its position: read it in one gulp of
+        // 256 KiB (only the pages the kernel writes are touched), not in
+        // `read_to_end`'s growing probes (8 KiB, 16 KiB...).
+        let what = || format!("reading mount table '{}'", path.display());
+        let file = std::fs::File::open(path).with_context(what)?;
+        let text = fsutil::read_sized(&file, 256 << 10, MOUNTINFO_LIMIT)
+            .with_context(what)?
+            .ok_or_else(|| anyhow::anyhow!("{}: larger than {MOUNTINFO_LIMIT} bytes", what()))?;
+        Ok(Self::parse(&text))
     }
 
     /// Parse mountinfo text; lines that do not parse are skipped (the
