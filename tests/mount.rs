@@ -317,20 +317,21 @@ fn apply_refuses_a_mount_point_taken_by_another_source() {
     assert_no_host_mount(v.dir.path());
 }
 
-/// SIGTERM while a mount command hangs (an NFS server that does not
-/// answer): the command's process group is ended, `apply` exits 143 as
-/// every binary does on SIGTERM, and the volumes after it are not tried.
-/// The `mount` it finds first in PATH is a stand-in that says what it was
-/// asked and then hangs; the run is in a private mount namespace all the
-/// same.
-#[test]
-fn apply_stopped_by_sigterm_exits_143_and_tries_no_further_volume() {
-    let v = volumes();
+/// `apply` in a private mount namespace, SIGTERM sent to it once a mount
+/// command whose arguments contain `hang_on` hangs (an NFS server that
+/// does not answer). The `mount` it finds first in PATH is a stand-in that
+/// writes what it was asked to the returned log, then hangs on `hang_on`
+/// and runs the real `mount` for anything else.
+fn apply_stopped_while_mounting(v: &Volumes, hang_on: &str) -> (Output, String) {
     let bin = v.dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     common::write_executable(
         &bin.join("mount"),
-        "#!/bin/sh\necho \"$*\" >>\"$MOUNT_LOG\"\nexec sleep 60\n",
+        r#"#!/bin/sh
+echo "$*" >>"$MOUNT_LOG"
+case "$*" in *"$HANG_ON"*) touch "$MOUNT_LOG.hung"; exec sleep 60 ;; esac
+PATH=${PATH#*:} exec mount "$@"
+"#,
     );
     let log = v.dir.path().join("mount.log");
     let mut sh = Command::new("sh");
@@ -339,7 +340,7 @@ fn apply_stopped_by_sigterm_exits_143_and_tries_no_further_volume() {
         r#"
         PATH="$BIN:$PATH" "$M" --config "$C" apply & pid=$!
         i=0
-        while [ ! -s "$MOUNT_LOG" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done
+        while [ ! -e "$MOUNT_LOG.hung" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done
         kill -TERM $pid
         wait $pid; echo "apply=$?"
         "#,
@@ -349,12 +350,23 @@ fn apply_stopped_by_sigterm_exits_143_and_tries_no_further_volume() {
     .env("C", &v.config)
     .env("BIN", &bin)
     .env("MOUNT_LOG", &log)
+    .env("HANG_ON", hang_on)
     .env_remove("PHOENIX_CONFIG");
     let o = in_namespace(&[], &sh);
+    let asked = std::fs::read_to_string(&log).unwrap_or_default();
+    (o, asked)
+}
+
+/// SIGTERM while a mount command hangs: the command's process group is
+/// ended, `apply` exits 143 as every binary does on SIGTERM, and the
+/// volumes after it are not tried.
+#[test]
+fn apply_stopped_by_sigterm_exits_143_and_tries_no_further_volume() {
+    let v = volumes();
+    let (o, asked) = apply_stopped_while_mounting(&v, "");
     let out = stdout(&o);
     let err = stderr(&o);
     assert!(out.contains("apply=143"), "{out}\n{err}");
-    let asked = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
         asked.lines().count(),
         1,
@@ -362,6 +374,32 @@ fn apply_stopped_by_sigterm_exits_143_and_tries_no_further_volume() {
     );
     assert!(asked.contains(&v.src.display().to_string()), "{asked}");
     assert!(err.contains("stopped: we were asked to stop"), "{err}");
+    assert!(!err.contains("volumes not mounted"), "{err}");
+    assert_no_host_mount(v.dir.path());
+}
+
+/// The same when the mount stopped is the last one, after the others were
+/// mounted: 143, not the 1 of a volume that failed.
+#[test]
+fn apply_stopped_at_its_last_volume_exits_143_too() {
+    let v = volumes();
+    let (o, asked) = apply_stopped_while_mounting(&v, "tmpfs");
+    let out = stdout(&o);
+    let err = stderr(&o);
+    assert!(out.contains("apply=143"), "{out}\n{err}");
+    assert_eq!(
+        asked.lines().count(),
+        2,
+        "both volumes' mounts ran: {asked}"
+    );
+    assert!(
+        err.contains(&format!(
+            "bind {} on '{}' (ro): mounted",
+            v.src.display(),
+            v.ca_target.display()
+        )),
+        "{err}"
+    );
     assert!(!err.contains("volumes not mounted"), "{err}");
     assert_no_host_mount(v.dir.path());
 }

@@ -25,7 +25,7 @@ use anyhow::Result;
 
 use crate::config::{Config, MountConfig, MountType};
 use crate::exec::Cmd;
-use crate::exit::{self, err, Kind};
+use crate::exit::{err, Kind};
 use crate::fsutil::{self, FileOptions};
 use crate::phoenix;
 use crate::signal;
@@ -330,15 +330,14 @@ pub fn apply(volumes: &[Volume], opts: &ApplyOptions) -> Result<()> {
             }
             State::NotMounted => {
                 if let Err(e) = mount(v, opts) {
-                    if matches!(exit::kind_of(&e), Kind::Interrupted(_)) {
-                        return Err(e);
-                    }
                     log::error!("{e:#}");
                     failed.push(format!("{e:#}"));
                 }
             }
         }
     }
+    // A mount stopped by the signal failed above; the run ends as stopped.
+    signal::check()?;
     if failed.is_empty() {
         Ok(())
     } else {
