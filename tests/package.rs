@@ -11,6 +11,7 @@
 //! run without a chroot (the empty root has no /bin/sh), with `DPKG_ROOT`
 //! set, which they honour. `--force-depends`: the root has no libc6.
 
+mod common;
 mod deb_support;
 
 use std::collections::BTreeSet;
@@ -233,12 +234,7 @@ fn package_builds_installs_verifies_and_purges() {
     let statics: Vec<&str> = BINARIES
         .iter()
         .copied()
-        .filter(|b| {
-            let headers = run(Command::new("readelf")
-                .arg("-lW")
-                .arg(deb_support::bin_dir().join(b)));
-            !text(&headers.stdout).contains("INTERP")
-        })
+        .filter(|b| common::is_static(&deb_support::bin_dir().join(b)))
         .collect();
     let built_using = field("Built-Using");
     if statics.is_empty() {

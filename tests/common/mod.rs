@@ -319,3 +319,16 @@ pub fn print_chain_summary(prefix: &str, legs: &[Vec<f64>; 4]) -> f64 {
     );
     at(&total, 0.5)
 }
+
+/// Whether `bin` is linked statically (no program interpreter: the
+/// release's phoenix-hook and phoenix-ca, scripts/build-release.sh), from
+/// its program headers.
+pub fn is_static(bin: &Path) -> bool {
+    let out = Command::new("readelf")
+        .arg("-lW")
+        .arg(bin)
+        .output()
+        .expect("readelf (binutils)");
+    assert!(out.status.success(), "readelf -lW {}", bin.display());
+    !String::from_utf8_lossy(&out.stdout).contains("INTERP")
+}
