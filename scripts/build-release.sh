@@ -45,7 +45,14 @@ for b in "${STATIC[@]}"; do
     vv=$(rustc -vV)
     minor=$(sed -n 's/^release: 1\.\([0-9]*\)\..*/\1/p' <<<"$vv")
     if [[ $vv == *$'\nhost: x86_64-unknown-linux-gnu\n'* ]] && [ "${minor:-0}" -ge 90 ]; then
-      own+=(-C "link-arg=-Wl,--symbol-ordering-file=$ORDER"
+      # Given to the linker as a copy named by its content: cargo relinks
+      # when its flags change, never for a file a flag names, so a renewed
+      # order is a new flag.
+      sum=$(sha256sum "$ORDER" | cut -c1-16)
+      mkdir -p "$TARGET_DIR"
+      copy=$(cd "$TARGET_DIR" && pwd)/phoenix-hook-$sum.order
+      [ -f "$copy" ] || cp "$ORDER" "$copy"
+      own+=(-C "link-arg=-Wl,--symbol-ordering-file=$copy"
         -C link-arg=-Wl,--no-warn-symbol-ordering)
     else
       echo "build-release: not linked by rust-lld: $ORDER left out" >&2
