@@ -134,20 +134,22 @@ impl World {
         )
     }
 
-    /// Remove the lock directory (retried: a racing attacker may add a
-    /// link while it is being emptied).
+    /// Remove the lock directory: renamed aside first, which a racing
+    /// attacker cannot add to (it writes by the lock directory's name; a
+    /// removal in place lost to it whenever it planted a link between the
+    /// emptying and the rmdir), then removed under that name.
     fn reset(&self) {
-        for _ in 0..1000 {
-            let gone = match std::fs::symlink_metadata(self.lock_dir()) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir_all(self.lock_dir()).is_ok(),
-                Ok(_) => std::fs::remove_file(self.lock_dir()).is_ok(),
-                Err(_) => true,
-            };
-            if gone {
-                return;
-            }
+        let aside = self.p("locks/phoenix.removed");
+        match std::fs::rename(self.lock_dir(), &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => panic!("moving '{}' aside: {e}", self.lock_dir().display()),
         }
-        panic!("cannot remove '{}'", self.lock_dir().display());
+        let removed = match std::fs::symlink_metadata(&aside) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&aside),
+            _ => std::fs::remove_file(&aside),
+        };
+        removed.unwrap_or_else(|e| panic!("removing '{}': {e}", aside.display()));
     }
 }
 
